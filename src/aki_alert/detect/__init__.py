@@ -1,0 +1,43 @@
+"""Detectors judge one new creatinine result against a patient's earlier results.
+
+A detector is a pure object: `judge(patient, time, value)` reads nothing but its arguments.
+`patient.times` / `patient.values` are the patient's earlier results in ascending time order;
+results at or after `time` must be ignored by the detector (the caller may hold them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class Patient:
+    """What the service knows of one patient: results in time order, demographics if admitted."""
+
+    mrn: str
+    times: list[int] = field(default_factory=list)    # seconds, ascending
+    values: list[float] = field(default_factory=list)  # µmol/L, same order
+    birth: int | None = None                          # seconds at midnight of the date of birth
+    sex: str | None = None                            # "M" or "F"
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A detector's verdict on one result, with what a clinician needs to see why."""
+
+    positive: bool
+    score: float        # the detector's score: the NHS stage, or the model's probability
+    threshold: float    # positive when score >= threshold
+    detector: str       # "nhs" or "model"
+    version: str        # algorithm or model version
+    stage: int          # NHS stage 0–3 of this result (always computed, for the explanation)
+    baseline: float | None  # the NHS baseline used (RV1 or RV2), None without one
+    ratio: float | None     # value / baseline
+
+
+class Detector(Protocol):
+    name: str
+    version: str
+
+    def judge(self, patient: Patient, time: int, value: float) -> Judgement: ...

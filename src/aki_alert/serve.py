@@ -1,0 +1,5 @@
+"""`aki-alert serve`. Placeholder."""
+
+
+def register(sub) -> None:
+    pass
