@@ -1,0 +1,124 @@
+"""Settings of `aki-alert serve`: each one an environment variable and a flag of the same meaning.
+
+A missing or malformed setting stops the service at once with one line naming the setting and
+an example of a good value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    flag: str
+    default: str | None
+    example: str
+    help: str
+
+
+SETTINGS = (
+    Setting("MLLP_ADDRESS", "--mllp-address", None, "hospital-sim:8440",
+            "the hospital's MLLP endpoint, host:port (required)"),
+    Setting("PAGER_ADDRESS", "--pager-address", None, "hospital-sim:8441",
+            "the pager's HTTP endpoint, host:port; pages go to http://PAGER_ADDRESS/page (required)"),
+    Setting("HISTORY_PATH", "--history-path", "/data/history.csv", "/data/history.csv",
+            "history CSV imported into the state"),
+    Setting("STATE_DIR", "--state-dir", "/state", "/state",
+            "directory of the durable state (a persistent volume)"),
+    Setting("METRICS_PORT", "--metrics-port", "8000", "8000",
+            "port of /metrics, /healthz and /readyz (0: off)"),
+    Setting("DETECTOR", "--detector", "nhs", "model", "the detector: model or nhs"),
+    Setting("MODEL_PATH", "--model-path", "", "/models/v2",
+            "model artifact directory (default: the model shipped in the package)"),
+    Setting("DURABILITY", "--durability", "process", "machine",
+            "process: survives a process crash; machine: also a power cut (fsync per message)"),
+    Setting("AKI_ENVIRONMENT", "--environment", "", "st-thomas-prod",
+            "name of this hospital environment (default: the MLLP address)"),
+    Setting("LOG_FORMAT", "--log-format", "text", "json", "text or json"),
+    Setting("LOG_LEVEL", "--log-level", "INFO", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    mllp_host: str
+    mllp_port: int
+    pager_address: str
+    history_path: str
+    state_dir: str
+    metrics_port: int
+    detector: str
+    model_path: str | None
+    durability: str
+    environment: str
+    log_format: str
+    log_level: str
+
+    @property
+    def mllp_address(self) -> str:
+        return f"{self.mllp_host}:{self.mllp_port}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for s in SETTINGS:
+        default = f" (default {s.default})" if s.default else ""
+        parser.add_argument(s.flag, dest=s.env, metavar=s.env,
+                            help=f"{s.help}{default}; env {s.env}")
+
+
+def _host_port(s: Setting, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{s.env}={value!r} is not host:port; example: {s.env}={s.example}")
+    return host, int(port)
+
+
+def _choice(s: Setting, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(
+            f"{s.env}={value!r} is not one of {', '.join(choices)}; example: {s.env}={s.example}")
+    return value
+
+
+def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
+    """Flags win over environment variables, which win over defaults."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, str] = {}
+    by_env = {s.env: s for s in SETTINGS}
+    for s in SETTINGS:
+        value = getattr(args, s.env, None)
+        if value is None:
+            value = environ.get(s.env, s.default)
+        if value is None or (value == "" and s.default is None):
+            raise ConfigError(f"{s.env} is not set: {s.help}; example: {s.env}={s.example} "
+                              f"(or {s.flag} {s.example})")
+        raw[s.env] = value.strip()
+    mllp_host, mllp_port = _host_port(by_env["MLLP_ADDRESS"], raw["MLLP_ADDRESS"])
+    _host_port(by_env["PAGER_ADDRESS"], raw["PAGER_ADDRESS"])
+    port = raw["METRICS_PORT"]
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"METRICS_PORT={port!r} is not a port number 0–65535; "
+                          "example: METRICS_PORT=8000")
+    return Config(
+        mllp_host=mllp_host,
+        mllp_port=mllp_port,
+        pager_address=raw["PAGER_ADDRESS"],
+        history_path=raw["HISTORY_PATH"],
+        state_dir=raw["STATE_DIR"],
+        metrics_port=int(port),
+        detector=_choice(by_env["DETECTOR"], raw["DETECTOR"], ("model", "nhs")),
+        model_path=raw["MODEL_PATH"] or None,
+        durability=_choice(by_env["DURABILITY"], raw["DURABILITY"], ("process", "machine")),
+        environment=raw["AKI_ENVIRONMENT"] or raw["MLLP_ADDRESS"],
+        log_format=_choice(by_env["LOG_FORMAT"], raw["LOG_FORMAT"], ("text", "json")),
+        log_level=_choice(by_env["LOG_LEVEL"], raw["LOG_LEVEL"].upper(),
+                          ("DEBUG", "INFO", "WARNING", "ERROR")),
+    )

@@ -1,0 +1,20 @@
+"""When a positive result becomes a page: once per AKI episode.
+
+An episode starts at the first positive result of a patient and lasts EPISODE_DAYS. Later
+positive results inside that window are the same injury still showing (creatinine takes days to
+weeks to fall back), so they are not paged again: the hospital scores one page per AKI, and a
+repeated page for a known injury is noise that gets alerting switched off. A positive more than
+EPISODE_DAYS after the episode started is a new episode and is paged. 90 days is the KDIGO
+horizon of acute kidney disease, after which a rise is a new injury rather than the old one.
+"""
+
+from __future__ import annotations
+
+from .timeutil import DAY
+
+EPISODE_DAYS = 90
+
+
+def opens_episode(episode_start: int | None, time: int) -> bool:
+    """True when a positive result at `time` starts a new episode (and so is paged)."""
+    return episode_start is None or not (0 <= time - episode_start < EPISODE_DAYS * DAY)

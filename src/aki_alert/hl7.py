@@ -1,0 +1,176 @@
+"""The HL7 v2 messages of the feed, parsed into events, and the ACK we answer with (pure functions).
+
+Only what the service uses is read: ADT^A01 (MRN, name, date of birth, sex), ADT^A03 (MRN) and
+ORU^R01 (MRN, OBR-7 sample time, the CREATININE OBX value). Other segments, components and
+repetitions are ignored; other message types parse to `Other` and are acknowledged unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from .timeutil import parse_hl7_date, parse_hl7_time
+
+# Creatinine outside this range (µmol/L) is a unit or transcription error, not a patient.
+MIN_CREATININE = 1.0
+MAX_CREATININE = 5_000.0
+
+
+class HL7Error(ValueError):
+    """A message that can never be processed, with the reason an operator reads."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    mrn: str
+    name: str
+    birth: int | None   # seconds at midnight of the date of birth
+    sex: str | None     # "M" / "F"
+    time: int | None    # MSH-7
+
+
+@dataclass(frozen=True, slots=True)
+class Discharge:
+    mrn: str
+    time: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    mrn: str
+    time: int           # OBR-7, seconds
+    time_text: str      # OBR-7 as sent: echoed in the page body
+    value: float        # µmol/L
+
+
+@dataclass(frozen=True, slots=True)
+class Other:
+    """A well-formed message the service does not act on (another type, or no creatinine)."""
+
+    kind: str
+    control_id: str
+
+
+Event = Admission | Discharge | Result | Other
+
+
+def _first(field: str) -> str:
+    """First component of the first repetition."""
+    return field.split("~", 1)[0].split("^", 1)[0].strip()
+
+
+def _field(fields: list[str], i: int) -> str:
+    return fields[i] if i < len(fields) else ""
+
+
+def _segments(text: str) -> list[list[str]]:
+    # Liberal in what we accept: \r is the standard separator; tolerate \n and \r\n too.
+    if "\n" in text:
+        text = text.replace("\r\n", "\r").replace("\n", "\r")
+    return [seg.split("|") for seg in text.split("\r") if seg.strip()]
+
+
+def _mrn(pid: list[str] | None) -> str:
+    if pid is None:
+        raise HL7Error("no PID segment")
+    mrn = _first(_field(pid, 3))
+    if not mrn.isdigit():
+        raise HL7Error(f"PID-3 MRN {mrn!r} is not a number" if mrn else "PID-3 MRN is empty")
+    return mrn
+
+
+def _msh_time(msh: list[str]) -> int | None:
+    try:
+        return parse_hl7_time(_first(_field(msh, 6)))
+    except ValueError:
+        return None
+
+
+def message_type(msh: list[str]) -> str:
+    parts = _field(msh, 8).split("^")
+    return "^".join(p.strip() for p in parts[:2])
+
+
+def control_id(raw: bytes) -> str:
+    """MSH-10 of a raw message, or "" (also for a message too broken to parse)."""
+    head = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
+    fields = head.split(b"|")
+    return fields[9].decode("utf-8", "replace").strip() if len(fields) > 9 else ""
+
+
+def parse(raw: bytes) -> Event:
+    """Parse one message payload (without MLLP framing). Raises HL7Error for an unusable one."""
+    text = raw.decode("utf-8", "replace")
+    segs = _segments(text)
+    if not segs or segs[0][0] != "MSH":
+        raise HL7Error("message does not start with an MSH segment")
+    msh = segs[0]
+    kind = message_type(msh)
+    by_name: dict[str, list[str]] = {}
+    for seg in segs[1:]:
+        by_name.setdefault(seg[0].strip(), seg)
+    pid = by_name.get("PID")
+    if kind == "ORU^R01":
+        return _result(segs, pid) or Other(kind, _field(msh, 9))
+    if kind == "ADT^A01":
+        return _admission(pid, _msh_time(msh))
+    if kind == "ADT^A03":
+        return Discharge(_mrn(pid), _msh_time(msh))
+    if not kind:
+        raise HL7Error("MSH-9 message type is empty")
+    return Other(kind, _field(msh, 9))
+
+
+def _admission(pid: list[str] | None, when: int | None) -> Admission:
+    mrn = _mrn(pid)
+    assert pid is not None
+    name = _field(pid, 5).split("~", 1)[0].replace("^", " ").strip()
+    dob = _first(_field(pid, 7))
+    try:
+        birth = parse_hl7_date(dob) if dob else None
+    except ValueError:
+        raise HL7Error(f"PID-7 date of birth {dob!r} is not YYYYMMDD") from None
+    sex = _first(_field(pid, 8)).upper()[:1]
+    return Admission(mrn, name, birth, sex if sex in ("M", "F") else None, when)
+
+
+def _result(segs: list[list[str]], pid: list[str] | None) -> Result | None:
+    obr_time = ""
+    value_text = None
+    for seg in segs[1:]:
+        name = seg[0].strip()
+        if name == "OBR" and not obr_time:
+            obr_time = _first(_field(seg, 7))
+        elif name == "OBX" and value_text is None and _first(_field(seg, 3)).upper() == "CREATININE":
+            value_text = _first(_field(seg, 5))
+    if value_text is None:
+        return None  # a result for another test: not ours
+    mrn = _mrn(pid)
+    try:
+        when = parse_hl7_time(obr_time)
+    except ValueError:
+        raise HL7Error(f"OBR-7 sample time {obr_time!r} is not a 12- or 14-digit time") from None
+    try:
+        value = float(value_text)
+    except ValueError:
+        raise HL7Error(f"OBX-5 creatinine {value_text!r} is not a number") from None
+    if not (math.isfinite(value) and MIN_CREATININE <= value <= MAX_CREATININE):
+        raise HL7Error(
+            f"OBX-5 creatinine {value_text} µmol/L is outside {MIN_CREATININE:g}–{MAX_CREATININE:g}"
+        )
+    return Result(mrn, when, obr_time, value)
+
+
+_ack_cache: tuple[int, bytes] = (-1, b"")
+
+
+def ack(code: str = "AA", control: str = "") -> bytes:
+    """The acknowledgement the hospital's strict parser accepts: MSH then MSA, `\\r` after each."""
+    global _ack_cache
+    now = int(time.time())
+    if _ack_cache[0] != now:
+        _ack_cache = (now, time.strftime("%Y%m%d%H%M%S", time.localtime(now)).encode())
+    msa = f"MSA|{code}|{control}" if control else f"MSA|{code}"
+    return b"MSH|^~\\&|||||" + _ack_cache[1] + b"||ACK|||2.5\r" + msa.encode() + b"\r"

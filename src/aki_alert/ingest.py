@@ -1,0 +1,172 @@
+"""Apply one received message to the state, in one transaction, and decide whether to page.
+
+`Ingest.handle(raw)` is the whole per-message path: journal the bytes, parse, update the
+patient, judge a result, queue a page in the outbox, commit. Only after it returns may the
+message be acknowledged. It raises only for failures of our own (the state not writable); such a
+message is not acknowledged and the hospital sends it again. A message that can never be
+processed is journaled as dead (a dead letter) with its reason and acknowledged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+from bisect import bisect_left
+from dataclasses import dataclass
+
+from . import hl7, metrics
+from .detect import Detector, Judgement, Patient
+from .episodes import opens_episode
+from .store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+# A message whose processing raised an unexpected error this many times is dead-lettered
+# rather than retried forever (it would stall the feed: the hospital resends until ACKed).
+MAX_ATTEMPTS = 3
+_DEAD_KINDS = ("unparseable", "oversized-frame")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    id: int
+    body: str
+    received: float   # perf_counter() when the message arrived, for the latency histogram
+
+
+@dataclass(slots=True)
+class _Cached:
+    patient: Patient
+    episode_start: int | None
+
+
+def explanation(j: Judgement) -> str:
+    return json.dumps({
+        "detector": j.detector, "version": j.version, "score": round(j.score, 6),
+        "threshold": j.threshold, "stage": j.stage, "baseline": j.baseline, "ratio": j.ratio,
+    })
+
+
+class Ingest:
+    def __init__(self, store: SqliteStore, detector: Detector) -> None:
+        self.store = store
+        self.detector = detector
+        self._patients: dict[str, _Cached] = {}
+        self._failures: dict[bytes, int] = {}
+
+    def _patient(self, mrn: str) -> _Cached:
+        cached = self._patients.get(mrn)
+        if cached is None:
+            # First sight of this patient since start: one indexed read, then kept in memory.
+            cached = _Cached(*self.store.load_patient(mrn))
+            self._patients[mrn] = cached
+        return cached
+
+    def forget(self) -> None:
+        """Drop the in-memory patients (after the state changed underneath, e.g. a replay)."""
+        self._patients.clear()
+
+    def handle(self, raw: bytes, received: float) -> tuple[bytes, Page | None]:
+        """Apply one message; return the ACK to send and the page to dispatch, if any."""
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        control = hl7.control_id(raw)
+        try:
+            event = hl7.parse(raw)
+        except hl7.HL7Error as e:
+            metrics.MESSAGES.labels(type="unparseable").inc()
+            self.set_aside(digest, "unparseable", str(e), raw)
+            return hl7.ack("AA", control), None
+        metrics.MESSAGES.labels(type=type(event).__name__.lower()).inc()
+        try:
+            page = self._apply(digest, event, raw, received)
+        except Exception as e:  # noqa: BLE001 - classified below
+            if _is_storage_failure(e):
+                raise
+            attempts = self._failures.get(digest, 0) + 1
+            self._failures[digest] = attempts
+            if attempts < MAX_ATTEMPTS:
+                raise
+            log.exception("message failed %d times; dead-lettering it", attempts)
+            self.set_aside(digest, type(event).__name__.lower(), f"processing error: {e!r}", raw)
+            self._failures.pop(digest, None)
+            return hl7.ack("AA", control), None
+        return hl7.ack("AA", control), page
+
+    def set_aside(self, digest: bytes, kind: str, reason: str, raw: bytes) -> None:
+        """Durably keep a message that can never be processed, with its reason (a dead letter)."""
+        with self.store.transaction():
+            new = self.store.journal(digest, kind, None, "dead", reason, raw)
+        if new:
+            metrics.DEAD_LETTERS.labels(reason=kind if kind in _DEAD_KINDS else "processing").inc()
+            log.warning("dead letter (journal %s): %s", new, reason)
+
+    def _apply(self, digest: bytes, event: hl7.Event, raw: bytes, received: float) -> Page | None:
+        store = self.store
+        kind = type(event).__name__.lower()
+        mrn = getattr(event, "mrn", None)
+        page: Page | None = None
+        commit_memory = None
+        with store.transaction():
+            jid = store.journal(digest, kind, mrn, "applied", None, raw)
+            if jid is None:
+                metrics.DUPLICATES.inc()
+                return None
+            if isinstance(event, hl7.Result):
+                page, commit_memory = self._result(event, jid, received)
+            elif isinstance(event, hl7.Admission):
+                store.admit(event.mrn, event.name, event.birth, event.sex, event.time, jid)
+                commit_memory = lambda: self._admitted(event)  # noqa: E731
+            elif isinstance(event, hl7.Discharge):
+                store.discharge(event.mrn, event.time, jid)
+            else:
+                store.set_journal_status(jid, "ignored", f"message type {event.kind}")
+        # Committed: now the in-memory view may follow.
+        if commit_memory is not None:
+            commit_memory()
+        return page
+
+    def _admitted(self, event: hl7.Admission) -> None:
+        cached = self._patients.get(event.mrn)
+        if cached is not None:
+            cached.patient.birth, cached.patient.sex = event.birth, event.sex
+
+    def _result(self, r: hl7.Result, jid: int, received: float):
+        store = self.store
+        cached = self._patient(r.mrn)
+        p = cached.patient
+        if not store.add_result(r.mrn, r.time, r.value):
+            store.set_journal_status(jid, "duplicate-result", "a result for this sample time exists")
+            metrics.DUPLICATE_RESULTS.inc()
+            return None, None
+        j = self.detector.judge(p, r.time, r.value)
+        metrics.RESULTS_JUDGED.labels(history="yes" if p.times else "no",
+                                      admission="yes" if p.birth is not None else "no").inc()
+        page = None
+        start = cached.episode_start
+        if j.positive:
+            metrics.POSITIVES.labels(detector=j.detector).inc()
+            if opens_episode(start, r.time):
+                body = f"{r.mrn},{r.time_text}"
+                page_id = store.add_page(r.mrn, r.time, body, explanation(j), jid)
+                store.open_episode(r.mrn, r.time)
+                start = r.time
+                if page_id is not None:
+                    page = Page(page_id, body, received)
+                    log.info("page decided: %s %s", body, explanation(j))
+
+        def commit_memory() -> None:
+            i = bisect_left(p.times, r.time)
+            p.times.insert(i, r.time)
+            p.values.insert(i, r.value)
+            cached.episode_start = start
+
+        return page, commit_memory
+
+
+def _is_storage_failure(e: Exception) -> bool:
+    """Failures of our own storage (full, read-only, locked, corrupt): never the message's fault."""
+    if isinstance(e, sqlite3.IntegrityError):
+        return False
+    return isinstance(e, (sqlite3.DatabaseError, OSError))

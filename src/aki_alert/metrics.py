@@ -1,0 +1,40 @@
+"""Every Prometheus metric of the service, defined in one place (prometheus-client conventions).
+
+No label ever carries an MRN or a name: labels take small fixed sets of values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+MESSAGES = Counter("aki_messages_received_total", "HL7 messages received", ["type"])
+ACKS = Counter("aki_acks_sent_total", "Acknowledgements sent", ["code"])
+DEAD_LETTERS = Counter("aki_dead_letters_total", "Messages set aside as unprocessable", ["reason"])
+DUPLICATES = Counter("aki_duplicate_messages_total", "Re-delivered messages ignored")
+DUPLICATE_RESULTS = Counter(
+    "aki_duplicate_results_total", "Results for an already-known patient and sample time")
+FRAME_ERRORS = Counter("aki_mllp_frame_errors_total", "MLLP frames that could not be read")
+STORAGE_FAILURES = Counter(
+    "aki_storage_failures_total", "Messages not acknowledged because the state could not be written")
+RESULTS_JUDGED = Counter(
+    "aki_results_judged_total", "Creatinine results judged", ["history", "admission"])
+POSITIVES = Counter("aki_positive_results_total", "Results judged AKI", ["detector"])
+PAGES = Counter("aki_pages_total", "Page attempts by outcome", ["outcome"])
+OUTBOX_DEPTH = Gauge("aki_outbox_pending", "Pages decided but not yet accepted by the pager")
+OUTBOX_OLDEST = Gauge(
+    "aki_outbox_oldest_age_seconds", "Age of the oldest undelivered page (0 when none)")
+CONNECTED = Gauge("aki_mllp_connected", "1 while connected to the hospital's MLLP endpoint")
+RECONNECTS = Counter("aki_mllp_connects_total", "MLLP connection attempts by outcome", ["outcome"])
+PAGE_LATENCY = Histogram(
+    "aki_page_latency_seconds", "From receiving a result to the pager accepting its page",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3, 10, 60),
+)
+PROCESSING = Histogram(
+    "aki_message_processing_seconds", "From receiving a message to its ACK being written",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1),
+)
+HISTORY_ROWS = Counter("aki_history_results_loaded_total", "History results imported")
+HISTORY_SKIPPED = Counter("aki_history_skipped_total", "History cells or rows skipped", ["reason"])
+HISTORY_LOADED = Gauge("aki_history_loaded", "1 when the configured history file is imported")
+MODEL = Info("aki_detector", "The detector judging results")
+PROVENANCE = Info("aki_state_provenance", "What the state was built from")

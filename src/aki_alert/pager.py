@@ -1,0 +1,130 @@
+"""The outbox dispatcher: the only code that talks to the pager.
+
+A page is in the outbox before its message is acknowledged. The dispatcher sends it at once
+and retries transient failures (timeouts, refused connections, 5xx, any other status) with
+capped exponential backoff and jitter until the pager accepts it, across restarts (pending rows
+are resent at start). A 400 means the pager will never accept this body: it is dead-lettered
+with the pager's answer. Delivery is at-least-once: a crash between the pager's 200 and our
+record of it resends that one page once, which the hospital counts once (same `MRN,time`).
+
+aiohttp is the client: asyncio-native, keep-alive connection reuse to the one pager host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import aiohttp
+
+from . import metrics
+from .store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.05
+BACKOFF_CAP = 10.0
+REQUEST_TIMEOUT = 5.0
+
+
+def backoff(attempt: int, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> float:
+    """Delay before retry number `attempt` (1-based): capped exponential, jittered to 50–100%."""
+    return min(cap, first * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+class Dispatcher:
+    def __init__(self, store: SqliteStore, pager_address: str,
+                 timeout: float = REQUEST_TIMEOUT) -> None:
+        self.store = store
+        self.url = f"http://{pager_address}/page"
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._created: dict[int, float] = {}   # page id -> wall time it became pending
+        metrics.OUTBOX_DEPTH.set_function(lambda: len(self._created))
+        metrics.OUTBOX_OLDEST.set_function(self._oldest_age)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=32, force_close=False),
+            timeout=self.timeout,
+            headers={"Content-Type": "text/plain"},
+        )
+        pending = self.store.pending_pages()
+        if pending:
+            log.info("resending %d undelivered page(s) from the outbox", len(pending))
+        for p in pending:
+            self.submit(p.id, p.body, None, p.attempts)
+
+    def submit(self, page_id: int, body: str, received: float | None, attempts: int = 0) -> None:
+        """Start delivering a committed page now."""
+        self._created[page_id] = time.time()
+        task = asyncio.get_running_loop().create_task(
+            self._deliver(page_id, body, received, attempts))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, page_id: int, body: str, received: float | None,
+                       attempts: int) -> None:
+        assert self._session is not None
+        while True:
+            attempts += 1
+            error = await self._post(body)
+            if error is None:
+                metrics.PAGES.labels(outcome="delivered").inc()
+                try:
+                    self.store.page_delivered(page_id, attempts)
+                except Exception as e:  # noqa: BLE001 - resent once after a restart: harmless
+                    log.error("page %s delivered but not recorded: %s", body, e)
+                if received is not None:
+                    metrics.PAGE_LATENCY.observe(time.perf_counter() - received)
+                break
+            dead = error.startswith("400")
+            try:
+                self.store.page_failed(page_id, attempts, error, dead)
+            except Exception as e:  # noqa: BLE001 - the row stays pending; retry still happens
+                log.error("cannot record page attempt for outbox %d: %s", page_id, e)
+            if dead:
+                metrics.PAGES.labels(outcome="dead").inc()
+                log.error("pager refused page %s for good: %s (dead-lettered)", body, error)
+                break
+            metrics.PAGES.labels(outcome="retry").inc()
+            delay = backoff(attempts)
+            log.warning("page %s not delivered (attempt %d: %s); retrying in %.2fs",
+                        body, attempts, error, delay)
+            await asyncio.sleep(delay)
+        self._created.pop(page_id, None)
+
+    async def _post(self, body: str) -> str | None:
+        """None when the pager accepted the page, else a short description of the failure."""
+        try:
+            async with self._session.post(self.url, data=body.encode()) as resp:
+                text = await resp.text()
+                if resp.status == 200:
+                    return None
+                return f"{resp.status} {text.strip()[:200]}"
+        except asyncio.TimeoutError:
+            return "timeout"
+        except aiohttp.ClientError as e:
+            return f"{type(e).__name__}: {e}"
+
+    def _oldest_age(self) -> float:
+        oldest = min(self._created.values(), default=None)
+        return 0.0 if oldest is None else time.time() - oldest
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, timeout: float) -> None:
+        """Give in-flight deliveries up to `timeout` seconds, then stop them (they stay pending)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,265 @@
+"""Durable state in one SQLite file: patients, results, the message journal and the page outbox.
+
+Every message is applied in one transaction (`transaction()`), so the journal row, the state
+change and any page decision are committed together or not at all. WAL mode with
+`synchronous=NORMAL` (durability "process") survives a crash of the process at any instant;
+`synchronous=FULL` (durability "machine") also survives a power cut, at the cost of an fsync
+per message.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..detect import Patient
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS = {
+    1: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE patients (
+        mrn TEXT PRIMARY KEY,
+        name TEXT,
+        birth INTEGER,
+        sex TEXT,
+        admitted INTEGER NOT NULL DEFAULT 0,
+        episode_start INTEGER          -- time of the result that opened the current AKI episode
+    );
+    CREATE TABLE admissions (
+        id INTEGER PRIMARY KEY,
+        mrn TEXT NOT NULL,
+        event TEXT NOT NULL,           -- 'admit' or 'discharge'
+        time INTEGER,
+        journal_id INTEGER NOT NULL
+    );
+    CREATE INDEX admissions_mrn ON admissions (mrn, time);
+    CREATE TABLE results (
+        mrn TEXT NOT NULL,
+        time INTEGER NOT NULL,
+        value REAL NOT NULL,
+        source TEXT NOT NULL,          -- 'history' or 'feed'
+        PRIMARY KEY (mrn, time)
+    ) WITHOUT ROWID;
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY,
+        digest BLOB NOT NULL UNIQUE,   -- blake2b of the message bytes: a re-delivery is a no-op
+        received_at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        mrn TEXT,
+        status TEXT NOT NULL,          -- applied | duplicate-result | ignored | dead
+        reason TEXT,
+        raw BLOB NOT NULL
+    );
+    CREATE VIEW dead_letters AS
+        SELECT id, received_at, kind, reason, raw FROM journal WHERE status = 'dead';
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        mrn TEXT NOT NULL,
+        result_time INTEGER NOT NULL,
+        body TEXT NOT NULL UNIQUE,     -- 'MRN,YYYYMMDDHHMMSS' as sent to the pager
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL,          -- pending | delivered | dead
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        delivered_at REAL,
+        explanation TEXT NOT NULL,     -- JSON: detector, version, score, threshold, baseline, ratio, stage
+        journal_id INTEGER NOT NULL
+    );
+    CREATE INDEX outbox_pending ON outbox (status) WHERE status = 'pending';
+    """,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPage:
+    id: int
+    body: str
+    attempts: int
+
+
+class StateError(Exception):
+    """The state cannot be opened or is not one this version understands."""
+
+
+class SqliteStore:
+    def __init__(self, path: str, durability: str = "process") -> None:
+        self.path = path
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as e:
+            raise StateError(f"cannot open state database {path}: {e}") from e
+        self.db.execute("PRAGMA synchronous=" + ("FULL" if durability == "machine" else "NORMAL"))
+        self.db.execute("PRAGMA foreign_keys=OFF")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"state {self.path} has schema version {version}, newer than this release's "
+                f"{SCHEMA_VERSION}: run the newer release or restore a backup"
+            )
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                self._run_script(_MIGRATIONS[v])
+                self.db.execute(f"PRAGMA user_version={v}")
+
+    def _run_script(self, script: str) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.db.in_transaction:   # SQLite may already have rolled back (e.g. disk full)
+                self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- provenance ---------------------------------------------------------------------
+    def meta(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM meta"))
+
+    def set_meta(self, **values: str) -> None:
+        self.db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            list(values.items()),
+        )
+
+    # --- history ------------------------------------------------------------------------
+    def import_results(self, rows: Iterable[tuple[str, int, float]], batch: int = 50_000) -> int:
+        """Insert (mrn, time, value) history rows, keeping existing ones; returns rows added."""
+        added = 0
+        buf: list[tuple[str, int, float]] = []
+        sql = "INSERT OR IGNORE INTO results (mrn, time, value, source) VALUES (?, ?, ?, 'history')"
+        with self.transaction():
+            before = self.db.total_changes
+            for row in rows:
+                buf.append(row)
+                if len(buf) >= batch:
+                    self.db.executemany(sql, buf)
+                    buf.clear()
+            self.db.executemany(sql, buf)
+            added = self.db.total_changes - before
+        return added
+
+    # --- per message (call inside transaction()) ----------------------------------------
+    def journal(self, digest: bytes, kind: str, mrn: str | None, status: str,
+                reason: str | None, raw: bytes) -> int | None:
+        """Record a message; None when these exact bytes were journaled before (a re-delivery)."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO journal (digest, received_at, kind, mrn, status, reason, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (digest, time.time(), kind, mrn, status, reason, raw),
+        )
+        return cur.lastrowid if cur.rowcount else None
+
+    def set_journal_status(self, journal_id: int, status: str, reason: str | None = None) -> None:
+        self.db.execute("UPDATE journal SET status = ?, reason = ? WHERE id = ?",
+                        (status, reason, journal_id))
+
+    def load_patient(self, mrn: str) -> tuple[Patient, int | None]:
+        """A patient's results in time order, demographics and current episode start."""
+        rows = self.db.execute(
+            "SELECT time, value FROM results WHERE mrn = ? ORDER BY time", (mrn,)
+        ).fetchall()
+        p = Patient(mrn, [r[0] for r in rows], [r[1] for r in rows])
+        demo = self.db.execute(
+            "SELECT birth, sex, episode_start FROM patients WHERE mrn = ?", (mrn,)
+        ).fetchone()
+        if demo is None:
+            return p, None
+        p.birth, p.sex = demo[0], demo[1]
+        return p, demo[2]
+
+    def add_result(self, mrn: str, time_: int, value: float) -> bool:
+        """False when a result for this patient and sample time is already known."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO results (mrn, time, value, source) VALUES (?, ?, ?, 'feed')",
+            (mrn, time_, value),
+        )
+        return cur.rowcount == 1
+
+    def admit(self, mrn: str, name: str, birth: int | None, sex: str | None,
+              time_: int | None, journal_id: int) -> None:
+        self.db.execute(
+            "INSERT INTO patients (mrn, name, birth, sex, admitted) VALUES (?, ?, ?, ?, 1) "
+            "ON CONFLICT (mrn) DO UPDATE SET name = excluded.name, birth = excluded.birth, "
+            "sex = excluded.sex, admitted = 1",
+            (mrn, name, birth, sex),
+        )
+        self.db.execute(
+            "INSERT INTO admissions (mrn, event, time, journal_id) VALUES (?, 'admit', ?, ?)",
+            (mrn, time_, journal_id),
+        )
+
+    def discharge(self, mrn: str, time_: int | None, journal_id: int) -> None:
+        self.db.execute(
+            "INSERT INTO patients (mrn, admitted) VALUES (?, 0) "
+            "ON CONFLICT (mrn) DO UPDATE SET admitted = 0",
+            (mrn,),
+        )
+        self.db.execute(
+            "INSERT INTO admissions (mrn, event, time, journal_id) VALUES (?, 'discharge', ?, ?)",
+            (mrn, time_, journal_id),
+        )
+
+    def open_episode(self, mrn: str, start: int) -> None:
+        self.db.execute(
+            "INSERT INTO patients (mrn, episode_start) VALUES (?, ?) "
+            "ON CONFLICT (mrn) DO UPDATE SET episode_start = excluded.episode_start",
+            (mrn, start),
+        )
+
+    def add_page(self, mrn: str, result_time: int, body: str, explanation: str,
+                 journal_id: int) -> int | None:
+        """Queue a page in the outbox; None when this exact page was queued before."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO outbox (mrn, result_time, body, created_at, status, "
+            "explanation, journal_id) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            (mrn, result_time, body, time.time(), explanation, journal_id),
+        )
+        return cur.lastrowid if cur.rowcount else None
+
+    # --- outbox (the dispatcher's side; each call its own transaction) ------------------
+    def pending_pages(self) -> list[PendingPage]:
+        return [PendingPage(*r) for r in self.db.execute(
+            "SELECT id, body, attempts FROM outbox WHERE status = 'pending' ORDER BY id")]
+
+    def page_delivered(self, page_id: int, attempts: int) -> None:
+        self.db.execute(
+            "UPDATE outbox SET status = 'delivered', attempts = ?, delivered_at = ?, "
+            "last_error = NULL WHERE id = ?", (attempts, time.time(), page_id))
+
+    def page_failed(self, page_id: int, attempts: int, error: str, dead: bool) -> None:
+        self.db.execute(
+            "UPDATE outbox SET status = ?, attempts = ?, last_error = ? WHERE id = ?",
+            ("dead" if dead else "pending", attempts, error, page_id))
+
+    def counts(self) -> dict[str, int]:
+        q = self.db.execute
+        return {
+            "patients": q("SELECT count(DISTINCT mrn) FROM results").fetchone()[0],
+            "results": q("SELECT count(*) FROM results").fetchone()[0],
+            "messages": q("SELECT count(*) FROM journal").fetchone()[0],
+            "dead_letters": q("SELECT count(*) FROM journal WHERE status = 'dead'").fetchone()[0],
+            "pages_pending": q("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0],
+            "pages_delivered": q(
+                "SELECT count(*) FROM outbox WHERE status = 'delivered'").fetchone()[0],
+            "pages_dead": q("SELECT count(*) FROM outbox WHERE status = 'dead'").fetchone()[0],
+        }

@@ -1,0 +1,128 @@
+import hl7 as oracle
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aki_alert import hl7
+from aki_alert.timeutil import format_hl7_time, parse_hl7_date, parse_hl7_time
+
+ADMIT = (b"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||20240101055700||ADT^A01|||2.5\r"
+         b"PID|1||166185053||JORGIE LOWE||19680919|F\r")
+DISCHARGE = (b"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||20240331043800||ADT^A03|||2.5\r"
+             b"PID|1||130638940\r")
+RESULT = (b"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||20240331012700||ORU^R01|||2.5\r"
+          b"PID|1||151493085\rOBR|1||||||20240331012700\rOBX|1|SN|CREATININE||94.11504200406928\r")
+
+
+def test_admission():
+    e = hl7.parse(ADMIT)
+    assert e == hl7.Admission("166185053", "JORGIE LOWE", parse_hl7_date("19680919"), "F",
+                              parse_hl7_time("20240101055700"))
+
+
+def test_discharge():
+    assert hl7.parse(DISCHARGE) == hl7.Discharge("130638940", parse_hl7_time("20240331043800"))
+
+
+def test_result():
+    e = hl7.parse(RESULT)
+    assert e == hl7.Result("151493085", parse_hl7_time("20240331012700"), "20240331012700",
+                           94.11504200406928)
+
+
+def test_twelve_digit_time_is_accepted_and_echoed_as_sent():
+    e = hl7.parse(RESULT.replace(b"|20240331012700\rOBX", b"|202403310127\rOBX"))
+    assert e.time == parse_hl7_time("20240331012700")
+    assert e.time_text == "202403310127"
+
+
+def test_extra_segments_components_repetitions_and_other_tests_are_ignored():
+    msg = (b"MSH|^~\\&|LAB|X|||20240331012700||ORU^R01^ORU_R01|CTRL1|P|2.5\r"
+           b"PID|1||151493085^^^HOSP^MR~999||DOE^JOHN\rPV1|1|I\r"
+           b"OBR|1||||||20240331012700\rOBX|1|SN|POTASSIUM||4.1\r"
+           b"OBX|2|SN|CREATININE^Creatinine^LN||120.5|umol/L\rNTE|1||note\r")
+    e = hl7.parse(msg)
+    assert e == hl7.Result("151493085", parse_hl7_time("20240331012700"), "20240331012700", 120.5)
+
+
+def test_newline_separated_segments_are_tolerated():
+    assert hl7.parse(RESULT.replace(b"\r", b"\r\n")) == hl7.parse(RESULT)
+
+
+def test_result_without_creatinine_is_other():
+    msg = RESULT.replace(b"CREATININE", b"SODIUM")
+    assert hl7.parse(msg) == hl7.Other("ORU^R01", "")
+
+
+def test_other_message_type():
+    assert hl7.parse(ADMIT.replace(b"ADT^A01", b"ADT^A08")).kind == "ADT^A08"
+
+
+@pytest.mark.parametrize("msg, words", [
+    (b"", "MSH"),
+    (b"PID|1||1\r", "MSH"),
+    (ADMIT.replace(b"166185053", b"ABC"), "MRN"),
+    (ADMIT.replace(b"PID|1||166185053||JORGIE LOWE||19680919|F\r", b""), "PID"),
+    (ADMIT.replace(b"19680919", b"1968-09"), "date of birth"),
+    (RESULT.replace(b"94.11504200406928", b"high"), "not a number"),
+    (RESULT.replace(b"94.11504200406928", b"-3"), "outside"),
+    (RESULT.replace(b"94.11504200406928", b"nan"), "outside"),
+    (RESULT.replace(b"|20240331012700\rOBX", b"|2024033101\rOBX"), "OBR-7"),
+    (RESULT.replace(b"|20240331012700\rOBX", b"|20241331012700\rOBX"), "OBR-7"),
+])
+def test_unusable_messages_say_why(msg, words):
+    with pytest.raises(hl7.HL7Error, match=words):
+        hl7.parse(msg)
+
+
+def test_ack_matches_the_contract_shape():
+    a = hl7.ack()
+    segs = a.split(b"\r")
+    assert segs[-1] == b""
+    assert segs[0].startswith(b"MSH|^~\\&|||||") and segs[0].endswith(b"||ACK|||2.5")
+    assert len(segs[0].split(b"|")[6]) == 14
+    assert segs[1] == b"MSA|AA"
+    assert b"\n" not in a
+    assert hl7.ack("AA", "X1").split(b"\r")[1] == b"MSA|AA|X1"
+
+
+def test_control_id():
+    assert hl7.control_id(b"MSH|^~\\&|A|B|||20240101||ADT^A01|CTL9|P|2.5\rPID|1") == "CTL9"
+    assert hl7.control_id(ADMIT) == ""
+    assert hl7.control_id(b"\x00garbage") == ""
+
+
+mrns = st.integers(min_value=100, max_value=999_999_999).map(str)
+times = st.integers(min_value=parse_hl7_time("19700101000000"),
+                    max_value=parse_hl7_time("20991231235959"))
+values = st.floats(min_value=1.0, max_value=5000.0, allow_nan=False)
+
+
+@given(mrns, times, values)
+def test_result_round_trip_and_oracle(mrn, t, value):
+    ts = format_hl7_time(t)
+    raw = (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{ts}||ORU^R01|||2.5\rPID|1||{mrn}\r"
+           f"OBR|1||||||{ts}\rOBX|1|SN|CREATININE||{value!r}\r").encode()
+    e = hl7.parse(raw)
+    assert (e.mrn, e.time, e.time_text, e.value) == (mrn, t, ts, value)
+    # The independent python-hl7 library reads the same fields.
+    m = oracle.parse(raw.decode())
+    assert str(m.segment("PID")[3]) == e.mrn
+    assert str(m.segment("OBR")[7]) == e.time_text
+    assert float(str(m.segment("OBX")[5])) == e.value
+
+
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_parse_or_raise_hl7error(raw):
+    try:
+        hl7.parse(raw)
+    except hl7.HL7Error:
+        pass
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="\x0b\x1c"), max_size=200))
+def test_arbitrary_text_after_a_valid_header_never_crashes(tail):
+    try:
+        hl7.parse(b"MSH|^~\\&|||||20240101000000||ORU^R01|||2.5\r" + tail.encode("utf-8", "surrogatepass"))
+    except hl7.HL7Error:
+        pass

@@ -1,0 +1,147 @@
+"""The per-message path against a real SQLite file: one transaction, ACK after commit."""
+
+import json
+import sqlite3
+
+import pytest
+
+from aki_alert.detect.nhs import NhsDetector
+from aki_alert.ingest import MAX_ATTEMPTS, Ingest
+from aki_alert.store.sqlite import SqliteStore
+from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_time
+
+T0 = parse_hl7_time("20240301080000")
+
+
+def result(mrn, t, value):
+    ts = format_hl7_time(t)
+    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{ts}||ORU^R01|||2.5\rPID|1||{mrn}\r"
+            f"OBR|1||||||{ts}\rOBX|1|SN|CREATININE||{value}\r").encode()
+
+
+def admit(mrn, dob="19600101", sex="F"):
+    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||20240301070000||ADT^A01|||2.5\r"
+            f"PID|1||{mrn}||ANN SMITH||{dob}|{sex}\r").encode()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteStore(str(tmp_path / "state.db"))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ingest(store):
+    return Ingest(store, NhsDetector())
+
+
+def pages(store):
+    return [r[0] for r in store.db.execute("SELECT body FROM outbox ORDER BY id")]
+
+
+def test_a_rise_is_paged_once_with_its_explanation(ingest, store):
+    ack, page = ingest.handle(result(7, T0, 100.0), 0.0)
+    assert ack.split(b"\r")[1] == b"MSA|AA" and page is None
+    ack, page = ingest.handle(result(7, T0 + DAY, 250.0), 0.0)
+    assert page is not None and page.body == f"7,{format_hl7_time(T0 + DAY)}"
+    assert pages(store) == [page.body]
+    exp = json.loads(store.db.execute("SELECT explanation FROM outbox").fetchone()[0])
+    assert exp["detector"] == "nhs" and exp["stage"] == 2 and exp["baseline"] == 100.0
+    assert store.pending_pages()[0].body == page.body
+
+
+def test_redelivered_message_changes_nothing(ingest, store):
+    ingest.handle(result(7, T0, 100.0), 0.0)
+    msg = result(7, T0 + DAY, 250.0)
+    assert ingest.handle(msg, 0.0)[1] is not None
+    before = store.counts()
+    ack, page = ingest.handle(msg, 0.0)
+    assert page is None and ack.split(b"\r")[1] == b"MSA|AA"
+    assert store.counts() == before
+
+
+def test_later_positives_of_the_same_episode_are_not_paged(ingest, store):
+    ingest.handle(result(7, T0, 100.0), 0.0)
+    assert ingest.handle(result(7, T0 + DAY, 250.0), 0.0)[1] is not None
+    assert ingest.handle(result(7, T0 + 2 * DAY, 400.0), 0.0)[1] is None
+    assert ingest.handle(result(7, T0 + 100 * DAY, 90.0), 0.0)[1] is None
+    assert ingest.handle(result(7, T0 + 101 * DAY, 300.0), 0.0)[1] is not None  # a new episode
+    assert len(pages(store)) == 2
+
+
+def test_state_survives_reopening(tmp_path):
+    path = str(tmp_path / "state.db")
+    s = SqliteStore(path)
+    Ingest(s, NhsDetector()).handle(admit(7), 0.0)
+    Ingest(s, NhsDetector()).handle(result(7, T0, 100.0), 0.0)
+    s.close()
+    s = SqliteStore(path)
+    ing = Ingest(s, NhsDetector())
+    _, page = ing.handle(result(7, T0 + DAY, 250.0), 0.0)
+    assert page is not None
+    p, episode = s.load_patient("7")
+    assert p.times == [T0, T0 + DAY] and p.sex == "F" and episode == T0 + DAY
+    s.close()
+
+
+def test_unparseable_message_is_dead_lettered_and_acknowledged(ingest, store):
+    ack, page = ingest.handle(result("abc", T0, 100.0), 0.0)
+    assert ack.split(b"\r")[1] == b"MSA|AA" and page is None
+    reason, = store.db.execute("SELECT reason FROM dead_letters").fetchone()
+    assert "MRN" in reason
+
+
+def test_full_disk_is_not_acknowledged_and_loses_nothing(ingest, store):
+    ingest.handle(result(7, T0, 100.0), 0.0)
+    msg = result(7, T0 + DAY, 250.0)
+    pages_used = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count={pages_used}")
+    before = store.counts()
+    # Fill the remaining room so the next insert cannot fit.
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        for i in range(10_000):
+            ingest.handle(result(8, T0 + i, 100.0 + i % 7), 0.0)
+    stuck = store.counts()
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        ingest.handle(msg, 0.0)
+    assert store.counts() == stuck
+    store.db.execute("PRAGMA max_page_count=1073741823")
+    _, page = ingest.handle(msg, 0.0)   # the hospital resends: now it goes through, once
+    assert page is not None and pages(store) == [page.body]
+    assert store.counts()["messages"] > before["messages"]
+
+
+class Broken:
+    name, version = "broken", "0"
+
+    def judge(self, patient, time, value):
+        raise RuntimeError("bug")
+
+
+def test_a_message_that_always_fails_is_dead_lettered_after_retries(store):
+    ing = Ingest(store, Broken())
+    msg = result(7, T0, 100.0)
+    for _ in range(MAX_ATTEMPTS - 1):
+        with pytest.raises(RuntimeError):
+            ing.handle(msg, 0.0)
+        assert store.counts()["messages"] == 0
+    ack, page = ing.handle(msg, 0.0)
+    assert ack.split(b"\r")[1] == b"MSA|AA" and page is None
+    assert "RuntimeError" in store.db.execute("SELECT reason FROM dead_letters").fetchone()[0]
+    assert store.counts()["results"] == 0
+
+
+def test_same_sample_time_with_other_bytes_is_a_duplicate_result(ingest, store):
+    ingest.handle(result(7, T0, 100.0), 0.0)
+    ingest.handle(result(7, T0 + DAY, 250.0), 0.0)
+    _, page = ingest.handle(result(7, T0 + DAY, 260.0), 0.0)
+    assert page is None and len(pages(store)) == 1
+    status, = store.db.execute("SELECT status FROM journal ORDER BY id DESC").fetchone()
+    assert status == "duplicate-result"
+
+
+def test_other_message_types_are_journaled_as_ignored(ingest, store):
+    ingest.handle(admit(7).replace(b"ADT^A01", b"ADT^A08"), 0.0)
+    assert store.db.execute("SELECT status, reason FROM journal").fetchone() == (
+        "ignored", "message type ADT^A08")
