@@ -1,0 +1,173 @@
+"""The real `aki-alert serve` process against a stand-in hospital and pager on 127.0.0.1."""
+
+from __future__ import annotations
+
+import csv
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from aki_alert.detect.nhs import NhsDetector
+from aki_alert.offline import offline_pages, read_mllp_file
+from aki_alert.timeutil import format_hl7_time, parse_csv_time
+
+from .double import MllpHospital, Pager
+from .service_process import start, stop, wait_for
+
+HISTORY = "mrn,creatinine_date_0,creatinine_result_0\n7,2024-03-01 08:00:00,100\n"
+
+
+def result(mrn, ts, value):
+    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{ts}||ORU^R01|||2.5\rPID|1||{mrn}\r"
+            f"OBR|1||||||{ts}\rOBX|1|SN|CREATININE||{value}\r").encode()
+
+
+@pytest.fixture
+def pager():
+    p = Pager()
+    yield p
+    p.close()
+
+
+def f3(pages: set[str], akis: set[str]) -> float:
+    tp, fp, fn = len(pages & akis), len(pages - akis), len(akis - pages)
+    return 10 * tp / (10 * tp + 9 * fn + fp)
+
+
+def dev_stream(shared_data):
+    d = shared_data / "dev-stream"
+    msgs = read_mllp_file(str(d / "messages.mllp"))
+    with open(d / "aki.csv", newline="") as f:
+        akis = {f"{r['mrn']},{format_hl7_time(parse_csv_time(r['date']))}"
+                for r in csv.DictReader(f) if r["aki"] == "y"}
+    return d, msgs, akis
+
+
+def run_to_end(hospital, pager, proc, expected_pages, timeout=180):
+    assert wait_for(hospital.done.is_set, timeout), f"stalled at {hospital.next}"
+    wait_for(lambda: len(set(pager.bodies)) >= expected_pages, 10)
+    code, err = stop(proc)
+    assert code == 0, err[-3000:]
+    return err
+
+
+def test_small_stream_pages_once_and_survives_garbage(tmp_path, pager):
+    history = tmp_path / "history.csv"
+    history.write_text(HISTORY)
+    msgs = [result(7, "20240302080000", 110), b"this is not HL7",
+            result(7, "20240303080000", 260), result(7, "20240303080000", 260),
+            result(7, "20240304080000", 400)]
+    hospital = MllpHospital(msgs)
+    proc = start(hospital.port, pager.port, tmp_path / "state", history)
+    try:
+        err = run_to_end(hospital, pager, proc, 1, timeout=30)
+    finally:
+        hospital.close()
+    assert pager.bodies == ["7,20240303080000"]
+    assert all(b"\rMSA|AA" in a for a in hospital.acks) and len(hospital.acks) == 5
+    assert "dead letter" in err
+
+
+def test_dev_stream_matches_offline_nhs_and_survives_kill_9(tmp_path, pager, shared_data):
+    d, msgs, akis = dev_stream(shared_data)
+    expected = set(offline_pages(str(d / "history.csv"), msgs, NhsDetector()))
+    hospital = MllpHospital(msgs)
+    proc = start(hospital.port, pager.port, tmp_path / "state", d / "history.csv")
+    try:
+        # kill -9 in the middle of the stream, then restart: the hospital resumes after its last ACK.
+        kill_at = random.Random(7).randrange(3000, 12000)
+        assert wait_for(lambda: hospital.next >= kill_at, 120)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = start(hospital.port, pager.port, tmp_path / "state", d / "history.csv")
+        run_to_end(hospital, pager, proc, len(expected))
+    finally:
+        hospital.close()
+    got = set(pager.bodies)
+    assert hospital.next == len(msgs) == 15_825
+    assert got == expected
+    print(f"\ndev stream: live F3 {f3(got, akis):.4f}, offline NHS F3 {f3(expected, akis):.4f}, "
+          f"{len(pager.bodies)} deliveries of {len(got)} pages")
+
+
+def test_replay_from_start_pages_nothing_twice(tmp_path, pager):
+    history = tmp_path / "history.csv"
+    history.write_text(HISTORY)
+    msgs = [result(7, "20240302080000", 110), result(7, "20240303080000", 260)]
+    for run in range(2):   # the second connection replays the whole stream from the start
+        hospital = MllpHospital(msgs)
+        proc = start(hospital.port, pager.port, tmp_path / "state", history)
+        try:
+            run_to_end(hospital, pager, proc, 1, timeout=30)
+        finally:
+            hospital.close()
+    assert pager.bodies == ["7,20240303080000"]
+
+
+def test_pager_outage_delays_but_never_loses_a_page(tmp_path, pager):
+    history = tmp_path / "history.csv"
+    history.write_text(HISTORY)
+    pager.fail_status = 503
+    hospital = MllpHospital([result(7, "20240303080000", 260)])
+    proc = start(hospital.port, pager.port, tmp_path / "state", history)
+    try:
+        assert wait_for(hospital.done.is_set, 30)
+        assert pager.bodies == []
+        # Killed during the outage: the page waits in the outbox and goes out after restart.
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        pager.fail_status = None
+        proc = start(hospital.port, pager.port, tmp_path / "state", history)
+        assert wait_for(lambda: pager.bodies, 30)
+        code, _ = stop(proc)
+    finally:
+        hospital.close()
+    assert pager.bodies == ["7,20240303080000"] and code == 0
+
+
+def test_missing_setting_is_one_clear_line():
+    env = {"PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "aki_alert", "serve"], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MLLP_ADDRESS is not set" in lines[0] and "example" in lines[0]
+
+
+def test_malformed_setting_names_it(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "aki_alert", "serve", "--mllp-address", "nohost",
+                        "--pager-address", "127.0.0.1:1"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and "MLLP_ADDRESS='nohost' is not host:port" in r.stderr
+
+
+def test_unreachable_hospital_and_missing_history_keep_running(tmp_path, pager):
+    with socket_free_port() as port:
+        pass
+    proc = start(port, pager.port, tmp_path / "state", tmp_path / "nope.csv")
+    try:
+        assert wait_for(lambda: proc.poll() is not None, 2) is False
+    finally:
+        code, err = stop(proc)
+    assert code == 0
+    assert "cannot connect to hospital at 127.0.0.1" in err
+    assert "history file" in err and "cannot be read" in err
+
+
+def socket_free_port():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+
+    class Ctx:
+        def __enter__(self):
+            return port
+
+        def __exit__(self, *a):
+            s.close()
+    return Ctx()
