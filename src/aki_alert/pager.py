@@ -59,7 +59,9 @@ class Dispatcher:
             self.submit(p.id, p.body, None, p.attempts)
 
     def submit(self, page_id: int, body: str, received: float | None, attempts: int = 0) -> None:
-        """Start delivering a committed page now."""
+        """Start delivering a committed page now (a page already in flight is left alone)."""
+        if page_id in self._created:
+            return
         self._created[page_id] = time.time()
         task = asyncio.get_running_loop().create_task(
             self._deliver(page_id, body, received, attempts))

@@ -14,9 +14,7 @@ import os
 import signal
 import time
 
-from prometheus_client import start_http_server
-
-from . import metrics
+from . import health, metrics
 from .config import Config
 from .connection import MllpClient
 from .detect import Detector
@@ -48,8 +46,12 @@ def load_detector(cfg: Config) -> Detector:
         raise StartupError(f"cannot load the model: {e}") from e
 
 
-def import_history(store: SqliteStore, path: str) -> None:
-    """Import the history file unless this state already holds this exact file."""
+def import_history(store: SqliteStore, path: str) -> bool:
+    """Import the history file unless this state already holds this exact file.
+
+    Returns whether the state holds the configured history. A missing or unusable file is
+    logged and the service goes on without it (a result is still judged on what is known).
+    """
     try:
         digest = fingerprint(path)
     except OSError as e:
@@ -57,12 +59,12 @@ def import_history(store: SqliteStore, path: str) -> None:
         log.error("history file %s cannot be read (%s): starting without history; results of "
                   "patients seen before today will be judged without their past", path,
                   e.strerror or e)
-        return
+        return False
     meta = store.meta()
     if meta.get("history_sha256") == digest:
         metrics.HISTORY_LOADED.set(1)
         log.info("history %s already imported (sha256 %s)", path, digest[:12])
-        return
+        return True
     if meta.get("history_sha256"):
         log.warning("history file %s differs from the one this state was built from "
                     "(sha256 %s, now %s): merging its new rows", path,
@@ -74,7 +76,7 @@ def import_history(store: SqliteStore, path: str) -> None:
     except (ValueError, UnicodeError) as e:
         metrics.HISTORY_LOADED.set(0)
         log.error("history file %s is not usable (%s): starting without history", path, e)
-        return
+        return False
     duplicates = summary.results - added
     if duplicates:
         summary.skipped["duplicate results"] += duplicates
@@ -87,6 +89,7 @@ def import_history(store: SqliteStore, path: str) -> None:
     metrics.HISTORY_LOADED.set(1)
     log.info("history %s imported in %.2fs: %s", path, time.perf_counter() - started,
              summary.describe())
+    return True
 
 
 def open_state(cfg: Config) -> SqliteStore:
@@ -145,14 +148,22 @@ class Service:
 
 
 def serve(cfg: Config) -> None:
+    readiness = health.Readiness()
+    if cfg.metrics_port:
+        try:
+            health.start(cfg.metrics_port, readiness)
+        except OSError as e:
+            raise StartupError(f"METRICS_PORT {cfg.metrics_port} cannot be opened: "
+                               f"{e.strerror or e}") from e
     store = open_state(cfg)
-    import_history(store, cfg.history_path)
+    readiness.set("state", True)
+    readiness.set("history", import_history(store, cfg.history_path),
+                  f"{cfg.history_path} not imported")
     detector = load_detector(cfg)
+    readiness.set("detector", True)
     metrics.MODEL.info({"detector": detector.name, "version": detector.version})
     metrics.PROVENANCE.info({k: v for k, v in store.meta().items()
                              if k in ("environment", "history_sha256")})
-    if cfg.metrics_port:
-        start_http_server(cfg.metrics_port)
     log.info("serving: hospital %s, pager %s, state %s, detector %s %s", cfg.mllp_address,
              cfg.pager_address, cfg.state_dir, detector.name, detector.version)
     asyncio.run(Service(cfg, store, detector).run())

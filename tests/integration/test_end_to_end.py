@@ -171,3 +171,50 @@ def socket_free_port():
         def __exit__(self, *a):
             s.close()
     return Ctx()
+
+
+def test_metrics_health_and_readiness(tmp_path, pager):
+    import urllib.error
+    import urllib.request
+
+    with socket_free_port() as port:
+        pass
+    msgs = [result(7, "20240302080000", 110), result(8, "20240302090000", 90),
+            result(7, "20240303080000", 260), b"garbage"]
+    hospital = MllpHospital(msgs)
+    # No history file: the incident's signature must show in readiness and in the metrics.
+    proc = start(hospital.port, pager.port, tmp_path / "state", tmp_path / "missing.csv",
+                 METRICS_PORT=str(port))
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return None, ""
+
+    try:
+        assert wait_for(hospital.done.is_set, 30)
+        assert wait_for(lambda: pager.bodies, 10)
+        assert get("/healthz") == (200, "ok\n")
+        code, body = get("/readyz")
+        assert code == 503 and "history: failed" in body and "state: ok" in body
+        _, text = get("/metrics")
+    finally:
+        stop(proc)
+        hospital.close()
+    assert 'aki_results_judged_total{admission="no",history="no"} 2.0' in text
+    assert 'aki_results_judged_total{admission="no",history="yes"} 1.0' in text
+    assert 'aki_messages_received_total{type="result"} 3.0' in text
+    assert 'aki_dead_letters_total{reason="unparseable"} 1.0' in text
+    assert 'aki_acks_sent_total{code="AA"} 4.0' in text
+    assert 'aki_pages_total{outcome="delivered"} 1.0' in text
+    assert "aki_history_loaded 0.0" in text
+    assert "aki_page_latency_seconds_count 1.0" in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    labels = {v for fam in text_string_to_metric_families(text) for smp in fam.samples
+              for v in smp.labels.values()}
+    assert labels and not labels & {"7", "8"}   # no MRN in any label
