@@ -219,3 +219,28 @@ def test_metrics_health_and_readiness(tmp_path, pager):
               for smp in fam.samples
               for k, v in smp.labels.items() if k != "le"}
     assert labels and not labels & {"7", "8"}   # no MRN in any label
+
+
+def test_sigterm_with_a_page_stuck_in_retry_exits_0_within_5s(tmp_path, pager):
+    import time
+
+    history = tmp_path / "history.csv"
+    history.write_text(HISTORY)
+    pager.fail_status = 500
+    hospital = MllpHospital([result(7, "20240303080000", 260)])
+    proc = start(hospital.port, pager.port, tmp_path / "state", history)
+    try:
+        assert wait_for(hospital.done.is_set, 30)
+        started = time.monotonic()
+        code, err = stop(proc)
+        elapsed = time.monotonic() - started
+    finally:
+        hospital.close()
+    assert code == 0 and elapsed < 5.0, err[-2000:]
+    assert "shut down cleanly" in err
+    # The undelivered page is still pending in the state, for the next start.
+    from aki_alert.store.sqlite import SqliteStore
+
+    s = SqliteStore(str(tmp_path / "state" / "state.db"))
+    assert [p.body for p in s.pending_pages()] == ["7,20240303080000"]
+    s.close()
