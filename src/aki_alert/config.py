@@ -40,6 +40,9 @@ SETTINGS = (
             "model artifact directory (default: the model shipped in the package)"),
     Setting("DURABILITY", "--durability", "process", "machine",
             "process: survives a process crash; machine: also a power cut (fsync per message)"),
+    Setting("ON_HISTORY_CHANGE", "--on-history-change", "auto", "refuse",
+            "when the state was built from another history or environment: auto, refuse, "
+            "merge or rebuild (see docs/runbook.md)"),
     Setting("AKI_ENVIRONMENT", "--environment", "", "st-thomas-prod",
             "name of this hospital environment (default: the MLLP address)"),
     Setting("LOG_FORMAT", "--log-format", "text", "json", "text or json"),
@@ -59,6 +62,7 @@ class Config:
     model_path: str | None
     durability: str
     environment: str
+    on_history_change: str
     log_format: str
     log_level: str
 
@@ -118,6 +122,8 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         model_path=raw["MODEL_PATH"] or None,
         durability=_choice(by_env["DURABILITY"], raw["DURABILITY"], ("process", "machine")),
         environment=raw["AKI_ENVIRONMENT"] or raw["MLLP_ADDRESS"],
+        on_history_change=_choice(by_env["ON_HISTORY_CHANGE"], raw["ON_HISTORY_CHANGE"],
+                                  ("auto", "refuse", "merge", "rebuild")),
         log_format=_choice(by_env["LOG_FORMAT"], raw["LOG_FORMAT"], ("text", "json")),
         log_level=_choice(by_env["LOG_LEVEL"], raw["LOG_LEVEL"].upper(),
                           ("DEBUG", "INFO", "WARNING", "ERROR")),

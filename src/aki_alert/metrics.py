@@ -38,3 +38,9 @@ HISTORY_SKIPPED = Counter("aki_history_skipped_total", "History cells or rows sk
 HISTORY_LOADED = Gauge("aki_history_loaded", "1 when the configured history file is imported")
 MODEL = Info("aki_detector", "The detector judging results")
 PROVENANCE = Info("aki_state_provenance", "What the state was built from")
+PROVENANCE_MISMATCH = Gauge(
+    "aki_state_provenance_mismatch",
+    "1 when the state at start was built from another history or environment than configured")
+PROVENANCE_MISMATCHES = Counter(
+    "aki_state_provenance_mismatches_total", "Provenance mismatches found at start, by action",
+    ["action"])

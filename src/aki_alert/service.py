@@ -24,6 +24,7 @@ from .history import ImportSummary, fingerprint, read_history
 from .ingest import Ingest
 from .mllp import FrameError
 from .pager import Dispatcher
+from .provenance import Overlap, decide
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -46,49 +47,71 @@ def load_detector(cfg: Config) -> Detector:
         raise StartupError(f"cannot load the model: {e}") from e
 
 
-def import_history(store: SqliteStore, path: str) -> bool:
-    """Import the history file unless this state already holds this exact file.
-
-    Returns whether the state holds the configured history. A missing or unusable file is
-    logged and the service goes on without it (a result is still judged on what is known).
-    """
-    try:
-        digest = fingerprint(path)
-    except OSError as e:
-        metrics.HISTORY_LOADED.set(0)
-        log.error("history file %s cannot be read (%s): starting without history; results of "
-                  "patients seen before today will be judged without their past", path,
-                  e.strerror or e)
-        return False
-    meta = store.meta()
-    if meta.get("history_sha256") == digest:
-        metrics.HISTORY_LOADED.set(1)
-        log.info("history %s already imported (sha256 %s)", path, digest[:12])
-        return True
-    if meta.get("history_sha256"):
-        log.warning("history file %s differs from the one this state was built from "
-                    "(sha256 %s, now %s): merging its new rows", path,
-                    meta["history_sha256"][:12], digest[:12])
+def _import(store: SqliteStore, path: str, digest: str) -> None:
     summary = ImportSummary()
     started = time.perf_counter()
-    try:
-        added = store.import_results(read_history(path, summary))
-    except (ValueError, UnicodeError) as e:
-        metrics.HISTORY_LOADED.set(0)
-        log.error("history file %s is not usable (%s): starting without history", path, e)
-        return False
-    duplicates = summary.results - added
-    if duplicates:
-        summary.skipped["duplicate results"] += duplicates
+    added = store.import_results(read_history(path, summary))
+    if summary.results > added:
+        summary.skipped["duplicate results"] += summary.results - added
+        summary.results = added
     with store.transaction():
         store.set_meta(history_sha256=digest, history_path=path,
                        history_imported_at=str(int(time.time())))
     metrics.HISTORY_ROWS.inc(added)
     for reason, n in summary.skipped.items():
         metrics.HISTORY_SKIPPED.labels(reason=reason).inc(n)
-    metrics.HISTORY_LOADED.set(1)
     log.info("history %s imported in %.2fs: %s", path, time.perf_counter() - started,
              summary.describe())
+
+
+def reconcile(store: SqliteStore, cfg: Config) -> bool:
+    """Make the state this environment's, importing its history; True when the state holds the
+    configured history. See provenance.py for the policy."""
+    path = cfg.history_path
+    try:
+        digest = fingerprint(path)
+    except OSError as e:
+        digest = None
+        log.error("history file %s cannot be read (%s): starting without it; results of "
+                  "patients seen before today will be judged without their past", path,
+                  e.strerror or e)
+    meta = store.meta()
+    recorded, recorded_env = meta.get("history_sha256"), meta.get("environment")
+    overlap = None
+    if digest is not None and recorded != digest and (recorded or recorded_env != cfg.environment):
+        try:
+            overlap = Overlap(*store.history_overlap(read_history(path, ImportSummary())))
+        except (ValueError, UnicodeError):
+            overlap = None
+    d = decide(cfg.on_history_change, recorded, digest, recorded_env, cfg.environment, overlap)
+    metrics.PROVENANCE_MISMATCH.set(1 if d.mismatch else 0)
+    if d.mismatch:
+        metrics.PROVENANCE_MISMATCHES.labels(action=d.action).inc()
+        log.error("state provenance mismatch in %s: %s", cfg.state_dir, d.reason)
+    elif d.action == "merge":
+        log.warning("%s", d.reason)
+    if d.action == "refuse":
+        raise StartupError(
+            f"state in {cfg.state_dir} does not match this environment: {d.reason}. To resolve, "
+            "restart with --on-history-change merge (same hospital: import the new history, keep "
+            "live results) or --on-history-change rebuild (another hospital: archive this state "
+            "and start from the new history); or point STATE_DIR at this environment's state")
+    if d.action == "rebuild":
+        archived = store.archive(time.strftime("archived-%Y%m%dT%H%M%S"))
+        log.error("previous state archived as %s; rebuilding from %s", archived, path)
+    if recorded_env != cfg.environment or d.action == "rebuild":
+        with store.transaction():
+            store.set_meta(environment=cfg.environment)
+    if digest is None:
+        return False
+    if d.action in ("import", "merge", "rebuild"):
+        try:
+            _import(store, path, digest)
+        except (ValueError, UnicodeError) as e:
+            log.error("history file %s is not usable (%s): starting without it", path, e)
+            return False
+    else:
+        log.info("history %s already imported (sha256 %s)", path, digest[:12])
     return True
 
 
@@ -98,13 +121,9 @@ def open_state(cfg: Config) -> SqliteStore:
     except OSError as e:
         raise StartupError(f"STATE_DIR {cfg.state_dir} cannot be created: {e.strerror}") from e
     store = SqliteStore(os.path.join(cfg.state_dir, "state.db"), cfg.durability)
-    meta = store.meta()
-    if meta.get("environment") is None:
+    if "created_at" not in store.meta():
         with store.transaction():
-            store.set_meta(environment=cfg.environment, created_at=str(int(time.time())))
-    elif meta["environment"] != cfg.environment:
-        log.warning("state %s was built for environment %r, now serving %r", cfg.state_dir,
-                    meta["environment"], cfg.environment)
+            store.set_meta(created_at=str(int(time.time())))
     return store
 
 
@@ -157,8 +176,9 @@ def serve(cfg: Config) -> None:
                                f"{e.strerror or e}") from e
     store = open_state(cfg)
     readiness.set("state", True)
-    readiness.set("history", import_history(store, cfg.history_path),
-                  f"{cfg.history_path} not imported")
+    history_ok = reconcile(store, cfg)
+    metrics.HISTORY_LOADED.set(1 if history_ok else 0)
+    readiness.set("history", history_ok, f"{cfg.history_path} not imported")
     detector = load_detector(cfg)
     readiness.set("detector", True)
     metrics.MODEL.info({"detector": detector.name, "version": detector.version})

@@ -9,6 +9,7 @@ per message.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -89,6 +90,7 @@ class StateError(Exception):
 class SqliteStore:
     def __init__(self, path: str, durability: str = "process") -> None:
         self.path = path
+        self.durability = durability
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -157,6 +159,33 @@ class SqliteStore:
             self.db.executemany(sql, buf)
             added = self.db.total_changes - before
         return added
+
+    def history_overlap(self, rows: Iterable[tuple[str, int, float]]) -> tuple[int, int, int]:
+        """(history results in the state, shared with `rows`, conflicting with `rows`)."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS incoming "
+                        "(mrn TEXT, time INTEGER, value REAL, PRIMARY KEY (mrn, time)) WITHOUT ROWID")
+        self.db.execute("DELETE FROM incoming")
+        with self.transaction():
+            self.db.executemany("INSERT OR IGNORE INTO incoming VALUES (?, ?, ?)", rows)
+        state_rows, shared, conflicts = self.db.execute(
+            "SELECT count(*), count(i.mrn) FILTER (WHERE abs(i.value - r.value) < 1e-6), "
+            "count(i.mrn) FILTER (WHERE abs(i.value - r.value) >= 1e-6) "
+            "FROM results r LEFT JOIN incoming i ON i.mrn = r.mrn AND i.time = r.time "
+            "WHERE r.source = 'history'").fetchone()
+        self.db.execute("DROP TABLE incoming")
+        return state_rows, shared, conflicts
+
+    def archive(self, suffix: str) -> str:
+        """Move the state file aside as `state.db.<suffix>` and start an empty one in its place."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
+        archived = f"{self.path}.{suffix}"
+        os.replace(self.path, archived)
+        for ext in ("-wal", "-shm"):
+            if os.path.exists(self.path + ext):
+                os.remove(self.path + ext)
+        self.__init__(self.path, self.durability)
+        return archived
 
     # --- per message (call inside transaction()) ----------------------------------------
     def journal(self, digest: bytes, kind: str, mrn: str | None, status: str,
