@@ -28,7 +28,8 @@ SETTINGS = (
     Setting("MLLP_ADDRESS", "--mllp-address", None, "hospital-sim:8440",
             "the hospital's MLLP endpoint, host:port (required)"),
     Setting("PAGER_ADDRESS", "--pager-address", None, "hospital-sim:8441",
-            "the pager's HTTP endpoint, host:port; pages go to http://PAGER_ADDRESS/page (required)"),
+            "the pager's HTTP endpoint, host:port; pages go to http://PAGER_ADDRESS/page "
+            "(required)"),
     Setting("HISTORY_PATH", "--history-path", "/data/history.csv", "/data/history.csv",
             "history CSV imported into the state"),
     Setting("STATE_DIR", "--state-dir", "/state", "/state",

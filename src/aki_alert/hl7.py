@@ -143,7 +143,8 @@ def _result(segs: list[list[str]], pid: list[str] | None) -> Result | None:
         name = seg[0].strip()
         if name == "OBR" and not obr_time:
             obr_time = _first(_field(seg, 7))
-        elif name == "OBX" and value_text is None and _first(_field(seg, 3)).upper() == "CREATININE":
+        elif (name == "OBX" and value_text is None
+              and _first(_field(seg, 3)).upper() == "CREATININE"):
             value_text = _first(_field(seg, 5))
     if value_text is None:
         return None  # a result for another test: not ours

@@ -137,7 +137,8 @@ class Ingest:
         cached = self._patient(r.mrn)
         p = cached.patient
         if not store.add_result(r.mrn, r.time, r.value):
-            store.set_journal_status(jid, "duplicate-result", "a result for this sample time exists")
+            store.set_journal_status(jid, "duplicate-result",
+                                     "a result for this sample time exists")
             metrics.DUPLICATE_RESULTS.inc()
             return None, None
         j = self.detector.judge(p, r.time, r.value)

@@ -73,8 +73,8 @@ class FrameDecoder:
                 break
             if self._skipped:
                 size = self._skipped + end - pos
-                out.append(FrameError(
-                    f"MLLP frame of {size} bytes exceeds the {self.max_frame}-byte cap", self._prefix))
+                reason = f"MLLP frame of {size} bytes exceeds the {self.max_frame}-byte cap"
+                out.append(FrameError(reason, self._prefix))
                 self._skipped, self._prefix = 0, b""
             else:
                 # A start byte inside a frame means the previous frame was cut short: restart.

@@ -14,6 +14,11 @@ from aki_alert.detect.nhs import NhsDetector
 from aki_alert.offline import offline_pages, read_mllp_file
 from aki_alert.timeutil import format_hl7_time, parse_csv_time
 
+from aki_alert.hospital.datafiles import read_aki
+from aki_alert.hospital.scoring import Scorer
+from aki_alert.hospital.simulator import HospitalThread
+from aki_alert.timeutil import parse_hl7_time
+
 from .double import MllpHospital, Pager
 from .service_process import start, stop, wait_for
 
@@ -71,33 +76,40 @@ def test_small_stream_pages_once_and_survives_garbage(tmp_path, pager):
     assert "dead letter" in err
 
 
-def test_dev_stream_matches_offline_nhs_and_survives_kill_9(tmp_path, pager, shared_data):
-    d, msgs, akis = dev_stream(shared_data)
-    expected = set(offline_pages(str(d / "history.csv"), msgs, NhsDetector()))
-    hospital = MllpHospital(msgs)
-    proc = start(hospital.port, pager.port, tmp_path / "state", d / "history.csv")
-    try:
-        # kill -9 in the middle of the stream, then restart: the hospital resumes after its last ACK.
+def test_dev_stream_matches_offline_nhs_and_survives_kill_9(tmp_path, shared_data):
+    """The whole dev stream through the built-in hospital in resume mode, with a kill -9 in the
+    middle: the hospital's own score equals that of the NHS detector run offline."""
+    d, msgs, _ = dev_stream(shared_data)
+    rows = read_aki(d / "aki.csv")
+    expected = offline_pages(str(d / "history.csv"), msgs, NhsDetector())
+    scorer = Scorer(rows)
+    for body in expected:
+        mrn, ts = body.split(",")
+        scorer.page(mrn, parse_hl7_time(ts), None)
+    offline = scorer.score()
+    with HospitalThread(msgs, rows, resume_state=tmp_path / "resume.json") as h:
+        mllp, pager_port = h.hospital.mllp_port, h.hospital.pager_port
+        proc = start(mllp, pager_port, tmp_path / "state", d / "history.csv")
         kill_at = random.Random(7).randrange(3000, 12000)
-        assert wait_for(lambda: hospital.next >= kill_at, 120)
+        assert wait_for(lambda: h.hospital.next >= kill_at, 120)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        proc = start(hospital.port, pager.port, tmp_path / "state", d / "history.csv")
-        run_to_end(hospital, pager, proc, len(expected))
-    finally:
-        hospital.close()
-    got = set(pager.bodies)
-    assert hospital.next == len(msgs) == 15_825
-    assert got == expected
-    print(f"\ndev stream: live F3 {f3(got, akis):.4f}, offline NHS F3 {f3(expected, akis):.4f}, "
-          f"{len(pager.bodies)} deliveries of {len(got)} pages")
+        proc = start(mllp, pager_port, tmp_path / "state", d / "history.csv")
+        assert h.wait_done(120)
+        wait_for(lambda: h.score().tp + h.score().fp >= len(expected), 10)
+        code, log = stop(proc)
+        live = h.score()
+    assert code == 0, log[-2000:]
+    assert (live.tp, live.fp, live.fn) == (offline.tp, offline.fp, offline.fn)
+    print(f"\ndev stream, NHS detector: live {live.summary()}; offline F3 {offline.f3:.4f}; "
+          f"{live.pages} deliveries of {len(expected)} pages")
 
 
 def test_replay_from_start_pages_nothing_twice(tmp_path, pager):
     history = tmp_path / "history.csv"
     history.write_text(HISTORY)
     msgs = [result(7, "20240302080000", 110), result(7, "20240303080000", 260)]
-    for run in range(2):   # the second connection replays the whole stream from the start
+    for _ in range(2):   # the second connection replays the whole stream from the start
         hospital = MllpHospital(msgs)
         proc = start(hospital.port, pager.port, tmp_path / "state", history)
         try:

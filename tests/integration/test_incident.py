@@ -11,8 +11,10 @@ from .service_process import start, stop, wait_for
 
 HEADER = "mrn,creatinine_date_0,creatinine_result_0,creatinine_date_1,creatinine_result_1\n"
 # Environment A and B share MRNs (as two hospitals' number ranges can), with other people's data.
-HISTORY_A = HEADER + "7,2024-03-01 08:00:00,100,2024-03-02 08:00:00,104\n9,2024-03-01 09:00:00,60,,\n"
-HISTORY_B = HEADER + "7,2024-03-01 08:00:00,250,2024-03-02 08:00:00,240\n5,2024-03-01 09:00:00,80,,\n"
+HISTORY_A = HEADER + ("7,2024-03-01 08:00:00,100,2024-03-02 08:00:00,104\n"
+                      "9,2024-03-01 09:00:00,60,,\n")
+HISTORY_B = HEADER + ("7,2024-03-01 08:00:00,250,2024-03-02 08:00:00,240\n"
+                      "5,2024-03-01 09:00:00,80,,\n")
 
 
 def result(mrn, ts, value):

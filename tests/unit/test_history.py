@@ -16,7 +16,8 @@ HEADER = "mrn,creatinine_date_0,creatinine_result_0,creatinine_date_1,creatinine
 
 
 def test_good_rows(tmp_path):
-    path = write(tmp_path, HEADER + "1,2024-01-01 10:00:00,90.5,2024-01-02 10:00:00,95\n2,2024-01-01 11:00:00,70,,\n")
+    path = write(tmp_path, HEADER + "1,2024-01-01 10:00:00,90.5,2024-01-02 10:00:00,95\n"
+                                    "2,2024-01-01 11:00:00,70,,\n")
     s = ImportSummary()
     rows = list(read_history(path, s))
     assert rows == [("1", parse_csv_time("2024-01-01 10:00:00"), 90.5),

@@ -123,6 +123,7 @@ def test_arbitrary_bytes_parse_or_raise_hl7error(raw):
 @given(st.text(alphabet=st.characters(blacklist_characters="\x0b\x1c"), max_size=200))
 def test_arbitrary_text_after_a_valid_header_never_crashes(tail):
     try:
-        hl7.parse(b"MSH|^~\\&|||||20240101000000||ORU^R01|||2.5\r" + tail.encode("utf-8", "surrogatepass"))
+        header = b"MSH|^~\\&|||||20240101000000||ORU^R01|||2.5\r"
+        hl7.parse(header + tail.encode("utf-8", "surrogatepass"))
     except hl7.HL7Error:
         pass

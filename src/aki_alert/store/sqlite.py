@@ -68,7 +68,7 @@ _MIGRATIONS = {
         attempts INTEGER NOT NULL DEFAULT 0,
         last_error TEXT,
         delivered_at REAL,
-        explanation TEXT NOT NULL,     -- JSON: detector, version, score, threshold, baseline, ratio, stage
+        explanation TEXT NOT NULL,     -- JSON: detector, version, score, threshold, NHS view
         journal_id INTEGER NOT NULL
     );
     CREATE INDEX outbox_pending ON outbox (status) WHERE status = 'pending';
@@ -162,8 +162,8 @@ class SqliteStore:
 
     def history_overlap(self, rows: Iterable[tuple[str, int, float]]) -> tuple[int, int, int]:
         """(history results in the state, shared with `rows`, conflicting with `rows`)."""
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS incoming "
-                        "(mrn TEXT, time INTEGER, value REAL, PRIMARY KEY (mrn, time)) WITHOUT ROWID")
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (mrn TEXT, time INTEGER, "
+                        "value REAL, PRIMARY KEY (mrn, time)) WITHOUT ROWID")
         self.db.execute("DELETE FROM incoming")
         with self.transaction():
             self.db.executemany("INSERT OR IGNORE INTO incoming VALUES (?, ?, ?)", rows)
@@ -281,14 +281,14 @@ class SqliteStore:
             ("dead" if dead else "pending", attempts, error, page_id))
 
     def counts(self) -> dict[str, int]:
-        q = self.db.execute
+        def q(sql: str) -> int:
+            return self.db.execute(sql).fetchone()[0]
         return {
-            "patients": q("SELECT count(DISTINCT mrn) FROM results").fetchone()[0],
-            "results": q("SELECT count(*) FROM results").fetchone()[0],
-            "messages": q("SELECT count(*) FROM journal").fetchone()[0],
-            "dead_letters": q("SELECT count(*) FROM journal WHERE status = 'dead'").fetchone()[0],
-            "pages_pending": q("SELECT count(*) FROM outbox WHERE status = 'pending'").fetchone()[0],
-            "pages_delivered": q(
-                "SELECT count(*) FROM outbox WHERE status = 'delivered'").fetchone()[0],
-            "pages_dead": q("SELECT count(*) FROM outbox WHERE status = 'dead'").fetchone()[0],
+            "patients": q("SELECT count(DISTINCT mrn) FROM results"),
+            "results": q("SELECT count(*) FROM results"),
+            "messages": q("SELECT count(*) FROM journal"),
+            "dead_letters": q("SELECT count(*) FROM journal WHERE status = 'dead'"),
+            "pages_pending": q("SELECT count(*) FROM outbox WHERE status = 'pending'"),
+            "pages_delivered": q("SELECT count(*) FROM outbox WHERE status = 'delivered'"),
+            "pages_dead": q("SELECT count(*) FROM outbox WHERE status = 'dead'"),
         }
