@@ -10,13 +10,6 @@ from . import hl7
 from .detect import Detector, Patient
 from .episodes import opens_episode
 from .history import ImportSummary, read_history
-from .mllp import FrameDecoder
-
-
-def read_mllp_file(path: str) -> list[bytes]:
-    """Every message payload of a recorded `.mllp` stream."""
-    with open(path, "rb") as f:
-        return [m for m in FrameDecoder(max_frame=1 << 30).feed(f.read()) if isinstance(m, bytes)]
 
 
 def offline_pages(history_path: str | None, messages: list[bytes], detector: Detector) -> list[str]:

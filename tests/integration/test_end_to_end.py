@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from aki_alert.detect.nhs import NhsDetector
-from aki_alert.offline import offline_pages, read_mllp_file
+from aki_alert.offline import offline_pages
 from aki_alert.timeutil import format_hl7_time, parse_csv_time
 
-from aki_alert.hospital.datafiles import read_aki
+from aki_alert.hospital.datafiles import read_aki, read_messages
 from aki_alert.hospital.scoring import Scorer
 from aki_alert.hospital.simulator import HospitalThread
 from aki_alert.timeutil import parse_hl7_time
@@ -44,7 +44,7 @@ def f3(pages: set[str], akis: set[str]) -> float:
 
 def dev_stream(shared_data):
     d = shared_data / "dev-stream"
-    msgs = read_mllp_file(str(d / "messages.mllp"))
+    msgs = read_messages(d / "messages.mllp")
     with open(d / "aki.csv", newline="") as f:
         akis = {f"{r['mrn']},{format_hl7_time(parse_csv_time(r['date']))}"
                 for r in csv.DictReader(f) if r["aki"] == "y"}
