@@ -36,7 +36,7 @@ SETTINGS = (
             "directory of the durable state (a persistent volume)"),
     Setting("METRICS_PORT", "--metrics-port", "8000", "8000",
             "port of /metrics, /healthz and /readyz (0: off)"),
-    Setting("DETECTOR", "--detector", "nhs", "model", "the detector: model or nhs"),
+    Setting("DETECTOR", "--detector", "model", "nhs", "the detector: model or nhs"),
     Setting("MODEL_PATH", "--model-path", "", "/models/v2",
             "model artifact directory (default: the model shipped in the package)"),
     Setting("DURABILITY", "--durability", "process", "machine",

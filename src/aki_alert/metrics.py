@@ -15,7 +15,8 @@ DUPLICATE_RESULTS = Counter(
     "aki_duplicate_results_total", "Results for an already-known patient and sample time")
 FRAME_ERRORS = Counter("aki_mllp_frame_errors_total", "MLLP frames that could not be read")
 STORAGE_FAILURES = Counter(
-    "aki_storage_failures_total", "Messages not acknowledged because the state could not be written")
+    "aki_storage_failures_total",
+    "Messages not acknowledged because the state could not be written")
 RESULTS_JUDGED = Counter(
     "aki_results_judged_total", "Creatinine results judged", ["history", "admission"])
 POSITIVES = Counter("aki_positive_results_total", "Results judged AKI", ["detector"])

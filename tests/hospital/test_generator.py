@@ -40,7 +40,8 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, files):
 
 MSH = r"MSH\|\^~\\&\|SIMULATION\|SOUTH RIVERSIDE\|\|\|\d{14}\|\|"
 PATTERNS = {
-    "ADT^A01": re.compile(MSH + r"ADT\^A01\|\|\|2\.5\rPID\|1\|\|\d{3,9}\|\|[A-Z]+ [A-Z]+\|\|\d{8}\|[MF]\r"),
+    "ADT^A01": re.compile(
+        MSH + r"ADT\^A01\|\|\|2\.5\rPID\|1\|\|\d{3,9}\|\|[A-Z]+ [A-Z]+\|\|\d{8}\|[MF]\r"),
     "ADT^A03": re.compile(MSH + r"ADT\^A03\|\|\|2\.5\rPID\|1\|\|\d{3,9}\r"),
     "ORU^R01": re.compile(MSH + r"ORU\^R01\|\|\|2\.5\rPID\|1\|\|\d{3,9}\rOBR\|1\|\|\|\|\|\|\d{14}\r"
                           r"OBX\|1\|SN\|CREATININE\|\|\d+\.\d+(e[-+]\d+)?\r"),
@@ -71,7 +72,7 @@ def test_stream_starts_with_everyone_in_hospital_then_time_order(files):
     assert times == sorted(times)
     assert all(STREAM_START <= t < STREAM_START + DAYS * DAY for t in times[n_initial:])
     # Hospital rhythm: most results are drawn between 05:00 and 19:00.
-    hours = [t % DAY // 3600 for t, k in zip(times, kinds) if k == b"ORU^R01"]
+    hours = [t % DAY // 3600 for t, k in zip(times, kinds, strict=True) if k == b"ORU^R01"]
     assert sum(5 <= x < 19 for x in hours) / len(hours) > 0.8
 
 

@@ -8,7 +8,8 @@ from aki_alert.hospital.datafiles import AkiRow
 from aki_alert.hospital.scoring import Scorer, f3, nhs_reference_f3, percentile
 
 T = 1_000_000           # patient A's AKI time
-ROWS = [AkiRow("A", T, True, True), AkiRow("B", 2 * T, True, False), AkiRow("C", 3 * T, False, True)]
+ROWS = [AkiRow("A", T, True, True), AkiRow("B", 2 * T, True, False),
+        AkiRow("C", 3 * T, False, True)]
 
 
 def scorer() -> Scorer:

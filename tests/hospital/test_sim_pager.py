@@ -122,7 +122,7 @@ def test_pages_file_scored_offline_agrees_with_the_live_score(tmp_path):
     for mrn, t in read_pages(pages):
         offline.page(mrn, t, None)
     s = offline.score()
-    assert (s.tp, s.fp, s.fn, s.f3) == (live.tp, live.fp, live.fn, live.f3) 
+    assert (s.tp, s.fp, s.fn, s.f3) == (live.tp, live.fp, live.fn, live.f3)
     assert (s.tp, s.fp, s.fn) == (1, 2, 0)
 
 

@@ -256,3 +256,24 @@ def test_sigterm_with_a_page_stuck_in_retry_exits_0_within_5s(tmp_path, pager):
     s = SqliteStore(str(tmp_path / "state" / "state.db"))
     assert [p.body for p in s.pending_pages()] == ["7,20240303080000"]
     s.close()
+
+
+def test_dev_stream_with_the_shipped_model(tmp_path, shared_data):
+    """The model served live over the dev stream, scored by the built-in hospital: F3 ≥ 0.997,
+    and exactly the pages of the same model run offline."""
+    from aki_alert.detect.model import load_model
+
+    d, msgs, _ = dev_stream(shared_data)
+    rows = read_aki(d / "aki.csv")
+    expected = offline_pages(str(d / "history.csv"), msgs, load_model())
+    with HospitalThread(msgs, rows) as h:
+        proc = start(h.hospital.mllp_port, h.hospital.pager_port, tmp_path / "state",
+                     d / "history.csv", DETECTOR="model")
+        assert h.wait_done(120)
+        wait_for(lambda: h.score().pages >= len(expected), 10)
+        code, log = stop(proc)
+        live = h.score()
+    assert code == 0, log[-2000:]
+    assert live.tp + live.fp == len(set(expected))
+    print(f"\ndev stream, model: {live.summary()}")
+    assert live.f3 >= 0.997

@@ -2,7 +2,8 @@
 
 C1 is the new result. RV1 is the lowest result of the previous 0–7 days; RV2 the median of
 results 8–365 days ago. The ratio is C1/RV1 or C1/RV2, the higher where both exist.
-ratio >= 3, or C1 > 354 µmol/L with ratio >= 1.5: stage 3; ratio >= 2: stage 2; ratio >= 1.5: stage 1.
+ratio >= 3, or C1 > 354 µmol/L with ratio >= 1.5: stage 3; ratio >= 2: stage 2;
+ratio >= 1.5: stage 1.
 Without such a ratio, a rise of more than 26 µmol/L over any result of the previous 48 hours is
 stage 1. No result in the previous 365 days: no ratio, no alert (reference-range check only).
 """
@@ -62,7 +63,7 @@ def nhs_stage(times: list[int], values: list[float], time: int, value: float) ->
 
 
 class NhsDetector:
-    """Pages on any NHS stage (1–3), the full algorithm; `min_stage=2` gives the hospital's variant."""
+    """Pages on any NHS stage (1–3), the full algorithm; `min_stage=2` is the hospital's variant."""
 
     name = "nhs"
     version = VERSION

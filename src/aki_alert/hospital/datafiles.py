@@ -71,7 +71,8 @@ def write_history(path: Path, history: dict[str, list[tuple[int, float]]],
                   junk: bool = False, seed: int = 0) -> None:
     """`mrn,creatinine_date_0,creatinine_result_0,…`. With `junk`, a few rows get what real files
     have (contract §6): an empty cell, an absurd value, a CRLF line end, a duplicated row. Junk
-    only adds cells and rows: dropping empty and absurd cells and duplicates gives the clean data."""
+    only adds cells and rows: dropping empty and absurd cells and duplicates gives the clean
+    data."""
     rows = [[mrn] + _pairs(results) for mrn, results in history.items()]
     ends = ["\n"] * len(rows)
     if junk and rows:

@@ -103,7 +103,7 @@ class Hospital:
                  host: str = "127.0.0.1", mllp_port: int = 0, pager_port: int = 0,
                  deadline: float = 10.0, resume_state: Path | None = None,
                  speed: float | None = None, mllp_faults: MllpFaults = MllpFaults(),
-                 pager_faults: PagerFaults = PagerFaults(), pages_out: Path | None = None) -> None:
+                 pager_faults: PagerFaults | None = None, pages_out: Path | None = None) -> None:
         self.host, self.mllp_port, self.pager_port = host, mllp_port, pager_port
         self.deadline = deadline
         self.resume_state = resume_state
@@ -116,10 +116,12 @@ class Hospital:
         self.times = [_message_time(m) for m in messages]
         # Real time counts from the first result; earlier stamps (admissions of patients
         # already in hospital) go at once.
-        self._ref_time = next((t for t, r in zip(self.times, self.results) if r is not None),
-                              self.times[0] if self.times else 0)
+        self._ref_time = next(
+            (t for t, r in zip(self.times, self.results, strict=True) if r is not None),
+            self.times[0] if self.times else 0)
         self.digest = hashlib.sha256(b"".join(self.frames)).hexdigest()
-        self.pager = PagerServer(self._on_page, lambda: metrics_text(self), pager_faults)
+        self.pager = PagerServer(self._on_page, lambda: metrics_text(self),
+                                 pager_faults or PagerFaults())
         self.pages_out = pages_out
         self._pages_file = None
         # Counters (read by /metrics and the summary).

@@ -1,0 +1,184 @@
+"""`aki-alert train` and `evaluate` end to end: a small synthetic cohort, and the shipped model
+on the hospital's test cohort when ../shared/data is present."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from aki_alert import train as train_mod
+from aki_alert.cli import main
+from aki_alert.detect.model import default_model_path, load_model
+from aki_alert.timeutil import DAY, HOUR, format_csv_time
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def synthetic_cohort(path: Path, n: int, seed: int) -> None:
+    """A ragged cohort CSV: stable patients, AKI rows whose last result jumps, junk rows."""
+    rnd = random.Random(seed)
+    width = 12
+    header = ["age", "sex", "aki"] + [
+        f"creatinine_{k}_{i}" for i in range(width) for k in ("date", "result")
+    ]
+    lines = [",".join(header)]
+    for _ in range(n):
+        aki = rnd.random() < 0.25
+        k = rnd.randint(1, width)
+        base = rnd.uniform(50, 130)
+        t = 19_700 * DAY + rnd.randint(0, 100) * DAY
+        cells = []
+        for i in range(k):
+            t += rnd.randint(6, 30 * 24) * HOUR
+            last = i == k - 1
+            v = base * (rnd.uniform(1.7, 3.0) if aki and last and k > 1 else rnd.uniform(0.9, 1.12))
+            cells += [format_csv_time(t), f"{v:.2f}"]
+        cells += [""] * (2 * width - len(cells))
+        lines.append(
+            ",".join(
+                [str(rnd.randint(18, 95)), rnd.choice("mf"), "y" if aki and k > 1 else "n"] + cells
+            )
+        )
+    lines.append("abc,m,n,2024-01-01 00:00:00,80")  # junk: age
+    lines.append("40,x,n,2024-01-01 00:00:00,80")  # junk: sex
+    lines.append("40,m,n,2024-01-01 00:00:00,-5")  # junk: absurd value
+    lines.append("40,f,y,not a date,80")  # junk: date
+    path.write_text("\r\n".join(lines) + "\r\n")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Trains twice (same seed, same data) on a small synthetic cohort with a reduced grid."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train_mod, "GBT_GRID", ((20, 2, 0.2),))
+    d = tmp_path_factory.mktemp("train")
+    synthetic_cohort(d / "train.csv", 500, seed=1)
+    synthetic_cohort(d / "test.csv", 300, seed=2)
+    codes = [
+        main(["train", "--data", str(d / "train.csv"), "--out", str(d / name)])
+        for name in ("a", "b")
+    ]
+    mp.undo()
+    assert codes == [0, 0]
+    return d
+
+
+def test_training_writes_a_loadable_fingerprinted_artifact(trained):
+    doc = json.loads((trained / "a" / "model.json").read_text())
+    assert (
+        doc["training_data"]["sha256"]
+        == hashlib.sha256((trained / "train.csv").read_bytes()).hexdigest()
+    )
+    assert doc["training_data"]["junk_rows_skipped"] == 4
+    assert {
+        "nhs (stage>=1)",
+        "nhs hospital (stage>=2)",
+        "logistic",
+        "gbt-20x2-lr0.2",
+        "logistic+gbt-20x2-lr0.2",
+    } <= set(doc["cv"])
+    det = load_model(trained / "a")
+    assert det.version == "a" and det.training_sha256 == doc["training_data"]["sha256"]
+    assert (trained / "a" / "training-report.md").read_text().count("(chosen)") == 1
+
+
+def test_training_is_deterministic(trained):
+    a = (trained / "a" / "model.json").read_text().replace('"version": "a"', "")
+    b = (trained / "b" / "model.json").read_text().replace('"version": "b"', "")
+    assert a == b
+
+
+def test_evaluate_prints_model_and_nhs_scores_and_writes_plots(trained, capsys):
+    report = trained / "report"
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(trained / "a"),
+            "--data",
+            str(trained / "test.csv"),
+            "--report",
+            str(report),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "model a" in out and "nhs (stage>=1)" in out and "4 junk rows skipped" in out
+    model_f3 = float(out.split("model a")[1].split("F3 ")[1].split()[0])
+    assert model_f3 > 0.95  # the synthetic signal is easy
+    for png in ("precision-recall.png", "f3-threshold.png", "error-trajectories.png"):
+        assert (report / png).read_bytes()[:4] == b"\x89PNG"
+    assert "Confusion matrix" in (report / "report.md").read_text()
+
+
+def test_evaluate_refuses_a_bad_model_with_a_message(tmp_path, capsys):
+    (tmp_path / "model.json").write_text("{}")
+    assert main(["evaluate", "--model", str(tmp_path), "--data", str(tmp_path / "x.csv")]) == 1
+    assert "not an aki-alert-model" in capsys.readouterr().err
+
+
+def test_shipped_model_is_small_and_fingerprints_the_hospital_training_file():
+    path = default_model_path() / "model.json"
+    assert path.stat().st_size <= 2 * 1024 * 1024
+    if not (SHARED / "training.csv").exists():
+        pytest.skip(f"hospital data not present at {SHARED}")
+    digest = hashlib.sha256((SHARED / "training.csv").read_bytes()).hexdigest()
+    assert load_model().training_sha256 == digest
+
+
+def test_shipped_model_meets_the_acceptance_f3_on_the_test_cohort(capsys):
+    if not (SHARED / "test.csv").exists():
+        pytest.skip(f"hospital data not present at {SHARED}")
+    assert main(["evaluate", "--data", str(SHARED / "test.csv")]) == 0
+    out = capsys.readouterr().out
+    f3 = {
+        line.split("  F3")[0].strip(): float(line.split("F3 ")[1].split()[0])
+        for line in out.splitlines()
+        if "F3 " in line
+    }
+    model = next(v for k, v in f3.items() if k.startswith("model ") and "withheld" not in k)
+    assert model >= 0.997
+    assert model > f3["nhs (stage>=1)"] and model > f3["nhs hospital (stage>=2)"]
+
+
+def row(aki: bool, days: list[int]) -> train_mod.Row:
+    return train_mod.Row(50.0, "F", aki, [d * DAY for d in days], [80.0] * len(days))
+
+
+def test_replay_scores_pages_as_the_hospital_does():
+    rows = [
+        row(True, [0, 10, 20]),  # paged at the last result only: TP
+        row(True, [0, 10, 20]),  # paged early: FP, and the episode swallows the AKI: FN
+        row(False, [0, 50, 200]),  # two positives 200 days apart: two episodes, two FPs
+        row(False, [0, 50]),  # two positives inside one episode: one FP
+    ]
+    scores = [0, 0, 1] + [0, 1, 1] + [1, 0, 1] + [1, 1]
+    s = train_mod.replay(rows, scores, 0.5)
+    assert (s.tp, s.fp, s.fn) == (1, 4, 1)
+    assert s.tn == 11 - 1 - 4 - 1
+    last = train_mod.last_scores(rows, scores, 0.5)
+    assert (last.tp, last.fp, last.fn, last.tn) == (2, 2, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "50,m,n,2024-01-02 00:00:00,80,2024-01-01 00:00:00,90",  # out of time order
+        "50,m,n,2024-01-01 00:00:00,",  # a date without a value
+        "50,m,n,2024-01-01 00:00:00,nan",
+        "50,m,maybe,2024-01-01 00:00:00,80",
+        "50,m,n,,",  # no results
+    ],
+)
+def test_junk_cohort_records_are_rejected(record):
+    with pytest.raises(ValueError):
+        train_mod.parse_row(record.split(","))
+
+
+def test_padding_and_case_are_tolerated():
+    r = train_mod.parse_row("7,F,Y,2024-01-01 00:00:00,80.5,,,2024-01-02 00:00:00,90,,".split(","))
+    assert (r.age, r.sex, r.aki, r.values) == (7.0, "F", True, [80.5, 90.0])
