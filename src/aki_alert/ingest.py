@@ -50,9 +50,13 @@ def explanation(j: Judgement) -> str:
 
 
 class Ingest:
-    def __init__(self, store: SqliteStore, detector: Detector) -> None:
+    def __init__(self, store: SqliteStore, detector: Detector,
+                 page_from: int | None = None) -> None:
+        """`page_from`: results sampled before this time are judged and open their episode,
+        but their page is recorded as suppressed, not sent (a replay of old messages)."""
         self.store = store
         self.detector = detector
+        self.page_from = page_from
         self._patients: dict[str, _Cached] = {}
         self._failures: dict[bytes, int] = {}
 
@@ -150,10 +154,12 @@ class Ingest:
             metrics.POSITIVES.labels(detector=j.detector).inc()
             if opens_episode(start, r.time):
                 body = f"{r.mrn},{r.time_text}"
-                page_id = store.add_page(r.mrn, r.time, body, explanation(j), jid)
+                send = self.page_from is None or r.time >= self.page_from
+                page_id = store.add_page(r.mrn, r.time, body, explanation(j), jid,
+                                         "pending" if send else "suppressed")
                 store.open_episode(r.mrn, r.time)
                 start = r.time
-                if page_id is not None:
+                if page_id is not None and send:
                     page = Page(page_id, body, received)
                     log.info("page decided: %s %s", body, explanation(j))
 

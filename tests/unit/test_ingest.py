@@ -145,3 +145,14 @@ def test_other_message_types_are_journaled_as_ignored(ingest, store):
     ingest.handle(admit(7).replace(b"ADT^A01", b"ADT^A08"), 0.0)
     assert store.db.execute("SELECT status, reason FROM journal").fetchone() == (
         "ignored", "message type ADT^A08")
+
+
+def test_results_before_page_from_open_their_episode_but_are_not_sent(store):
+    ing = Ingest(store, NhsDetector(), page_from=T0 + 5 * DAY)
+    ing.handle(result(7, T0, 100.0), 0.0)
+    assert ing.handle(result(7, T0 + DAY, 250.0), 0.0)[1] is None
+    assert store.db.execute("SELECT status FROM outbox").fetchall() == [("suppressed",)]
+    assert store.pending_pages() == []
+    assert ing.handle(result(7, T0 + 6 * DAY, 400.0), 0.0)[1] is None   # same episode
+    ing.handle(result(9, T0, 100.0), 0.0)
+    assert ing.handle(result(9, T0 + 6 * DAY, 250.0), 0.0)[1] is not None

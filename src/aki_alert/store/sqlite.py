@@ -64,7 +64,7 @@ _MIGRATIONS = {
         result_time INTEGER NOT NULL,
         body TEXT NOT NULL UNIQUE,     -- 'MRN,YYYYMMDDHHMMSS' as sent to the pager
         created_at REAL NOT NULL,
-        status TEXT NOT NULL,          -- pending | delivered | dead
+        status TEXT NOT NULL,          -- pending | delivered | dead | suppressed (replayed)
         attempts INTEGER NOT NULL DEFAULT 0,
         last_error TEXT,
         delivered_at REAL,
@@ -256,12 +256,12 @@ class SqliteStore:
         )
 
     def add_page(self, mrn: str, result_time: int, body: str, explanation: str,
-                 journal_id: int) -> int | None:
+                 journal_id: int, status: str = "pending") -> int | None:
         """Queue a page in the outbox; None when this exact page was queued before."""
         cur = self.db.execute(
             "INSERT OR IGNORE INTO outbox (mrn, result_time, body, created_at, status, "
-            "explanation, journal_id) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-            (mrn, result_time, body, time.time(), explanation, journal_id),
+            "explanation, journal_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (mrn, result_time, body, time.time(), status, explanation, journal_id),
         )
         return cur.lastrowid if cur.rowcount else None
 
