@@ -46,6 +46,8 @@ SETTINGS = (
             "merge or rebuild (see docs/runbook.md)"),
     Setting("AKI_ENVIRONMENT", "--environment", "", "st-thomas-prod",
             "name of this hospital environment (default: the MLLP address)"),
+    Setting("LABELS_PATH", "--labels-path", "", "/labels/confirmed-aki.csv",
+            "CSV of confirmed AKIs (mrn,date) for the rolling F3 gauge (default: none)"),
     Setting("LOG_FORMAT", "--log-format", "text", "json", "text or json"),
     Setting("LOG_LEVEL", "--log-level", "INFO", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -64,6 +66,7 @@ class Config:
     durability: str
     environment: str
     on_history_change: str
+    labels_path: str | None
     log_format: str
     log_level: str
 
@@ -125,6 +128,7 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         environment=raw["AKI_ENVIRONMENT"] or raw["MLLP_ADDRESS"],
         on_history_change=_choice(by_env["ON_HISTORY_CHANGE"], raw["ON_HISTORY_CHANGE"],
                                   ("auto", "refuse", "merge", "rebuild")),
+        labels_path=raw["LABELS_PATH"] or None,
         log_format=_choice(by_env["LOG_FORMAT"], raw["LOG_FORMAT"], ("text", "json")),
         log_level=_choice(by_env["LOG_LEVEL"], raw["LOG_LEVEL"].upper(),
                           ("DEBUG", "INFO", "WARNING", "ERROR")),

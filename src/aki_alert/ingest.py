@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from . import hl7, metrics
 from .detect import Detector, Judgement, Patient
 from .episodes import opens_episode
+from .logs import REQUEST_ID
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ class Page:
 class _Cached:
     patient: Patient
     episode_start: int | None
+
+
+def message_digest(raw: bytes) -> bytes:
+    """The journal's key for a message: a re-delivery of the same bytes has the same digest."""
+    return hashlib.blake2b(raw, digest_size=16).digest()
 
 
 def explanation(j: Judgement) -> str:
@@ -74,7 +80,9 @@ class Ingest:
 
     def handle(self, raw: bytes, received: float) -> tuple[bytes, Page | None]:
         """Apply one message; return the ACK to send and the page to dispatch, if any."""
-        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        digest = message_digest(raw)
+        # Not reset: the page task started for this message inherits it (see logs.py).
+        REQUEST_ID.set(digest.hex()[:16])
         control = hl7.control_id(raw)
         try:
             event = hl7.parse(raw)
@@ -146,6 +154,8 @@ class Ingest:
             metrics.DUPLICATE_RESULTS.inc()
             return None, None
         j = self.detector.judge(p, r.time, r.value)
+        metrics.CREATININE.observe(r.value)
+        metrics.SCORES.labels(detector=j.detector).observe(j.score)
         metrics.RESULTS_JUDGED.labels(history="yes" if p.times else "no",
                                       admission="yes" if p.birth is not None else "no").inc()
         page = None
@@ -162,6 +172,9 @@ class Ingest:
                 if page_id is not None and send:
                     page = Page(page_id, body, received)
                     log.info("page decided: %s %s", body, explanation(j))
+            else:
+                log.info("positive result in an open episode, not paged again: %s,%s (episode "
+                         "since %s)", r.mrn, r.time_text, start)
 
         def commit_memory() -> None:
             i = bisect_left(p.times, r.time)

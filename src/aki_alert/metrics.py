@@ -34,6 +34,20 @@ PROCESSING = Histogram(
     "aki_message_processing_seconds", "From receiving a message to its ACK being written",
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1),
 )
+CREATININE = Histogram(
+    "aki_creatinine_umol_per_litre", "Creatinine results judged (drift against training data)",
+    buckets=(40, 60, 80, 100, 120, 150, 200, 300, 500, 1000),
+)
+SCORES = Histogram(
+    "aki_detector_score", "Detector scores (model probability, or NHS stage) of judged results",
+    ["detector"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1, 2, 3),
+)
+ROLLING_F3 = Gauge(
+    "aki_rolling_f3", "F3 of pages against confirmed AKIs (LABELS_PATH) over the last 30 days "
+    "of results; NaN without labels")
+ROLLING_COUNTS = Gauge(
+    "aki_rolling_outcomes", "True/false positives and false negatives behind aki_rolling_f3",
+    ["outcome"])
 HISTORY_ROWS = Counter("aki_history_results_loaded_total", "History results imported")
 HISTORY_SKIPPED = Counter("aki_history_skipped_total", "History cells or rows skipped", ["reason"])
 HISTORY_LOADED = Gauge("aki_history_loaded", "1 when the configured history file is imported")

@@ -25,11 +25,13 @@ from .ingest import Ingest
 from .mllp import FrameError
 from .pager import Dispatcher
 from .provenance import Overlap, decide
+from .quality import LabelsMonitor
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 3.0
+QUALITY_INTERVAL = 60.0
 
 
 class StartupError(Exception):
@@ -154,12 +156,26 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         await self.dispatcher.start()
+        quality = (asyncio.create_task(self._score_quality(LabelsMonitor(self.cfg.labels_path,
+                                                                        self.store.db)))
+                   if self.cfg.labels_path else None)
         await self.client.run()
+        if quality is not None:
+            quality.cancel()
         log.info("stopped reading; waiting up to %.0fs for %d page(s) in flight",
                  DRAIN_SECONDS, self.dispatcher.in_flight)
         await self.dispatcher.drain(DRAIN_SECONDS)
         self.store.close()
         log.info("shut down cleanly")
+
+    async def _score_quality(self, monitor: LabelsMonitor) -> None:
+        while True:
+            q = monitor.refresh()
+            if q is not None:
+                metrics.ROLLING_F3.set(q.f3)
+                for outcome in ("tp", "fp", "fn"):
+                    metrics.ROLLING_COUNTS.labels(outcome=outcome).set(getattr(q, outcome))
+            await asyncio.sleep(QUALITY_INTERVAL)
 
     def stop(self) -> None:
         log.info("stop requested")
@@ -182,6 +198,9 @@ def serve(cfg: Config) -> None:
     detector = load_detector(cfg)
     readiness.set("detector", True)
     metrics.MODEL.info({"detector": detector.name, "version": detector.version})
+    metrics.ROLLING_F3.set(float("nan"))
+    with store.transaction():
+        store.set_meta(detector=detector.name, detector_version=detector.version)
     metrics.PROVENANCE.info({k: v for k, v in store.meta().items()
                              if k in ("environment", "history_sha256")})
     log.info("serving: hospital %s, pager %s, state %s, detector %s %s", cfg.mllp_address,
