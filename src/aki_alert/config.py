@@ -48,6 +48,13 @@ SETTINGS = (
             "name of this hospital environment (default: the MLLP address)"),
     Setting("LABELS_PATH", "--labels-path", "", "/labels/confirmed-aki.csv",
             "CSV of confirmed AKIs (mrn,date) for the rolling F3 gauge (default: none)"),
+    Setting("CONSOLE_PORT", "--console-port", "0", "8080",
+            "port of the read-only alert console web page (0: off)"),
+    Setting("CONSOLE_HOST", "--console-host", "127.0.0.1", "0.0.0.0",
+            "address the console listens on"),
+    Setting("CONSOLE_TOKEN", "--console-token", "", "s3cret-token",
+            "bearer token (or basic-auth password) the console requires; required with "
+            "CONSOLE_PORT"),
     Setting("LOG_FORMAT", "--log-format", "text", "json", "text or json"),
     Setting("LOG_LEVEL", "--log-level", "INFO", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -67,6 +74,9 @@ class Config:
     environment: str
     on_history_change: str
     labels_path: str | None
+    console_port: int
+    console_host: str
+    console_token: str | None
     log_format: str
     log_level: str
 
@@ -111,17 +121,23 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         raw[s.env] = value.strip()
     mllp_host, mllp_port = _host_port(by_env["MLLP_ADDRESS"], raw["MLLP_ADDRESS"])
     _host_port(by_env["PAGER_ADDRESS"], raw["PAGER_ADDRESS"])
-    port = raw["METRICS_PORT"]
-    if not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"METRICS_PORT={port!r} is not a port number 0–65535; "
-                          "example: METRICS_PORT=8000")
+    ports = {}
+    for name in ("METRICS_PORT", "CONSOLE_PORT"):
+        port = raw[name]
+        if not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"{name}={port!r} is not a port number 0–65535; "
+                              f"example: {name}={by_env[name].example}")
+        ports[name] = int(port)
+    if ports["CONSOLE_PORT"] and not raw["CONSOLE_TOKEN"]:
+        raise ConfigError("CONSOLE_TOKEN is not set: the console shows patient data and needs "
+                          "a token; example: CONSOLE_TOKEN=s3cret-token (or CONSOLE_PORT=0)")
     return Config(
         mllp_host=mllp_host,
         mllp_port=mllp_port,
         pager_address=raw["PAGER_ADDRESS"],
         history_path=raw["HISTORY_PATH"],
         state_dir=raw["STATE_DIR"],
-        metrics_port=int(port),
+        metrics_port=ports["METRICS_PORT"],
         detector=_choice(by_env["DETECTOR"], raw["DETECTOR"], ("model", "nhs")),
         model_path=raw["MODEL_PATH"] or None,
         durability=_choice(by_env["DURABILITY"], raw["DURABILITY"], ("process", "machine")),
@@ -129,6 +145,9 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         on_history_change=_choice(by_env["ON_HISTORY_CHANGE"], raw["ON_HISTORY_CHANGE"],
                                   ("auto", "refuse", "merge", "rebuild")),
         labels_path=raw["LABELS_PATH"] or None,
+        console_port=ports["CONSOLE_PORT"],
+        console_host=raw["CONSOLE_HOST"],
+        console_token=raw["CONSOLE_TOKEN"] or None,
         log_format=_choice(by_env["LOG_FORMAT"], raw["LOG_FORMAT"], ("text", "json")),
         log_level=_choice(by_env["LOG_LEVEL"], raw["LOG_LEVEL"].upper(),
                           ("DEBUG", "INFO", "WARNING", "ERROR")),
