@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "aki_alert.serve",          # serve
     "aki_alert.train",          # train, evaluate
     "aki_alert.hospital.cli",   # generate, simulate, score, demo
+    "aki_alert.statecmd", "aki_alert.replay",   # state status|check|backup|restore|reset; replay
 )
 
 
