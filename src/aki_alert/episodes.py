@@ -6,6 +6,8 @@ weeks to fall back), so they are not paged again: the hospital scores one page p
 repeated page for a known injury is noise that gets alerting switched off. A positive more than
 EPISODE_DAYS after the episode started is a new episode and is paged. 90 days is the KDIGO
 horizon of acute kidney disease, after which a rise is a new injury rather than the old one.
+A result sampled before the episode's start (a late or replayed one) belongs to it when within
+the same distance: the window is symmetric, and the episode's start never moves back.
 """
 
 from __future__ import annotations
@@ -17,4 +19,9 @@ EPISODE_DAYS = 90
 
 def opens_episode(episode_start: int | None, time: int) -> bool:
     """True when a positive result at `time` starts a new episode (and so is paged)."""
-    return episode_start is None or not (0 <= time - episode_start < EPISODE_DAYS * DAY)
+    return episode_start is None or abs(time - episode_start) >= EPISODE_DAYS * DAY
+
+
+def episode_start_after(episode_start: int | None, time: int) -> int:
+    """The episode start to keep once a positive at `time` opened an episode."""
+    return time if episode_start is None else max(episode_start, time)

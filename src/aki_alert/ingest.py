@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from . import hl7, metrics
 from .detect import Detector, Judgement, Patient
-from .episodes import opens_episode
+from .episodes import episode_start_after, opens_episode
 from .logs import REQUEST_ID
 from .store.sqlite import SqliteStore
 
@@ -167,8 +167,8 @@ class Ingest:
                 send = self.page_from is None or r.time >= self.page_from
                 page_id = store.add_page(r.mrn, r.time, body, explanation(j), jid,
                                          "pending" if send else "suppressed")
-                store.open_episode(r.mrn, r.time)
-                start = r.time
+                start = episode_start_after(start, r.time)
+                store.open_episode(r.mrn, start)
                 if page_id is not None and send:
                     page = Page(page_id, body, received)
                     log.info("page decided: %s %s", body, explanation(j))

@@ -8,7 +8,7 @@ from bisect import bisect_left
 
 from . import hl7
 from .detect import Detector, Patient
-from .episodes import opens_episode
+from .episodes import episode_start_after, opens_episode
 from .history import ImportSummary, read_history
 
 
@@ -43,7 +43,7 @@ def offline_pages(history_path: str | None, messages: list[bytes], detector: Det
                 continue
             j = detector.judge(p, event.time, event.value)
             if j.positive and opens_episode(episodes.get(event.mrn), event.time):
-                episodes[event.mrn] = event.time
+                episodes[event.mrn] = episode_start_after(episodes.get(event.mrn), event.time)
                 pages.append(f"{event.mrn},{event.time_text}")
             p.times.insert(i, event.time)
             p.values.insert(i, event.value)

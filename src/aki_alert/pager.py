@@ -52,9 +52,14 @@ class Dispatcher:
             timeout=self.timeout,
             headers={"Content-Type": "text/plain"},
         )
-        pending = self.store.pending_pages()
+        self.resubmit_pending()
+
+    def resubmit_pending(self) -> None:
+        """Deliver every pending page of the outbox not already in flight: those left by a
+        previous run, or queued by another process (a replay)."""
+        pending = [p for p in self.store.pending_pages() if p.id not in self._created]
         if pending:
-            log.info("resending %d undelivered page(s) from the outbox", len(pending))
+            log.info("sending %d undelivered page(s) from the outbox", len(pending))
         for p in pending:
             self.submit(p.id, p.body, None, p.attempts)
 

@@ -390,6 +390,9 @@ def _replay_and_report(args: argparse.Namespace, items: list[Item]) -> int:
             detector = _detector(args)
             replay(store, detector, items, now, None if args.page_missed else args.cutoff_hours,
                    report)
+            # A running service sees this, drops its in-memory patients and sends queued pages.
+            with store.transaction():
+                store.set_meta(replayed_at=str(time.time()))
         report.missing = validate(store.db, items)
         report.validated = True
     finally:

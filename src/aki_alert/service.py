@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 3.0
 QUALITY_INTERVAL = 60.0
+HOUSEKEEPING_INTERVAL = 5.0
 
 
 class StartupError(Exception):
@@ -156,17 +157,34 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         await self.dispatcher.start()
-        quality = (asyncio.create_task(self._score_quality(LabelsMonitor(self.cfg.labels_path,
-                                                                        self.store.db)))
-                   if self.cfg.labels_path else None)
+        background = [asyncio.create_task(self._housekeeping())]
+        if self.cfg.labels_path:
+            monitor = LabelsMonitor(self.cfg.labels_path, self.store.db)
+            background.append(asyncio.create_task(self._score_quality(monitor)))
         await self.client.run()
-        if quality is not None:
-            quality.cancel()
+        for task in background:
+            task.cancel()
         log.info("stopped reading; waiting up to %.0fs for %d page(s) in flight",
                  DRAIN_SECONDS, self.dispatcher.in_flight)
         await self.dispatcher.drain(DRAIN_SECONDS)
         self.store.close()
         log.info("shut down cleanly")
+
+    async def _housekeeping(self) -> None:
+        """Pick up what other processes changed in the state: pages queued and patients
+        updated by `aki-alert replay`."""
+        replayed = self.store.meta().get("replayed_at")
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            try:
+                now = self.store.meta().get("replayed_at")
+                if now != replayed:
+                    replayed = now
+                    self.ingest.forget()
+                    log.info("state changed by a replay: patients reloaded from the state")
+                self.dispatcher.resubmit_pending()
+            except Exception as e:  # noqa: BLE001 - next round tries again
+                log.error("housekeeping failed: %s", e)
 
     async def _score_quality(self, monitor: LabelsMonitor) -> None:
         while True:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 from .detect.features import FEATURE_VERSION, FEATURES, features
 from .detect.model import FORMAT, probe_vectors
 from .detect.nhs import nhs_stage
-from .episodes import opens_episode
+from .episodes import episode_start_after, opens_episode
 from .timeutil import parse_csv_time
 
 SEED = 20240101
@@ -165,7 +165,7 @@ def replay(rows: Sequence[Row], scores: Sequence[float], threshold: float) -> Sc
         paged_last = False
         for i in range(n):
             if scores[at + i] >= threshold and opens_episode(start, r.times[i]):
-                start = r.times[i]
+                start = episode_start_after(start, r.times[i])
                 if r.aki and i == n - 1:
                     paged_last = True
                 else:

@@ -277,3 +277,25 @@ def test_dev_stream_with_the_shipped_model(tmp_path, shared_data):
     assert live.tp + live.fp == len(set(expected))
     print(f"\ndev stream, model: {live.summary()}")
     assert live.f3 >= 0.997
+
+
+def test_replay_beside_the_running_service_is_paged_without_a_restart(tmp_path, pager):
+    history = tmp_path / "history.csv"
+    history.write_text(HISTORY)
+    hospital = MllpHospital([result(7, "20240302080000", 110)])
+    proc = start(hospital.port, pager.port, tmp_path / "state", history)
+    try:
+        assert wait_for(hospital.done.is_set, 30)
+        missed = tmp_path / "missed.txt"
+        missed.write_bytes(b"\n".join((result(9, "20240302090000", 100),
+                                       result(9, "20240303090000", 260))))
+        r = subprocess.run([sys.executable, "-m", "aki_alert", "replay", str(missed),
+                            "--state-dir", str(tmp_path / "state"), "--detector", "nhs",
+                            "--page-missed"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert wait_for(lambda: pager.bodies, 15)
+    finally:
+        code, log = stop(proc)
+        hospital.close()
+    assert pager.bodies == ["9,20240303090000"]
+    assert "state changed by a replay" in log

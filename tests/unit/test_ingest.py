@@ -156,3 +156,11 @@ def test_results_before_page_from_open_their_episode_but_are_not_sent(store):
     assert ing.handle(result(7, T0 + 6 * DAY, 400.0), 0.0)[1] is None   # same episode
     ing.handle(result(9, T0, 100.0), 0.0)
     assert ing.handle(result(9, T0 + 6 * DAY, 250.0), 0.0)[1] is not None
+
+
+def test_a_late_older_positive_stays_in_the_episode_and_never_moves_it_back(ingest, store):
+    ingest.handle(result(7, T0, 100.0), 0.0)
+    assert ingest.handle(result(7, T0 + 3 * DAY, 300.0), 0.0)[1] is not None
+    # A result sampled earlier, arriving late (a replay): same injury, not paged.
+    assert ingest.handle(result(7, T0 + 2 * DAY, 250.0), 0.0)[1] is None
+    assert store.load_patient("7")[1] == T0 + 3 * DAY

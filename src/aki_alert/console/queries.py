@@ -1,0 +1,352 @@
+"""Read-only SQL against the service's state, returning plain dataclasses (no HTML here).
+
+Every query is short, bounded by a LIMIT or an indexed range, and runs on a connection of its
+own opened read-only (`mode=ro`, `PRAGMA query_only`): in WAL mode a reader sees the last
+committed transaction and never blocks the writer. Indexes used (all created by
+store/sqlite.py, none added here):
+
+- outbox newest-first: the rowid (`ORDER BY id DESC LIMIT n`); a patient's pages: the UNIQUE
+  index on `body` ('MRN,YYYYMMDDHHMMSS' starts with the MRN and a comma, so a range on
+  `body` finds them without scanning the outbox); pending pages: the partial index
+  `outbox_pending`.
+- results: the primary key (mrn, time); admissions: `admissions_mrn`; patients: the key.
+- journal: the rowid only. `received_at` has no index, but it grows with the id, so the first
+  message received after an instant is found by a binary search over ids (a few dozen point
+  reads), and dead letters are searched among the latest `JOURNAL_WINDOW` messages only.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ALERTS_LIMIT = 200
+RESULTS_LIMIT = 5_000
+DEAD_LETTERS_LIMIT = 50
+OUTBOX_ERRORS_LIMIT = 20
+JOURNAL_WINDOW = 100_000      # dead letters are looked for among this many latest messages
+RATE_MINUTES = 5
+
+
+class StateUnavailable(Exception):
+    """The state file cannot be opened or read (not created yet, being rebuilt, locked)."""
+
+
+def connect(state_path: str) -> sqlite3.Connection:
+    """A new read-only connection to the state (one per request: cheap, and it follows a state
+    file replaced by a rebuild)."""
+    path = Path(state_path)
+    if not path.exists():
+        raise StateUnavailable(f"state {state_path} does not exist")
+    uri = path.resolve().as_uri() + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA query_only=1")
+        db.execute("PRAGMA busy_timeout=1000")
+    except sqlite3.Error as e:
+        raise StateUnavailable(f"state {state_path} cannot be opened read-only: {e}") from e
+    return db
+
+
+# --- alerts ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    id: int
+    mrn: str
+    result_time: int            # the result's sample time (OBR-7), seconds on the hospital axis
+    body: str
+    created_at: float           # wall-clock time the page was decided
+    status: str                 # pending | delivered | dead | suppressed
+    attempts: int
+    last_error: str | None
+    delivered_at: float | None
+    detector: str | None
+    version: str | None
+    score: float | None
+    threshold: float | None
+    stage: int | None
+    baseline: float | None
+    ratio: float | None
+    value: float | None         # the triggering creatinine result, µmol/L
+    name: str | None            # patient name when the patient was admitted
+
+    @property
+    def delivery(self) -> str:
+        """delivered, retrying (pending after a failed attempt), pending, dead or suppressed."""
+        if self.status == "pending":
+            return "retrying" if self.attempts > 0 else "pending"
+        return self.status
+
+
+_ALERT_COLUMNS = (
+    "o.id, o.mrn, o.result_time, o.body, o.created_at, o.status, o.attempts, o.last_error, "
+    "o.delivered_at, o.explanation, "
+    "(SELECT r.value FROM results r WHERE r.mrn = o.mrn AND r.time = o.result_time), "
+    "(SELECT p.name FROM patients p WHERE p.mrn = o.mrn)"
+)
+
+
+def _alert(row: tuple) -> Alert:
+    (id_, mrn, rtime, body, created, status, attempts, err, delivered, expl, value, name) = row
+    try:
+        e = json.loads(expl) if expl else {}
+    except ValueError:
+        e = {}
+    if not isinstance(e, dict):
+        e = {}
+
+    def num(key: str) -> float | None:
+        v = e.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    stage = num("stage")
+    return Alert(
+        id=id_, mrn=mrn, result_time=rtime, body=body, created_at=created, status=status,
+        attempts=attempts, last_error=err, delivered_at=delivered,
+        detector=str(e["detector"]) if "detector" in e else None,
+        version=str(e["version"]) if "version" in e else None,
+        score=num("score"), threshold=num("threshold"),
+        stage=int(stage) if stage is not None else None,
+        baseline=num("baseline"), ratio=num("ratio"), value=value, name=name,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AlertList:
+    alerts: list[Alert]
+    by_status: dict[str, int]        # whole outbox, by delivery (delivered, retrying, ...)
+    older_than: int | None           # `before` for the next (older) page, None at the end
+
+
+def alerts(db: sqlite3.Connection, limit: int = ALERTS_LIMIT,
+           before: int | None = None) -> AlertList:
+    """The latest pages, newest first; `before` an outbox id to page back in time."""
+    if before is None:
+        rows = db.execute(f"SELECT {_ALERT_COLUMNS} FROM outbox o ORDER BY o.id DESC LIMIT ?",
+                          (limit + 1,)).fetchall()
+    else:
+        rows = db.execute(f"SELECT {_ALERT_COLUMNS} FROM outbox o WHERE o.id < ? "
+                          "ORDER BY o.id DESC LIMIT ?", (before, limit + 1)).fetchall()
+    items = [_alert(r) for r in rows[:limit]]
+    older = items[-1].id if len(rows) > limit and items else None
+    by_status: dict[str, int] = {}
+    for status, retrying, n in db.execute(
+            "SELECT status, attempts > 0 AND status = 'pending', count(*) FROM outbox "
+            "GROUP BY 1, 2"):
+        key = "retrying" if retrying else status
+        by_status[key] = by_status.get(key, 0) + n
+    return AlertList(items, by_status, older)
+
+
+# --- one patient ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    time: int
+    value: float
+    source: str                 # history | feed
+
+
+@dataclass(frozen=True, slots=True)
+class Stay:
+    start: int
+    end: int | None             # None: still admitted
+
+
+@dataclass(slots=True)
+class PatientView:
+    mrn: str
+    name: str | None
+    birth: int | None
+    sex: str | None
+    admitted: bool
+    episode_start: int | None
+    results: list[Result] = field(default_factory=list)
+    stays: list[Stay] = field(default_factory=list)
+    pages: list[Alert] = field(default_factory=list)      # oldest first
+    truncated: bool = False     # more than RESULTS_LIMIT results: the earliest are left out
+
+
+def patient(db: sqlite3.Connection, mrn: str) -> PatientView | None:
+    """Everything the console shows of one patient; None when the MRN is unknown."""
+    demo = db.execute("SELECT name, birth, sex, admitted, episode_start FROM patients "
+                      "WHERE mrn = ?", (mrn,)).fetchone()
+    rows = db.execute("SELECT time, value, source FROM results WHERE mrn = ? "
+                      "ORDER BY time DESC LIMIT ?", (mrn, RESULTS_LIMIT + 1)).fetchall()
+    if demo is None and not rows:
+        return None
+    name, birth, sex, admitted, episode = demo if demo is not None else (None,) * 5
+    view = PatientView(mrn, name or None, birth, sex, bool(admitted), episode)
+    view.truncated = len(rows) > RESULTS_LIMIT
+    view.results = [Result(*r) for r in reversed(rows[:RESULTS_LIMIT])]
+    view.stays = _stays(db.execute("SELECT event, time FROM admissions WHERE mrn = ? "
+                                   "ORDER BY time, id", (mrn,)).fetchall())
+    # ',' < '-': every body of this MRN lies in ['MRN,', 'MRN-'), a range of the UNIQUE index.
+    view.pages = [_alert(r) for r in db.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM outbox o WHERE o.body >= ? AND o.body < ? AND o.mrn = ? "
+        "ORDER BY o.result_time LIMIT ?", (f"{mrn},", f"{mrn}-", mrn, ALERTS_LIMIT))]
+    return view
+
+
+def _stays(events: list[tuple[str, int | None]]) -> list[Stay]:
+    """Admission–discharge intervals from the events in time order (a repeated admission while
+    admitted, or a discharge without an admission, is ignored)."""
+    stays: list[Stay] = []
+    start: int | None = None
+    for event, t in events:
+        if t is None:
+            continue
+        if event == "admit" and start is None:
+            start = t
+        elif event == "discharge" and start is not None:
+            stays.append(Stay(start, t))
+            start = None
+    if start is not None:
+        stays.append(Stay(start, None))
+    return stays
+
+
+# --- the service ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    received_at: float
+    kind: str
+    reason: str | None
+    preview: str                # the start of the raw message, segments on one line
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxError:
+    id: int
+    mrn: str
+    body: str
+    status: str
+    attempts: int
+    last_error: str
+    created_at: float
+
+
+@dataclass(slots=True)
+class ServiceView:
+    now: float
+    meta: dict[str, str]
+    messages: int                       # journaled messages (the latest journal id)
+    last_received: float | None
+    per_minute: list[int]               # messages received in each of the last minutes, oldest
+    pending: int
+    oldest_pending: float | None        # created_at of the oldest pending page
+    by_status: dict[str, int]
+    last_delivered: float | None
+    dead_letters: list[DeadLetter]
+    dead_letters_window: int            # how many latest messages were searched
+    outbox_errors: list[OutboxError]
+
+
+def _first_id_from(db: sqlite3.Connection, lo: int, hi: int, t: float) -> int:
+    """Smallest journal id in [lo, hi] received at or after `t` (hi + 1 when none), by binary
+    search: received_at grows with the id."""
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        row = db.execute("SELECT received_at FROM journal WHERE id >= ? ORDER BY id LIMIT 1",
+                         (mid,)).fetchone()
+        if row is None or row[0] >= t:
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    return lo
+
+
+def service(db: sqlite3.Connection, now: float | None = None,
+            minutes: int = RATE_MINUTES) -> ServiceView:
+    now = time.time() if now is None else now
+    meta = dict(db.execute("SELECT key, value FROM meta"))
+    first, last = db.execute("SELECT min(id), max(id) FROM journal").fetchone()
+    last_received = None
+    per_minute = [0] * minutes
+    if last is not None:
+        last_received = db.execute("SELECT received_at FROM journal WHERE id = ?",
+                                   (last,)).fetchone()[0]
+        bounds = [_first_id_from(db, first, last, now - 60 * (minutes - i))
+                  for i in range(minutes)] + [last + 1]
+        for i in range(minutes):
+            if bounds[i + 1] > bounds[i]:
+                per_minute[i] = db.execute(
+                    "SELECT count(*) FROM journal WHERE id >= ? AND id < ?",
+                    (bounds[i], bounds[i + 1])).fetchone()[0]
+    pending, oldest = db.execute(
+        "SELECT count(*), min(created_at) FROM outbox WHERE status = 'pending'").fetchone()
+    by_status: dict[str, int] = {}
+    for status, retrying, n in db.execute(
+            "SELECT status, attempts > 0 AND status = 'pending', count(*) FROM outbox "
+            "GROUP BY 1, 2"):
+        key = "retrying" if retrying else status
+        by_status[key] = by_status.get(key, 0) + n
+    last_delivered = db.execute("SELECT max(delivered_at) FROM outbox").fetchone()[0]
+    floor = (last or 0) - JOURNAL_WINDOW
+    dead = [DeadLetter(i, at, kind, reason, _preview(raw)) for i, at, kind, reason, raw in
+            db.execute("SELECT id, received_at, kind, reason, substr(raw, 1, 120) FROM journal "
+                       "WHERE id > ? AND status = 'dead' ORDER BY id DESC LIMIT ?",
+                       (floor, DEAD_LETTERS_LIMIT))]
+    errors = [OutboxError(*r) for r in db.execute(
+        "SELECT id, mrn, body, status, attempts, last_error, created_at FROM outbox "
+        "WHERE last_error IS NOT NULL ORDER BY id DESC LIMIT ?", (OUTBOX_ERRORS_LIMIT,))]
+    return ServiceView(now, meta, last or 0, last_received, per_minute, pending, oldest,
+                       by_status, last_delivered, dead, JOURNAL_WINDOW, errors)
+
+
+def _preview(raw: bytes | str | None, n: int = 80) -> str:
+    if raw is None:
+        return ""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    text = text.replace("\r\n", "\r").replace("\n", "\r").replace("\r", " ⏎ ")
+    text = "".join(c if c.isprintable() else "�" for c in text)
+    return text if len(text) <= n else text[:n] + "…"
+
+
+# --- this process's Prometheus metrics ------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ProcessMetrics:
+    """What only the running process knows, read from `prometheus_client.REGISTRY`: None (or
+    empty) when the metric is not registered (a console run outside the service)."""
+
+    connected: float | None
+    received: dict[str, float]          # messages received since start, by type
+    pages: dict[str, float]             # page attempts since start, by outcome
+    dead_letters: dict[str, float]      # dead letters since start, by reason
+    provenance_mismatch: float | None
+    history_loaded: float | None
+
+
+def process_metrics(registry=None) -> ProcessMetrics:
+    if registry is None:
+        from prometheus_client import REGISTRY as registry
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    wanted = {"aki_mllp_connected", "aki_messages_received_total", "aki_pages_total",
+              "aki_dead_letters_total", "aki_state_provenance_mismatch", "aki_history_loaded"}
+    for family in registry.collect():
+        for s in family.samples:
+            if s.name in wanted:
+                samples.setdefault(s.name, []).append((s.labels, s.value))
+
+    def one(name: str) -> float | None:
+        values = samples.get(name)
+        return values[0][1] if values else None
+
+    def by(name: str, label: str) -> dict[str, float]:
+        return {labels.get(label, ""): v for labels, v in samples.get(name, [])}
+
+    return ProcessMetrics(
+        connected=one("aki_mllp_connected"),
+        received=by("aki_messages_received_total", "type"),
+        pages=by("aki_pages_total", "outcome"),
+        dead_letters=by("aki_dead_letters_total", "reason"),
+        provenance_mismatch=one("aki_state_provenance_mismatch"),
+        history_loaded=one("aki_history_loaded"),
+    )
