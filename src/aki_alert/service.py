@@ -100,7 +100,7 @@ def reconcile(store: SqliteStore, cfg: Config) -> bool:
             "live results) or --on-history-change rebuild (another hospital: archive this state "
             "and start from the new history); or point STATE_DIR at this environment's state")
     if d.action == "rebuild":
-        archived = store.archive(time.strftime("archived-%Y%m%dT%H%M%S"))
+        archived = store.archive(time.strftime("archived-%Y%m%dT%H%M%SZ", time.gmtime()))
         log.error("previous state archived as %s; rebuilding from %s", archived, path)
     if recorded_env != cfg.environment or d.action == "rebuild":
         with store.transaction():

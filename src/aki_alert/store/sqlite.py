@@ -179,7 +179,10 @@ class SqliteStore:
         """Move the state file aside as `state.db.<suffix>` and start an empty one in its place."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
-        archived = f"{self.path}.{suffix}"
+        archived, n = f"{self.path}.{suffix}", 1
+        while os.path.exists(archived):       # never overwrite an earlier archive
+            n += 1
+            archived = f"{self.path}.{suffix}-{n}"
         os.replace(self.path, archived)
         for ext in ("-wal", "-shm"):
             if os.path.exists(self.path + ext):
