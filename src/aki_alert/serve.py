@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"aki-alert serve: {e}", file=sys.stderr)
         return 2
     logs.setup(cfg.log_format, cfg.log_level)
-    from .service import StartupError, serve
+    from .service import serve
+    from .startup import StartupError
 
     try:
         serve(cfg)

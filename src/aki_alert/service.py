@@ -1,7 +1,8 @@
 """The wiring of `aki-alert serve`: receive → apply in one transaction → ACK → page.
 
-Start-up opens the state, imports the history file if this state has not seen it, loads the
-detector, resends any page still in the outbox, then connects to the hospital. SIGTERM stops
+Start-up (startup.py) opens the state, makes it this environment's, imports the history and
+loads the detector; then pages left in the outbox are resent and the service connects to the
+hospital. SIGTERM stops
 reading at once, finishes the message in hand, gives in-flight pages a moment, and exits 0.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import signal
 import time
 
@@ -18,14 +18,12 @@ from . import health, metrics
 from .config import Config
 from .connection import MllpClient
 from .detect import Detector
-from .detect.nhs import NhsDetector
 from .hl7 import ack
-from .history import ImportSummary, fingerprint, read_history
 from .ingest import Ingest
 from .mllp import FrameError
 from .pager import Dispatcher
-from .provenance import Overlap, decide
 from .quality import LabelsMonitor
+from .startup import StartupError, load_detector, open_state, reconcile
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -33,101 +31,6 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = 3.0
 QUALITY_INTERVAL = 60.0
 HOUSEKEEPING_INTERVAL = 5.0
-
-
-class StartupError(Exception):
-    """The service cannot start; the message says what to do."""
-
-
-def load_detector(cfg: Config) -> Detector:
-    if cfg.detector == "nhs":
-        return NhsDetector()
-    from .detect.model import ModelLoadError, load_model
-
-    try:
-        return load_model(cfg.model_path)
-    except ModelLoadError as e:
-        raise StartupError(f"cannot load the model: {e}") from e
-
-
-def _import(store: SqliteStore, path: str, digest: str) -> None:
-    summary = ImportSummary()
-    started = time.perf_counter()
-    added = store.import_results(read_history(path, summary))
-    if summary.results > added:
-        summary.skipped["duplicate results"] += summary.results - added
-        summary.results = added
-    with store.transaction():
-        store.set_meta(history_sha256=digest, history_path=path,
-                       history_imported_at=str(int(time.time())))
-    metrics.HISTORY_ROWS.inc(added)
-    for reason, n in summary.skipped.items():
-        metrics.HISTORY_SKIPPED.labels(reason=reason).inc(n)
-    log.info("history %s imported in %.2fs: %s", path, time.perf_counter() - started,
-             summary.describe())
-
-
-def reconcile(store: SqliteStore, cfg: Config) -> bool:
-    """Make the state this environment's, importing its history; True when the state holds the
-    configured history. See provenance.py for the policy."""
-    path = cfg.history_path
-    try:
-        digest = fingerprint(path)
-    except OSError as e:
-        digest = None
-        log.error("history file %s cannot be read (%s): starting without it; results of "
-                  "patients seen before today will be judged without their past", path,
-                  e.strerror or e)
-    meta = store.meta()
-    recorded, recorded_env = meta.get("history_sha256"), meta.get("environment")
-    overlap = None
-    if digest is not None and recorded != digest and (recorded or recorded_env != cfg.environment):
-        try:
-            overlap = Overlap(*store.history_overlap(read_history(path, ImportSummary())))
-        except (ValueError, UnicodeError):
-            overlap = None
-    d = decide(cfg.on_history_change, recorded, digest, recorded_env, cfg.environment, overlap)
-    metrics.PROVENANCE_MISMATCH.set(1 if d.mismatch else 0)
-    if d.mismatch:
-        metrics.PROVENANCE_MISMATCHES.labels(action=d.action).inc()
-        log.error("state provenance mismatch in %s: %s", cfg.state_dir, d.reason)
-    elif d.action == "merge":
-        log.warning("%s", d.reason)
-    if d.action == "refuse":
-        raise StartupError(
-            f"state in {cfg.state_dir} does not match this environment: {d.reason}. To resolve, "
-            "restart with --on-history-change merge (same hospital: import the new history, keep "
-            "live results) or --on-history-change rebuild (another hospital: archive this state "
-            "and start from the new history); or point STATE_DIR at this environment's state")
-    if d.action == "rebuild":
-        archived = store.archive(time.strftime("archived-%Y%m%dT%H%M%SZ", time.gmtime()))
-        log.error("previous state archived as %s; rebuilding from %s", archived, path)
-    if recorded_env != cfg.environment or d.action == "rebuild":
-        with store.transaction():
-            store.set_meta(environment=cfg.environment)
-    if digest is None:
-        return False
-    if d.action in ("import", "merge", "rebuild"):
-        try:
-            _import(store, path, digest)
-        except (ValueError, UnicodeError) as e:
-            log.error("history file %s is not usable (%s): starting without it", path, e)
-            return False
-    else:
-        log.info("history %s already imported (sha256 %s)", path, digest[:12])
-    return True
-
-
-def open_state(cfg: Config) -> SqliteStore:
-    try:
-        os.makedirs(cfg.state_dir, exist_ok=True)
-    except OSError as e:
-        raise StartupError(f"STATE_DIR {cfg.state_dir} cannot be created: {e.strerror}") from e
-    store = SqliteStore(os.path.join(cfg.state_dir, "state.db"), cfg.durability)
-    if "created_at" not in store.meta():
-        with store.transaction():
-            store.set_meta(created_at=str(int(time.time())))
-    return store
 
 
 class Service:

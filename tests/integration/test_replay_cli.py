@@ -10,7 +10,7 @@ import sys
 
 from aki_alert import config
 from aki_alert.hospital.datafiles import write_history, write_messages
-from aki_alert.service import open_state, reconcile
+from aki_alert.startup import open_state, reconcile
 from aki_alert.timeutil import DAY, HOUR, format_hl7_time, parse_hl7_time
 
 T0 = parse_hl7_time("20240301080000")
