@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench_model", "bench_throughput")
+BENCHMARKS = ("bench_model", "bench_throughput", "bench_console")
 
 
 def main() -> int:

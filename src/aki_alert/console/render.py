@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from ..timeutil import DAY, HOUR, age_years, format_csv_time
-from .queries import Alert, AlertList, PatientView, ProcessMetrics, ServiceView
+from .queries import (DEAD_LETTERS_LIMIT, Alert, AlertList, PatientView, ProcessMetrics,
+                      ServiceView)
+
+DEAD_LETTERS_SHOWN = DEAD_LETTERS_LIMIT
 
 
 def e(value: object) -> str:
@@ -639,7 +642,8 @@ def service_page(view: ServiceView, pm: ProcessMetrics) -> str:
         f"<h2>Feed</h2>{per_min}"
         f"<h2>State provenance</h2><dl class=\"kv\" id=\"provenance\">{prov_rows}</dl>"
         f"<h2>This process</h2>{process}"
-        f"<h2>Dead letters</h2><p class=\"small muted\">The latest {len(view.dead_letters)} "
-        f"among the last {view.dead_letters_window:,} messages.</p>{dead}"
+        f"<h2>Dead letters</h2><p class=\"small muted\">The latest (at most "
+        f"{DEAD_LETTERS_SHOWN}) among the last {view.dead_letters_window:,} messages, with the "
+        f"reason each was set aside.</p>{dead}"
         f"<h2>Pager errors</h2><p class=\"small muted\">Latest pages whose delivery failed at "
         f"least once, with the pager's last answer.</p>{errs}"), "service")

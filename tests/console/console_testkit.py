@@ -1,0 +1,93 @@
+"""Helpers of the console tests: a small state built by the real ingest path from hand-made
+HL7 messages, and an HTTP client."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+
+from aki_alert.detect.nhs import NhsDetector
+from aki_alert.ingest import Ingest
+from aki_alert.store.sqlite import SqliteStore
+from aki_alert.timeutil import DAY, HOUR, format_hl7_time, parse_hl7_time
+
+TOKEN = "t0ken-for-tests"
+T0 = parse_hl7_time("20240301080000")
+EVIL_NAME = "<script>alert(1)</script> O'BRIEN \"X\""
+
+
+def result(mrn, t, value):
+    ts = format_hl7_time(t)
+    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{ts}||ORU^R01|||2.5\rPID|1||{mrn}\r"
+            f"OBR|1||||||{ts}\rOBX|1|SN|CREATININE||{value}\r").encode()
+
+
+def admit(mrn, t, name="ANN SMITH", dob="19600101", sex="F"):
+    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{format_hl7_time(t)}||ADT^A01|||2.5\r"
+            f"PID|1||{mrn}||{name}||{dob}|{sex}\r").encode()
+
+
+def discharge(mrn, t):
+    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{format_hl7_time(t)}||ADT^A03|||2.5\r"
+            f"PID|1||{mrn}\r").encode()
+
+
+def build_state(path: str) -> dict:
+    """Patients: 7 (evil name; admitted, discharged, readmitted; paged, delivered), 71 (paged;
+    the pager refused: dead), 72 (paged, retrying), 73 (history only, never paged), 74 (paged
+    in a replay: suppressed), a dead letter. Returns what the tests check against."""
+    store = SqliteStore(path)
+    ingest = Ingest(store, NhsDetector())
+    with store.transaction():
+        store.set_meta(environment="test-hospital", history_sha256="ab" * 32,
+                       detector="nhs", detector_version="nhs-england-2014")
+    store.import_results([("7", T0 - 30 * DAY, 95.0), ("7", T0 - 20 * DAY, 100.0),
+                          ("7", T0 - 10 * DAY, 105.0), ("73", T0 - 5 * DAY, 80.0)])
+    msgs = [
+        admit(7, T0 - HOUR, name=EVIL_NAME),
+        result(7, T0, 100.0),
+        result(7, T0 + DAY, 250.0),           # ratio 2.5 over RV1 = 100: stage 2, paged
+        discharge(7, T0 + 3 * DAY),
+        admit(7, T0 + 10 * DAY, name=EVIL_NAME),
+        result(71, T0, 90.0),
+        result(71, T0 + DAY, 300.0),          # stage 3, paged
+        result(72, T0 + 2 * DAY, 60.0),
+        result(72, T0 + 2 * DAY + 6 * HOUR, 95.0),   # +35 in 48 h, ratio 1.58: stage 1
+        b"this is not HL7 at all",
+    ]
+    for m in msgs:
+        ingest.handle(m, 0.0)
+    replay = Ingest(store, NhsDetector(), page_from=T0 + 365 * DAY)   # 74: a replayed page
+    for m in (result(74, T0 + 4 * DAY, 70.0), result(74, T0 + 5 * DAY, 160.0)):
+        replay.handle(m, 0.0)
+    ids = dict(store.db.execute("SELECT mrn, id FROM outbox"))
+    with store.transaction():
+        store.page_delivered(ids["7"], 1)
+        store.page_failed(ids["71"], 1, "400 Bad Request: unknown MRN", dead=True)
+        store.page_failed(ids["72"], 2, "connection refused", dead=False)
+    store.close()
+    return {"pages": {"7": T0 + DAY, "71": T0 + DAY, "72": T0 + 2 * DAY + 6 * HOUR,
+                      "74": T0 + 5 * DAY},
+            "ids": ids}
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class Response:
+    def __init__(self, r: http.client.HTTPResponse) -> None:
+        self.status = r.status
+        self.headers = r.headers
+        self.text = r.read().decode("utf-8")
+
+
+def request(server, path: str, auth: str | None = f"Bearer {TOKEN}",
+            method: str = "GET") -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        headers = {"Authorization": auth} if auth is not None else {}
+        conn.request(method, path, headers=headers)
+        return Response(conn.getresponse())
+    finally:
+        conn.close()

@@ -1,0 +1,162 @@
+"""The console over HTTP: authentication, security headers, routing, escaping, read-only."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+
+import pytest
+from console_testkit import EVIL_NAME, TOKEN, basic, request
+
+from aki_alert.console import queries, server, start
+
+PAGES = ("/", "/service", "/patients/7", "/?before=3")
+
+
+def assert_security_headers(r) -> None:
+    assert r.headers["Cache-Control"] == "no-store"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    csp = r.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "style-src 'unsafe-inline'" in csp
+    assert "img-src 'self' data:" in csp and "script-src" not in csp
+    assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+
+
+@pytest.mark.parametrize("path", PAGES + ("/nope", "/patients/999"))
+def test_no_token_is_refused_with_a_basic_challenge(console, path):
+    r = request(console, path, auth=None)
+    assert r.status == 401
+    assert r.headers["WWW-Authenticate"].startswith('Basic realm="aki-alert"')
+    assert_security_headers(r)
+    assert "ANN" not in r.text and "script>" not in r.text and "7," not in r.text
+
+
+@pytest.mark.parametrize("auth", [
+    "Bearer wrong", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer ", f"Token {TOKEN}",
+    basic("admin", "wrong"), basic(TOKEN, ""), "Basic not-base64!!",
+    "Basic " + "dG9rZW4=",                # "token": no colon
+    TOKEN, "",
+])
+def test_a_wrong_token_is_refused(console, auth):
+    r = request(console, "/", auth=auth)
+    assert r.status == 401
+    assert_security_headers(r)
+
+
+@pytest.mark.parametrize("auth", [f"Bearer {TOKEN}", f"bearer  {TOKEN}", basic("anyone", TOKEN),
+                                  basic("", TOKEN)])
+def test_the_token_is_accepted_as_bearer_or_basic_password(console, auth):
+    r = request(console, "/", auth=auth)
+    assert r.status == 200 and "<h1>Alerts</h1>" in r.text
+
+
+def test_tokens_are_compared_in_constant_time(console, monkeypatch):
+    calls = []
+    real = server.hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(server.hmac, "compare_digest", spy)
+    assert request(console, "/", auth="Bearer x").status == 401
+    assert request(console, "/", auth=basic("u", TOKEN)).status == 200
+    # Digests are compared, so a short guess costs the same as a long one.
+    assert calls == [(32, 32), (32, 32)]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_is_served_with_security_headers(console, path):
+    r = request(console, path)
+    assert r.status == 200, r.text
+    assert_security_headers(r)
+    assert "<script" not in r.text.lower()
+    assert r.headers["Server"].startswith("aki-alert-console")
+
+
+@pytest.mark.parametrize("path", ["/patients/999999", "/patients/abc", "/patients/7/x",
+                                  "/patients/", "/patients/%37%00", "/nope", "/favicon.ico",
+                                  "/patients/" + "1" * 40])
+def test_unknown_pages_and_patients_are_404(console, path):
+    r = request(console, path)
+    assert r.status == 404
+    assert_security_headers(r)
+    assert "Not found" in r.text
+
+
+def test_only_get_and_head(console):
+    r = request(console, "/", method="POST")
+    assert r.status == 405 and r.headers["Allow"] == "GET, HEAD"
+    assert_security_headers(r)
+    r = request(console, "/", method="HEAD")
+    assert r.status == 200 and r.text == "" and int(r.headers["Content-Length"]) > 0
+
+
+def test_bad_pagination_is_400(console):
+    assert request(console, "/?before=x'").status == 400
+
+
+def test_patient_name_is_escaped_everywhere(console, state):
+    for path in ("/", "/patients/7"):
+        r = request(console, path)
+        assert r.status == 200
+        assert "<script>" not in r.text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; O&#x27;BRIEN &quot;X&quot;" in r.text
+    assert EVIL_NAME not in request(console, "/patients/7").text
+
+
+def test_alerts_page_lists_the_pages_with_their_delivery(console, state):
+    text = request(console, "/").text
+    for mrn in state["pages"]:
+        assert f'href="/patients/{mrn}"' in text
+    for label in ("delivered", "dead-lettered", "retrying", "suppressed (replay)"):
+        assert label in text
+    assert "400 Bad Request: unknown MRN" in text and "connection refused" in text
+
+
+def test_service_page_shows_feed_outbox_dead_letters_and_provenance(console):
+    text = request(console, "/service").text
+    assert "test-hospital" in text and "ab" * 32 in text and "nhs-england-2014" in text
+    assert "message does not start with an MSH segment" in text
+    assert "this is not HL7 at all" in text
+    assert "400 Bad Request: unknown MRN" in text
+
+
+def test_missing_state_is_503_not_a_crash(tmp_path):
+    s = start("127.0.0.1", 0, TOKEN, str(tmp_path / "absent.db"))
+    try:
+        r = request(s, "/")
+        assert r.status == 503 and "State unavailable" in r.text
+        assert_security_headers(r)
+        assert not (tmp_path / "absent.db").exists()
+    finally:
+        s.shutdown()
+
+
+def test_the_console_connection_is_read_only(state):
+    db = queries.connect(state["path"])
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            db.execute("DELETE FROM outbox")
+    finally:
+        db.close()
+
+
+def test_a_token_is_required_and_shutdown_frees_the_port(state):
+    with pytest.raises(ValueError):
+        start("127.0.0.1", 0, "", state["path"])
+    s = start("127.0.0.1", 0, TOKEN, state["path"])
+    port = s.port
+    assert request(s, "/").status == 200
+    s.shutdown()
+    s.shutdown()   # idempotent
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_binds_to_the_given_host_only(state):
+    s = start("127.0.0.1", 0, TOKEN, state["path"])
+    try:
+        assert s.server_address[0] == "127.0.0.1"
+    finally:
+        s.shutdown()
