@@ -5,9 +5,9 @@
 on fresh copies of the same state:
 
 - baseline: nothing else running;
-- hammered: the console serving that state from this process (as in the service), with a thread
-  of this process requesting its alerts page and patient pages over HTTP back to back (the
-  worst case: no human clicks this fast);
+- hammered: the console serving that state from its own process (as `serve` runs it), with a
+  thread of this process requesting its alerts page and patient pages over HTTP back to back
+  (the worst case: no human clicks this fast);
 - browsing: the same at 5 pages/s (a few people using the console at once).
 
 Prints the mean and p99 per-message cost of each, their ratio, and the console's request rate.
@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from aki_alert.console import start
+from aki_alert.console.process import spawn
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.history import ImportSummary, read_history
 from aki_alert.hospital.datafiles import write_hospital
@@ -81,8 +81,8 @@ def run_once(template: Path, work: Path, msgs: list[bytes], mrns: list[str],
     ingest = Ingest(store, NhsDetector())
     server = hammer = None
     if console is not None:
-        server = start("127.0.0.1", 0, TOKEN, str(state))
-        hammer = Hammer(server.port, mrns, console)
+        server, url = spawn("127.0.0.1", 0, TOKEN, str(state), 0)
+        hammer = Hammer(int(url.rsplit(":", 1)[1]), mrns, console)
         hammer.start()
         time.sleep(0.2)       # the hammer is running before the first message
     costs = []
@@ -100,7 +100,8 @@ def run_once(template: Path, work: Path, msgs: list[bytes], mrns: list[str],
         hammer.stop.set()
         hammer.join(10)
         rate = (hammer.requests / elapsed, hammer.errors)
-        server.shutdown()
+        server.terminate()
+        server.wait(10)
     store.close()
     costs.sort()
     return statistics.fmean(costs), costs[int(len(costs) * 0.99)], rate

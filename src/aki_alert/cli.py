@@ -17,7 +17,9 @@ COMMAND_MODULES = (
     "aki_alert.serve",          # serve
     "aki_alert.train",          # train, evaluate
     "aki_alert.hospital.cli",   # generate, simulate, score, demo
-    "aki_alert.statecmd", "aki_alert.replay",   # state status|check|backup|restore|reset; replay
+    "aki_alert.statecmd",       # state status|check|backup|restore|reset
+    "aki_alert.replay",         # replay
+    "aki_alert.console.process",  # console
 )
 
 

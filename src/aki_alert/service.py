@@ -124,14 +124,20 @@ def serve(cfg: Config) -> None:
         store.set_meta(detector=detector.name, detector_version=detector.version)
     metrics.PROVENANCE.info({k: v for k, v in store.meta().items()
                              if k in ("environment", "history_sha256")})
+    console = None
     if cfg.console_port:
-        from .console import start as start_console
+        from .console.process import ConsoleStartError, spawn
 
         try:
-            start_console(cfg.console_host, cfg.console_port, cfg.console_token, store.path)
-        except OSError as e:
-            raise StartupError(f"CONSOLE_PORT {cfg.console_port} cannot be opened: "
-                               f"{e.strerror or e}") from e
+            console, _ = spawn(cfg.console_host, cfg.console_port, cfg.console_token or "",
+                            store.path, cfg.metrics_port)
+        except ConsoleStartError as e:
+            raise StartupError(f"CONSOLE_PORT {cfg.console_port}: {e}") from e
     log.info("serving: hospital %s, pager %s, state %s, detector %s %s", cfg.mllp_address,
              cfg.pager_address, cfg.state_dir, detector.name, detector.version)
-    asyncio.run(Service(cfg, store, detector).run())
+    try:
+        asyncio.run(Service(cfg, store, detector).run())
+    finally:
+        if console is not None:
+            console.terminate()
+            console.wait(5)

@@ -94,7 +94,8 @@ def running(tmp_path_factory):
     with HospitalThread(msgs, rows, pages_out=pages_out) as h:
         env = dict(os.environ, MLLP_ADDRESS=f"127.0.0.1:{h.hospital.mllp_port}",
                    PAGER_ADDRESS=f"127.0.0.1:{h.hospital.pager_port}", STATE_DIR=str(d / "state"),
-                   HISTORY_PATH=str(paths["history"]), METRICS_PORT="0", DETECTOR="nhs",
+                   HISTORY_PATH=str(paths["history"]), METRICS_PORT=str(free_port()),
+                   DETECTOR="nhs",
                    AKI_ENVIRONMENT="console-e2e-hospital", CONSOLE_PORT=str(port),
                    CONSOLE_TOKEN=TOKEN, LOG_LEVEL="WARNING")
         log = open(d / "serve.log", "w+")

@@ -140,8 +140,8 @@ def test_process_metrics_from_a_registry():
     c.labels(type="result").inc(5)
     c.labels(type="admission").inc(2)
     Counter("aki_pages_total", "p", ["outcome"], registry=reg).labels(outcome="delivered").inc()
-    pm = queries.process_metrics(reg)
+    pm = queries.process_metrics(reg.collect())
     assert pm.connected == 1 and pm.received == {"result": 5, "admission": 2}
     assert pm.pages == {"delivered": 1} and pm.provenance_mismatch is None
-    empty = queries.process_metrics(CollectorRegistry())
+    empty = queries.process_metrics(CollectorRegistry().collect())
     assert empty.connected is None and empty.received == {}

@@ -299,3 +299,41 @@ def test_replay_beside_the_running_service_is_paged_without_a_restart(tmp_path, 
         hospital.close()
     assert pager.bodies == ["9,20240303090000"]
     assert "state changed by a replay" in log
+
+
+def test_console_runs_as_its_own_process_and_dies_with_the_service(tmp_path, pager):
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket_free_port() as port:
+        pass
+    history = tmp_path / "history.csv"
+    history.write_text(HISTORY)
+    hospital = MllpHospital([result(7, "20240302080000", 110)])
+    proc = start(hospital.port, pager.port, tmp_path / "state", history,
+                 CONSOLE_PORT=str(port), CONSOLE_TOKEN="t0ken")
+
+    def status():
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return None
+
+    try:
+        assert wait_for(lambda: status() == 401, 20)      # serving, and asks for the token
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert wait_for(lambda: status() is None, 5)      # gone with its parent
+        # A console port already taken stops the service with one clear line.
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            busy = taken.getsockname()[1]
+            proc = start(hospital.port, pager.port, tmp_path / "state", history,
+                         CONSOLE_PORT=str(busy), CONSOLE_TOKEN="t0ken")
+            assert proc.wait(30) == 1
+    finally:
+        code, log = stop(proc)
+        hospital.close()
+    assert f"CONSOLE_PORT {busy}" in log and "cannot be opened" in log

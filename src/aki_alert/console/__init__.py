@@ -1,30 +1,28 @@
-"""The read-only alert console: a small web UI served by the service on its own port.
+"""The read-only alert console: a small web UI beside the service, on its own port.
 
 - `/`: the latest pages, newest first, with their explanation and delivery status.
 - `/patients/<mrn>`: the patient's creatinine chart (inline SVG), baseline, NHS windows, the
   paged results, admissions, demographics and results.
 - `/service`: MLLP connection, message rate, outbox, dead letters, state provenance, errors.
 
-It runs in its own daemon thread(s) with its own read-only SQLite connections (WAL lets them
-read beside the writer) and needs a token; see docs/console.md. Layout: `queries` (SQL →
-dataclasses), `render` (dataclasses → HTML, pure), `server` (HTTP, auth, routing).
+It runs as its own process (`aki-alert console`, started by `serve` when CONSOLE_PORT is set),
+so rendering never competes with the feed for the interpreter: it reads the state through
+read-only SQLite connections (WAL lets them read beside the writer) and the service's live
+figures from its /metrics. It needs a token; see docs/console.md. Layout: `queries` (SQL →
+dataclasses), `render` (dataclasses → HTML, pure), `server` (HTTP, auth, routing), `process`
+(the child process and its command).
 """
 
 from __future__ import annotations
-
-import logging
 
 from .server import ConsoleServer
 
 __all__ = ["ConsoleServer", "start"]
 
-log = logging.getLogger(__name__)
 
-
-def start(host: str, port: int, token: str | None, state_path: str) -> ConsoleServer:
-    """Serve the console on host:port (0: any free port) in a daemon thread; returns the server
-    (`.port`, `.url`, `shutdown()`). Raises OSError when the port cannot be opened and
-    ValueError without a token."""
-    server = ConsoleServer((host, port), token or "", state_path).start()
-    log.info("console serving on %s (token required)", server.url)
-    return server
+def start(host: str, port: int, token: str | None, state_path: str,
+          metrics_url: str | None = None) -> ConsoleServer:
+    """Serve the console on host:port (0: any free port) in a daemon thread of this process;
+    returns the server (`.port`, `.url`, `shutdown()`). Raises OSError when the port cannot be
+    opened and ValueError without a token."""
+    return ConsoleServer((host, port), token or "", state_path, metrics_url).start()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -313,8 +314,8 @@ def _preview(raw: bytes | str | None, n: int = 80) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ProcessMetrics:
-    """What only the running process knows, read from `prometheus_client.REGISTRY`: None (or
-    empty) when the metric is not registered (a console run outside the service)."""
+    """What only the running service knows, read from its /metrics: None (or empty) when the
+    metric is not there (the service's metrics are off or not answering)."""
 
     connected: float | None
     received: dict[str, float]          # messages received since start, by type
@@ -324,13 +325,25 @@ class ProcessMetrics:
     history_loaded: float | None
 
 
-def process_metrics(registry=None) -> ProcessMetrics:
-    if registry is None:
-        from prometheus_client import REGISTRY as registry
+def scrape(url: str | None, timeout: float = 1.0) -> list:
+    """The metric families the service exports at `url`; empty when it does not answer."""
+    if not url:
+        return []
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return list(text_string_to_metric_families(r.read().decode("utf-8", "replace")))
+    except (OSError, ValueError):
+        return []
+
+
+def process_metrics(families) -> ProcessMetrics:
+    """Read the service's live figures from metric families (scraped, or a registry's)."""
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
     wanted = {"aki_mllp_connected", "aki_messages_received_total", "aki_pages_total",
               "aki_dead_letters_total", "aki_state_provenance_mismatch", "aki_history_loaded"}
-    for family in registry.collect():
+    for family in families:
         for s in family.samples:
             if s.name in wanted:
                 samples.setdefault(s.name, []).append((s.labels, s.value))

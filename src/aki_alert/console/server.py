@@ -77,13 +77,15 @@ class ConsoleServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 16
 
-    def __init__(self, address: tuple[str, int], token: str, state_path: str) -> None:
+    def __init__(self, address: tuple[str, int], token: str, state_path: str,
+                 metrics_url: str | None = None) -> None:
         if not token:
             raise ValueError("the console needs a token")
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.token_digest = hashlib.sha256(token.encode("utf-8")).digest()
         self.state_path = state_path
+        self.metrics_url = metrics_url
         self.busy = threading.BoundedSemaphore(MAX_BUSY)
         self._thread: threading.Thread | None = None
         super().__init__(address, Handler)
@@ -183,8 +185,8 @@ class Handler(BaseHTTPRequestHandler):
                 queries.alerts(db, before=int(before) if before else None), time.time(),
                 int(before) if before else None))
         elif path == "/service":
-            self._with_state(lambda db: render.service_page(queries.service(db),
-                                                            queries.process_metrics()))
+            live = queries.process_metrics(queries.scrape(self.server.metrics_url))
+            self._with_state(lambda db: render.service_page(queries.service(db), live))
         elif path.startswith("/patients/"):
             mrn = unquote(path[len("/patients/"):])
             if not (mrn.isascii() and mrn.isdigit() and len(mrn) <= MAX_MRN_LENGTH):

@@ -1,0 +1,89 @@
+"""`aki-alert console`, and how `serve` runs it as a child process.
+
+The child prints one line once its port is bound, so the parent can report a port in use at
+start-up; it exits when its parent does (it watches its parent's pid), so a killed service
+never leaves a console serving a state nobody writes any more. The token travels in the
+environment, never on a command line other users could read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import subprocess
+import sys
+import time
+
+from . import start
+
+log = logging.getLogger(__name__)
+
+READY = "console listening on "
+START_TIMEOUT = 10.0
+
+
+class ConsoleStartError(OSError):
+    pass
+
+
+def spawn(host: str, port: int, token: str, state_path: str,
+          metrics_port: int) -> tuple[subprocess.Popen, str]:
+    """Start the console beside this process; returns it and its URL. Raises ConsoleStartError
+    if it cannot serve."""
+    cmd = [sys.executable, "-m", "aki_alert", "console", "--state", state_path, "--host", host,
+           "--port", str(port), "--parent-pid", str(os.getpid())]
+    if metrics_port:
+        cmd += ["--metrics-url", f"http://127.0.0.1:{metrics_port}/metrics"]
+    child = subprocess.Popen(cmd, env=dict(os.environ, CONSOLE_TOKEN=token),
+                             stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([child.stdout], [], [], 0.1)
+        if ready:
+            line = child.stdout.readline()
+            if line.startswith(READY):
+                log.info("%s (token required)", line.strip())
+                return child, line[len(READY):].strip()
+            if not line:
+                break
+    child.kill()
+    child.wait()
+    raise ConsoleStartError(f"the console did not start on {host}:{port} "
+                            f"(exit {child.returncode}; see its error above)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("console", help="serve the read-only alert console (serve starts it "
+                       "itself when CONSOLE_PORT is set)",
+                       description="Serve the alert console for a state file. The token is "
+                                   "read from CONSOLE_TOKEN.")
+    p.add_argument("--state", required=True, help="the state database (STATE_DIR/state.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--metrics-url", help="the service's /metrics, for its live figures")
+    p.add_argument("--parent-pid", type=int, help="exit when this process is gone")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    token = os.environ.get("CONSOLE_TOKEN", "")
+    if not token:
+        print("aki-alert console: CONSOLE_TOKEN is not set; example: CONSOLE_TOKEN=s3cret-token",
+              file=sys.stderr)
+        return 2
+    try:
+        server = start(args.host, args.port, token, args.state, args.metrics_url)
+    except OSError as e:
+        print(f"aki-alert console: {args.host}:{args.port} cannot be opened: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
+    print(f"{READY}{server.url}", flush=True)
+    try:
+        while args.parent_pid is None or os.getppid() == args.parent_pid:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    server.shutdown()
+    return 0
