@@ -56,7 +56,7 @@ def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, 
                 continue
             summary.rows += 1
             mrn = row[0].strip()
-            if not mrn.isdigit():
+            if not (mrn.isascii() and mrn.isdigit()):
                 summary.skipped["rows with a bad MRN"] += 1
                 continue
             kept = 0

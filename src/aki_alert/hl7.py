@@ -76,7 +76,7 @@ def _mrn(pid: list[str] | None) -> str:
     if pid is None:
         raise HL7Error("no PID segment")
     mrn = _first(_field(pid, 3))
-    if not mrn.isdigit():
+    if not (mrn.isascii() and mrn.isdigit()):
         raise HL7Error(f"PID-3 MRN {mrn!r} is not a number" if mrn else "PID-3 MRN is empty")
     return mrn
 
@@ -107,6 +107,8 @@ def parse(raw: bytes) -> Event:
     if not segs or segs[0][0] != "MSH":
         raise HL7Error("message does not start with an MSH segment")
     msh = segs[0]
+    if not _field(msh, 11).strip():
+        raise HL7Error("MSH has no MSH-12 version: an incomplete (truncated?) message")
     kind = message_type(msh)
     by_name: dict[str, list[str]] = {}
     for seg in segs[1:]:
@@ -139,6 +141,8 @@ def _admission(pid: list[str] | None, when: int | None) -> Admission:
 def _result(segs: list[list[str]], pid: list[str] | None) -> Result | None:
     obr_time = ""
     value_text = None
+    if not any(seg[0].strip() == "OBX" for seg in segs):
+        raise HL7Error("ORU^R01 without an OBX segment: an incomplete (truncated?) result")
     for seg in segs[1:]:
         name = seg[0].strip()
         if name == "OBR" and not obr_time:

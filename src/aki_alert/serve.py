@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"aki-alert serve: {e}", file=sys.stderr)
         return 2
     logs.setup(cfg.log_format, cfg.log_level)
-    from .service import serve
+    from .service import Interrupted, serve
     from .startup import StartupError
 
     try:
@@ -35,4 +35,7 @@ def run(args: argparse.Namespace) -> int:
     except (StartupError, StateError) as e:
         print(f"aki-alert serve: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"aki-alert serve: stopped by {e} during start-up; nothing was lost",
+              file=sys.stderr)
     return 0

@@ -103,7 +103,19 @@ class Service:
         self.client.stop()
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived during start-up (before the event loop handles them)."""
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def serve(cfg: Config) -> None:
+    """Run the service until SIGTERM. A signal during start-up (a long history import) stops
+    it cleanly too: the step in progress is one transaction, rolled back."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _interrupt)
     readiness = health.Readiness()
     if cfg.metrics_port:
         try:

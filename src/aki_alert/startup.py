@@ -36,6 +36,7 @@ def load_detector(cfg: Config) -> Detector:
 
 
 def _import(store: SqliteStore, path: str, digest: str) -> None:
+    log.info("importing history %s", path)
     summary = ImportSummary()
     started = time.perf_counter()
     added = store.import_results(read_history(path, summary))

@@ -21,16 +21,22 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
     return era * 146_097 + doe - 719_468
 
 
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
 def _checked(y: int, mo: int, d: int, h: int, mi: int, s: int) -> int:
-    if not (1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and s < 61):
+    if not (1 <= mo <= 12 and h < 24 and mi < 60 and s < 61):
         raise ValueError("out-of-range date or time")
+    leap = mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if not 1 <= d <= _MONTH_DAYS[mo - 1] + leap:
+        raise ValueError("no such day in that month")
     return _days_from_civil(y, mo, d) * DAY + h * HOUR + mi * 60 + s
 
 
 def parse_hl7_time(text: str) -> int:
     """Seconds for an HL7 `YYYYMMDDHHMM[SS]` time (12 or 14 digits)."""
     n = len(text)
-    if (n != 14 and n != 12) or not text.isdigit():
+    if (n != 14 and n != 12) or not (text.isascii() and text.isdigit()):
         raise ValueError(f"expected a 12- or 14-digit time, got {text!r}")
     return _checked(
         int(text[0:4]), int(text[4:6]), int(text[6:8]),
@@ -40,7 +46,7 @@ def parse_hl7_time(text: str) -> int:
 
 def parse_hl7_date(text: str) -> int:
     """Seconds at midnight of an HL7 `YYYYMMDD` date (a date of birth)."""
-    if len(text) < 8 or not text[:8].isdigit():
+    if len(text) < 8 or not (text[:8].isascii() and text[:8].isdigit()):
         raise ValueError(f"expected a YYYYMMDD date, got {text!r}")
     return _checked(int(text[0:4]), int(text[4:6]), int(text[6:8]), 0, 0, 0)
 
@@ -48,7 +54,8 @@ def parse_hl7_date(text: str) -> int:
 def parse_csv_time(text: str) -> int:
     """Seconds for a data file's `YYYY-MM-DD HH:MM[:SS]` time."""
     t = text.strip()
-    if len(t) < 16 or t[4] != "-" or t[7] != "-" or t[10] not in " T" or t[13] != ":":
+    if (len(t) < 16 or not t.isascii() or t[4] != "-" or t[7] != "-" or t[10] not in " T"
+            or t[13] != ":"):
         raise ValueError(f"expected YYYY-MM-DD HH:MM:SS, got {text!r}")
     sec = int(t[17:19]) if len(t) >= 19 else 0
     return _checked(int(t[0:4]), int(t[5:7]), int(t[8:10]), int(t[11:13]), int(t[14:16]), sec)

@@ -20,7 +20,7 @@ from aki_alert.hospital.simulator import HospitalThread
 from aki_alert.timeutil import parse_hl7_time
 
 from .double import MllpHospital, Pager
-from .service_process import start, stop, wait_for
+from .service_process import log_text, start, stop, wait_for
 
 HISTORY = "mrn,creatinine_date_0,creatinine_result_0\n7,2024-03-01 08:00:00,100\n"
 
@@ -337,3 +337,27 @@ def test_console_runs_as_its_own_process_and_dies_with_the_service(tmp_path, pag
         code, log = stop(proc)
         hospital.close()
     assert f"CONSOLE_PORT {busy}" in log and "cannot be opened" in log
+
+
+def test_sigterm_during_a_long_history_import_exits_0_and_loses_nothing(tmp_path, pager):
+    import time
+
+    history = tmp_path / "history.csv"
+    rows = [f"{100000 + i},2024-03-01 08:00:00,{90 + i % 20},2024-03-02 08:00:00,95"
+            for i in range(300_000)]
+    history.write_text("mrn,creatinine_date_0,creatinine_result_0,creatinine_date_1,"
+                       "creatinine_result_1\n" + "\n".join(rows) + "\n")
+    hospital = MllpHospital([result(7, "20240302080000", 110)])
+    proc = start(hospital.port, pager.port, tmp_path / "state", history)
+    try:
+        assert wait_for(lambda: "importing history" in log_text(proc), 20)
+        time.sleep(0.2)                       # inside the import (it takes seconds)
+        code, log = stop(proc)
+        assert code == 0 and "during start-up" in log, log[-2000:]
+        assert not hospital.done.is_set()
+        proc = start(hospital.port, pager.port, tmp_path / "state", history)
+        assert wait_for(hospital.done.is_set, 60)
+    finally:
+        code, log = stop(proc)
+        hospital.close()
+    assert code == 0 and "imported" in log

@@ -127,3 +127,20 @@ def test_arbitrary_text_after_a_valid_header_never_crashes(tail):
         hl7.parse(header + tail.encode("utf-8", "surrogatepass"))
     except hl7.HL7Error:
         pass
+
+
+@pytest.mark.parametrize("msg, words", [
+    (RESULT.replace(b"151493085", "١٥١٤٩٣٠٨٥".encode()), "MRN"),
+    (RESULT.replace(b"|20240331012700\rOBX", "|２０２４０３３１０１２７\rOBX".encode()), "OBR-7"),
+    (RESULT.replace(b"|20240331012700\rOBX", b"|20240230012700\rOBX"), "OBR-7"),   # 30 February
+    (RESULT[:60], "MSH-12"),                                       # cut inside MSH
+    (RESULT.split(b"OBX")[0], "OBX"),                              # cut before the OBX
+])
+def test_truncated_and_non_ascii_messages_are_unusable(msg, words):
+    with pytest.raises(hl7.HL7Error, match=words):
+        hl7.parse(msg)
+
+
+def test_leap_day_is_a_date():
+    assert hl7.parse(RESULT.replace(b"|20240331012700\rOBX", b"|20240229012700\rOBX")).time_text \
+        == "20240229012700"

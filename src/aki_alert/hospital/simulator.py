@@ -320,7 +320,10 @@ def _result_key(message: bytes) -> tuple[str, int] | None:
         if seg[0] == b"PID" and len(seg) > 3:
             mrn = seg[3].split(b"^")[0].decode()
         elif seg[0] == b"OBR" and len(seg) > 7:
-            t = parse_hl7_time(seg[7].decode())
+            try:
+                t = parse_hl7_time(seg[7].decode("utf-8", "replace"))
+            except ValueError:
+                return None       # not a result the hospital can score: sent, never expected
     return (mrn, t) if mrn and t is not None else None
 
 
