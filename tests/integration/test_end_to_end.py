@@ -11,13 +11,12 @@ import sys
 import pytest
 
 from aki_alert.detect.nhs import NhsDetector
-from aki_alert.offline import offline_pages
-from aki_alert.timeutil import format_hl7_time, parse_csv_time
-
+from aki_alert.hospital import messages
 from aki_alert.hospital.datafiles import read_aki, read_messages
 from aki_alert.hospital.scoring import Scorer
 from aki_alert.hospital.simulator import HospitalThread
-from aki_alert.timeutil import parse_hl7_time
+from aki_alert.offline import offline_pages
+from aki_alert.timeutil import format_hl7_time, parse_csv_time, parse_hl7_time
 
 from .double import MllpHospital, Pager
 from .service_process import log_text, start, stop, wait_for
@@ -26,8 +25,7 @@ HISTORY = "mrn,creatinine_date_0,creatinine_result_0\n7,2024-03-01 08:00:00,100\
 
 
 def result(mrn, ts, value):
-    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{ts}||ORU^R01|||2.5\rPID|1||{mrn}\r"
-            f"OBR|1||||||{ts}\rOBX|1|SN|CREATININE||{value}\r").encode()
+    return messages.result(parse_hl7_time(ts), str(mrn), value)
 
 
 @pytest.fixture

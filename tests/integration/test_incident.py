@@ -6,6 +6,9 @@ from __future__ import annotations
 import glob
 import sqlite3
 
+from aki_alert.hospital import messages
+from aki_alert.timeutil import parse_hl7_time
+
 from .double import MllpHospital, Pager
 from .service_process import start, stop, wait_for
 
@@ -18,8 +21,7 @@ HISTORY_B = HEADER + ("7,2024-03-01 08:00:00,250,2024-03-02 08:00:00,240\n"
 
 
 def result(mrn, ts, value):
-    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{ts}||ORU^R01|||2.5\rPID|1||{mrn}\r"
-            f"OBR|1||||||{ts}\rOBX|1|SN|CREATININE||{value}\r").encode()
+    return messages.result(parse_hl7_time(ts), str(mrn), value)
 
 
 def run(tmp_path, history_text, msgs, name, **extra):

@@ -6,22 +6,20 @@ import sqlite3
 import pytest
 
 from aki_alert.detect.nhs import NhsDetector
+from aki_alert.hospital import messages
 from aki_alert.ingest import MAX_ATTEMPTS, Ingest
 from aki_alert.store.sqlite import SqliteStore
-from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_time
+from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_date, parse_hl7_time
 
 T0 = parse_hl7_time("20240301080000")
 
 
 def result(mrn, t, value):
-    ts = format_hl7_time(t)
-    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{ts}||ORU^R01|||2.5\rPID|1||{mrn}\r"
-            f"OBR|1||||||{ts}\rOBX|1|SN|CREATININE||{value}\r").encode()
+    return messages.result(t, str(mrn), value)
 
 
 def admit(mrn, dob="19600101", sex="F"):
-    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||20240301070000||ADT^A01|||2.5\r"
-            f"PID|1||{mrn}||ANN SMITH||{dob}|{sex}\r").encode()
+    return messages.admission(T0 - DAY, str(mrn), "ANN SMITH", parse_hl7_date(dob), sex)
 
 
 @pytest.fixture

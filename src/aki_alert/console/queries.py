@@ -123,6 +123,17 @@ class AlertList:
     older_than: int | None           # `before` for the next (older) page, None at the end
 
 
+def _outbox_by_status(db: sqlite3.Connection) -> dict[str, int]:
+    """Pages by delivery status, pending ones that failed at least once as "retrying"."""
+    by_status: dict[str, int] = {}
+    for status, retrying, n in db.execute(
+            "SELECT status, attempts > 0 AND status = 'pending', count(*) FROM outbox "
+            "GROUP BY 1, 2"):
+        key = "retrying" if retrying else status
+        by_status[key] = by_status.get(key, 0) + n
+    return by_status
+
+
 def alerts(db: sqlite3.Connection, limit: int = ALERTS_LIMIT,
            before: int | None = None) -> AlertList:
     """The latest pages, newest first; `before` an outbox id to page back in time."""
@@ -134,12 +145,7 @@ def alerts(db: sqlite3.Connection, limit: int = ALERTS_LIMIT,
                           "ORDER BY o.id DESC LIMIT ?", (before, limit + 1)).fetchall()
     items = [_alert(r) for r in rows[:limit]]
     older = items[-1].id if len(rows) > limit and items else None
-    by_status: dict[str, int] = {}
-    for status, retrying, n in db.execute(
-            "SELECT status, attempts > 0 AND status = 'pending', count(*) FROM outbox "
-            "GROUP BY 1, 2"):
-        key = "retrying" if retrying else status
-        by_status[key] = by_status.get(key, 0) + n
+    by_status = _outbox_by_status(db)
     return AlertList(items, by_status, older)
 
 
@@ -282,12 +288,7 @@ def service(db: sqlite3.Connection, now: float | None = None,
                     (bounds[i], bounds[i + 1])).fetchone()[0]
     pending, oldest = db.execute(
         "SELECT count(*), min(created_at) FROM outbox WHERE status = 'pending'").fetchone()
-    by_status: dict[str, int] = {}
-    for status, retrying, n in db.execute(
-            "SELECT status, attempts > 0 AND status = 'pending', count(*) FROM outbox "
-            "GROUP BY 1, 2"):
-        key = "retrying" if retrying else status
-        by_status[key] = by_status.get(key, 0) + n
+    by_status = _outbox_by_status(db)
     last_delivered = db.execute("SELECT max(delivered_at) FROM outbox").fetchone()[0]
     floor = (last or 0) - JOURNAL_WINDOW
     dead = [DeadLetter(i, at, kind, reason, _preview(raw)) for i, at, kind, reason, raw in

@@ -14,6 +14,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from ..timeutil import DAY, HOUR
+from .nhs import median
 
 # Bump when the meaning of any feature changes: a model trained on other features refuses to load.
 FEATURE_VERSION = "f1"
@@ -43,13 +44,6 @@ FEATURES: tuple[str, ...] = (
 )
 
 
-def _median(xs: list[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    mid = n // 2
-    return s[mid] if n % 2 else (s[mid - 1] + s[mid]) / 2.0
-
-
 def _ratio(value: float, base: float | None) -> float:
     return value / base if base is not None and base > 0.0 else 1.0
 
@@ -76,7 +70,7 @@ def features(
     recent = values[week:end]
     older = values[start:week]
     rv1 = min(recent) if recent else None
-    rv2 = _median(older) if older else None
+    rv2 = median(older) if older else None
     rv1_ratio = _ratio(value, rv1)
     rv2_ratio = _ratio(value, rv2)
     if n:
@@ -85,7 +79,7 @@ def features(
         var = sum((x - mean) ** 2 for x in prev) / n if n > 1 else 0.0
         cv = var**0.5 / mean if mean > 0.0 else 0.0
         min_ratio = _ratio(value, lowest)
-        median_ratio = _ratio(value, _median(prev))
+        median_ratio = _ratio(value, median(prev))
         last_ratio = _ratio(value, prev[-1])
         since = min((time - times[end - 1]) / DAY, 365.0)
     else:

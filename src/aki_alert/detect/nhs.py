@@ -26,7 +26,7 @@ class NhsResult:
     ratio: float | None
 
 
-def _median(xs: list[float]) -> float:
+def median(xs: list[float]) -> float:
     s = sorted(xs)
     n = len(s)
     mid = n // 2
@@ -43,7 +43,7 @@ def nhs_stage(times: list[int], values: list[float], time: int, value: float) ->
     recent = values[week:end]          # 0–7 days before
     older = values[start:week]         # 8–365 days before (more than 7 days ago)
     rv1 = min(recent) if recent else None
-    rv2 = _median(older) if older else None
+    rv2 = median(older) if older else None
     ratio = baseline = None
     for rv in (rv1, rv2):
         if rv is not None and rv > 0 and (ratio is None or value / rv > ratio):

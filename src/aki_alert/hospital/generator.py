@@ -19,8 +19,9 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from . import messages as hl7_messages
 from ..detect.nhs import nhs_stage
-from ..timeutil import DAY, HOUR, format_hl7_time, parse_hl7_time
+from ..timeutil import DAY, HOUR, parse_hl7_time
 
 HISTORY_DAYS = 90
 STREAM_START = parse_hl7_time("20240401000000")
@@ -215,23 +216,6 @@ def live(rng: random.Random, person: Person, start: int, end: int, aki_from: int
     return life
 
 
-def _adt_a01(t: int, p: Person) -> bytes:
-    dob = format_hl7_time(p.birth)[:8]
-    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{format_hl7_time(t)}||ADT^A01|||2.5\r"
-            f"PID|1||{p.mrn}||{p.name}||{dob}|{p.sex}\r").encode()
-
-
-def _adt_a03(t: int, mrn: str) -> bytes:
-    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{format_hl7_time(t)}||ADT^A03|||2.5\r"
-            f"PID|1||{mrn}\r").encode()
-
-
-def _oru_r01(t: int, mrn: str, value: float) -> bytes:
-    ts = format_hl7_time(t)
-    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{ts}||ORU^R01|||2.5\r"
-            f"PID|1||{mrn}\rOBR|1||||||{ts}\rOBX|1|SN|CREATININE||{value!r}\r").encode()
-
-
 def nhs_reference(history: dict[str, list[tuple[int, float]]],
                   results: list[tuple[int, str, float]],
                   aki_times: dict[str, int]) -> list[tuple[str, int, bool, bool]]:
@@ -281,15 +265,16 @@ def generate(days: int, patients: int, seed: int, cohort_size: int = 4000) -> Ge
         for admit, discharge in life.stays:
             if discharge <= start:
                 continue
+            admission = hl7_messages.admission(admit, p.mrn, p.name, p.birth, p.sex)
             if admit < start:
-                initial.append((admit, _adt_a01(admit, p)))
+                initial.append((admit, admission))
             elif admit < end:
-                events.append((admit, 0, p.mrn, _adt_a01(admit, p)))
+                events.append((admit, 0, p.mrn, admission))
             if discharge < end:
-                events.append((discharge, 2, p.mrn, _adt_a03(discharge, p.mrn)))
+                events.append((discharge, 2, p.mrn, hl7_messages.discharge(discharge, p.mrn)))
         for t, v in life.results:
             if t >= start:
-                events.append((t, 1, p.mrn, _oru_r01(t, p.mrn, v)))
+                events.append((t, 1, p.mrn, hl7_messages.result(t, p.mrn, v)))
                 results.append((t, p.mrn, v))
         if life.aki_time is not None:
             aki_times[p.mrn] = life.aki_time
