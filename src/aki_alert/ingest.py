@@ -20,6 +20,7 @@ from . import hl7, metrics
 from .detect import Detector, Judgement, Patient
 from .episodes import episode_start_after, opens_episode
 from .logs import REQUEST_ID
+from .mllp import FrameError
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Ingest:
         try:
             page = self._apply(digest, event, raw, received)
         except Exception as e:  # noqa: BLE001 - classified below
-            if _is_storage_failure(e):
+            if is_storage_failure(e):
                 raise
             attempts = self._failures.get(digest, 0) + 1
             self._failures[digest] = attempts
@@ -105,6 +106,14 @@ class Ingest:
             self._failures.pop(digest, None)
             return hl7.ack("AA", control), None
         return hl7.ack("AA", control), page
+
+    def set_aside_frame(self, frame: FrameError) -> bytes:
+        """A frame that could not be read whole: kept as a dead letter; returns its ACK."""
+        metrics.FRAME_ERRORS.inc()
+        digest = message_digest(frame.reason.encode() + frame.prefix)
+        REQUEST_ID.set(digest.hex()[:16])
+        self.set_aside(digest, "oversized-frame", frame.reason, frame.prefix)
+        return hl7.ack("AA")
 
     def set_aside(self, digest: bytes, kind: str, reason: str, raw: bytes) -> None:
         """Durably keep a message that can never be processed, with its reason (a dead letter)."""
@@ -185,7 +194,7 @@ class Ingest:
         return page, commit_memory
 
 
-def _is_storage_failure(e: Exception) -> bool:
+def is_storage_failure(e: Exception) -> bool:
     """Failures of our own storage (full, read-only, locked, corrupt): never the message's fault."""
     if isinstance(e, sqlite3.IntegrityError):
         return False

@@ -48,6 +48,10 @@ ROLLING_F3 = Gauge(
 ROLLING_COUNTS = Gauge(
     "aki_rolling_outcomes", "True/false positives and false negatives behind aki_rolling_f3",
     ["outcome"])
+BATCH_SIZE = Histogram(
+    "aki_commit_batch_messages", "Messages per state commit (see durable.py)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 HISTORY_ROWS = Counter("aki_history_results_loaded_total", "History results imported")
 HISTORY_SKIPPED = Counter("aki_history_skipped_total", "History cells or rows skipped", ["reason"])
 HISTORY_LOADED = Gauge("aki_history_loaded", "1 when the configured history file is imported")

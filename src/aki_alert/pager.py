@@ -42,7 +42,7 @@ class Dispatcher:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._created: dict[int, float] = {}   # page id -> wall time it became pending
+        self._created: dict[str, float] = {}   # page body -> wall time it became pending
         metrics.OUTBOX_DEPTH.set_function(lambda: len(self._created))
         metrics.OUTBOX_OLDEST.set_function(self._oldest_age)
 
@@ -57,24 +57,22 @@ class Dispatcher:
     def resubmit_pending(self) -> None:
         """Deliver every pending page of the outbox not already in flight: those left by a
         previous run, or queued by another process (a replay)."""
-        pending = [p for p in self.store.pending_pages() if p.id not in self._created]
+        pending = [p for p in self.store.pending_pages() if p.body not in self._created]
         if pending:
             log.info("sending %d undelivered page(s) from the outbox", len(pending))
         for p in pending:
-            self.submit(p.id, p.body, None, p.attempts)
+            self.submit(p.body, None, p.attempts)
 
-    def submit(self, page_id: int, body: str, received: float | None, attempts: int = 0) -> None:
-        """Start delivering a committed page now (a page already in flight is left alone)."""
-        if page_id in self._created:
+    def submit(self, body: str, received: float | None, attempts: int = 0) -> None:
+        """Start delivering a page of the outbox now (a page already in flight is left alone)."""
+        if body in self._created:
             return
-        self._created[page_id] = time.time()
-        task = asyncio.get_running_loop().create_task(
-            self._deliver(page_id, body, received, attempts))
+        self._created[body] = time.time()
+        task = asyncio.get_running_loop().create_task(self._deliver(body, received, attempts))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, page_id: int, body: str, received: float | None,
-                       attempts: int) -> None:
+    async def _deliver(self, body: str, received: float | None, attempts: int) -> None:
         assert self._session is not None
         while True:
             attempts += 1
@@ -82,7 +80,7 @@ class Dispatcher:
             if error is None:
                 metrics.PAGES.labels(outcome="delivered").inc()
                 try:
-                    self.store.page_delivered(page_id, attempts)
+                    self.store.page_delivered(body, attempts)
                 except Exception as e:  # noqa: BLE001 - resent once after a restart: harmless
                     log.error("page %s delivered but not recorded: %s", body, e)
                 if received is not None:
@@ -90,9 +88,9 @@ class Dispatcher:
                 break
             dead = error.startswith("400")
             try:
-                self.store.page_failed(page_id, attempts, error, dead)
+                self.store.page_failed(body, attempts, error, dead)
             except Exception as e:  # noqa: BLE001 - the row stays pending; retry still happens
-                log.error("cannot record page attempt for outbox %d: %s", page_id, e)
+                log.error("cannot record page attempt for %s: %s", body, e)
             if dead:
                 metrics.PAGES.labels(outcome="dead").inc()
                 log.error("pager refused page %s for good: %s (dead-lettered)", body, error)
@@ -102,7 +100,7 @@ class Dispatcher:
             log.warning("page %s not delivered (attempt %d: %s); retrying in %.2fs",
                         body, attempts, error, delay)
             await asyncio.sleep(delay)
-        self._created.pop(page_id, None)
+        self._created.pop(body, None)
 
     async def _post(self, body: str) -> str | None:
         """None when the pager accepted the page, else a short description of the failure."""

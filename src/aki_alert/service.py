@@ -9,21 +9,21 @@ reading at once, finishes the message in hand, gives in-flight pages a moment, a
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
+import os
 import signal
 import time
 
 from . import health, metrics
 from .config import Config
 from .connection import MllpClient
-from .detect import Detector
-from .hl7 import ack
+from .durable import BATCH_SECONDS, Durable
 from .ingest import Ingest
 from .mllp import FrameError
 from .pager import Dispatcher
 from .quality import LabelsMonitor
 from .startup import StartupError, load_detector, open_state, reconcile
+from .store.msglog import MessageLog
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -34,26 +34,32 @@ HOUSEKEEPING_INTERVAL = 5.0
 
 
 class Service:
-    def __init__(self, cfg: Config, store: SqliteStore, detector: Detector) -> None:
+    def __init__(self, cfg: Config, store: SqliteStore, durable: Durable) -> None:
         self.cfg = cfg
         self.store = store
-        self.ingest = Ingest(store, detector)
+        self.durable = durable
         self.dispatcher = Dispatcher(store, cfg.pager_address)
         self.client = MllpClient(cfg.mllp_host, cfg.mllp_port, self.on_frame)
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def on_frame(self, item: bytes | FrameError, received: float) -> bytes:
-        if isinstance(item, FrameError):
-            metrics.FRAME_ERRORS.inc()
-            digest = hashlib.blake2b(item.reason.encode() + item.prefix, digest_size=16).digest()
-            self.ingest.set_aside(digest, "oversized-frame", item.reason, item.prefix)
-            reply = ack("AA")
-        else:
-            reply, page = self.ingest.handle(item, received)
-            if page is not None:
-                self.dispatcher.submit(page.id, page.body, page.received)
+        reply, page = self.durable.handle(item, received)
+        if page is not None:
+            self.dispatcher.submit(page.body, page.received)
+        loop = asyncio.get_running_loop()
+        if self.durable.due:
+            loop.call_soon(self._flush)       # after this ACK is written and its page started
+        elif self._flush_timer is None:
+            self._flush_timer = loop.call_later(BATCH_SECONDS, self._flush)
         metrics.ACKS.labels(code="AA").inc()
         metrics.PROCESSING.observe(time.perf_counter() - received)
         return reply
+
+    def _flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        self.durable.flush()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -67,9 +73,13 @@ class Service:
         await self.client.run()
         for task in background:
             task.cancel()
+        self._flush()
         log.info("stopped reading; waiting up to %.0fs for %d page(s) in flight",
                  DRAIN_SECONDS, self.dispatcher.in_flight)
         await self.dispatcher.drain(DRAIN_SECONDS)
+        self._flush()
+        self.store.commit_batch()             # delivery records written after the last batch
+        self.durable.msglog.close()
         self.store.close()
         log.info("shut down cleanly")
 
@@ -80,10 +90,11 @@ class Service:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             try:
+                self._flush()                 # a batch's open snapshot hides others' commits
                 now = self.store.meta().get("replayed_at")
                 if now != replayed:
                     replayed = now
-                    self.ingest.forget()
+                    self.durable.ingest.forget()
                     log.info("state changed by a replay: patients reloaded from the state")
                 self.dispatcher.resubmit_pending()
             except Exception as e:  # noqa: BLE001 - next round tries again
@@ -124,12 +135,22 @@ def serve(cfg: Config) -> None:
             raise StartupError(f"METRICS_PORT {cfg.metrics_port} cannot be opened: "
                                f"{e.strerror or e}") from e
     store = open_state(cfg)
-    readiness.set("state", True)
-    history_ok = reconcile(store, cfg)
-    metrics.HISTORY_LOADED.set(1 if history_ok else 0)
-    readiness.set("history", history_ok, f"{cfg.history_path} not imported")
     detector = load_detector(cfg)
     readiness.set("detector", True)
+    ingest = Ingest(store, detector)
+    durable = Durable(store, ingest, MessageLog(os.path.join(cfg.state_dir, "messages.log"),
+                                                sync=cfg.durability == "machine"))
+    # Messages acknowledged but not committed before a crash go in first, into the state they
+    # belong to (which reconcile may then archive).
+    try:
+        durable.recover()
+    except Exception as e:  # noqa: BLE001 - retried before the first message is handled
+        log.error("cannot apply the message log yet (%s): will retry", e)
+    readiness.set("state", True)
+    history_ok = reconcile(store, cfg)
+    ingest.forget()
+    metrics.HISTORY_LOADED.set(1 if history_ok else 0)
+    readiness.set("history", history_ok, f"{cfg.history_path} not imported")
     metrics.MODEL.info({"detector": detector.name, "version": detector.version})
     metrics.ROLLING_F3.set(float("nan"))
     with store.transaction():
@@ -148,7 +169,7 @@ def serve(cfg: Config) -> None:
     log.info("serving: hospital %s, pager %s, state %s, detector %s %s", cfg.mllp_address,
              cfg.pager_address, cfg.state_dir, detector.name, detector.version)
     try:
-        asyncio.run(Service(cfg, store, detector).run())
+        asyncio.run(Service(cfg, store, durable).run())
     finally:
         if console is not None:
             console.terminate()

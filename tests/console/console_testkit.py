@@ -61,10 +61,11 @@ def build_state(path: str) -> dict:
     for m in (result(74, T0 + 4 * DAY, 70.0), result(74, T0 + 5 * DAY, 160.0)):
         replay.handle(m, 0.0)
     ids = dict(store.db.execute("SELECT mrn, id FROM outbox"))
+    bodies = dict(store.db.execute("SELECT mrn, body FROM outbox"))
     with store.transaction():
-        store.page_delivered(ids["7"], 1)
-        store.page_failed(ids["71"], 1, "400 Bad Request: unknown MRN", dead=True)
-        store.page_failed(ids["72"], 2, "connection refused", dead=False)
+        store.page_delivered(bodies["7"], 1)
+        store.page_failed(bodies["71"], 1, "400 Bad Request: unknown MRN", dead=True)
+        store.page_failed(bodies["72"], 2, "connection refused", dead=False)
     store.close()
     return {"pages": {"7": T0 + DAY, "71": T0 + DAY, "72": T0 + 2 * DAY + 6 * HOUR,
                       "74": T0 + 5 * DAY},

@@ -66,8 +66,8 @@ def status(store, page_id):
 async def deliver(store, address, pages, timeout=0.5):
     d = Dispatcher(store, address, timeout=timeout)
     await d.start()
-    for pid, body in pages:
-        d.submit(pid, body, None)
+    for _, body in pages:
+        d.submit(body, None)
     for _ in range(500):
         if not d.in_flight:
             break

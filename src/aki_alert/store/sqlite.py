@@ -123,6 +123,19 @@ class SqliteStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """One unit of change: its own transaction, or, inside a batch, a savepoint of it (so
+        a failing message rolls back alone and the batch goes on)."""
+        if self.db.in_transaction:
+            self.db.execute("SAVEPOINT unit")
+            try:
+                yield
+            except BaseException:
+                if self.db.in_transaction:   # SQLite may have rolled back all (disk full)
+                    self.db.execute("ROLLBACK TO unit")
+                    self.db.execute("RELEASE unit")
+                raise
+            self.db.execute("RELEASE unit")
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -131,6 +144,19 @@ class SqliteStore:
                 self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    # A batch: one long transaction holding many messages (see durable.py).
+    def begin_batch(self) -> None:
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+
+    def commit_batch(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+
+    def rollback_batch(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
     # --- provenance ---------------------------------------------------------------------
     def meta(self) -> dict[str, str]:
@@ -273,15 +299,17 @@ class SqliteStore:
         return [PendingPage(*r) for r in self.db.execute(
             "SELECT id, body, attempts FROM outbox WHERE status = 'pending' ORDER BY id")]
 
-    def page_delivered(self, page_id: int, attempts: int) -> None:
+    # Pages are named by their body (unique, and the same when a batch is re-applied after a
+    # rollback, which may renumber the rows).
+    def page_delivered(self, body: str, attempts: int) -> None:
         self.db.execute(
             "UPDATE outbox SET status = 'delivered', attempts = ?, delivered_at = ?, "
-            "last_error = NULL WHERE id = ?", (attempts, time.time(), page_id))
+            "last_error = NULL WHERE body = ?", (attempts, time.time(), body))
 
-    def page_failed(self, page_id: int, attempts: int, error: str, dead: bool) -> None:
+    def page_failed(self, body: str, attempts: int, error: str, dead: bool) -> None:
         self.db.execute(
-            "UPDATE outbox SET status = ?, attempts = ?, last_error = ? WHERE id = ?",
-            ("dead" if dead else "pending", attempts, error, page_id))
+            "UPDATE outbox SET status = ?, attempts = ?, last_error = ? WHERE body = ?",
+            ("dead" if dead else "pending", attempts, error, body))
 
     def counts(self) -> dict[str, int]:
         def q(sql: str) -> int:

@@ -1,0 +1,119 @@
+"""Batched commits behind the message log: a crash or a storage failure mid-batch loses no
+acknowledged message and pages nothing twice."""
+
+import sqlite3
+
+import pytest
+
+from aki_alert.detect.nhs import NhsDetector
+from aki_alert.durable import BATCH_MAX, Durable
+from aki_alert.hospital import messages
+from aki_alert.ingest import Ingest
+from aki_alert.mllp import FrameError
+from aki_alert.store.msglog import MessageLog
+from aki_alert.store.sqlite import SqliteStore
+from aki_alert.timeutil import DAY, parse_hl7_time
+
+T0 = parse_hl7_time("20240301080000")
+
+
+def open_service(tmp_path):
+    store = SqliteStore(str(tmp_path / "state.db"))
+    log = MessageLog(str(tmp_path / "messages.log"))
+    return Durable(store, Ingest(store, NhsDetector()), log)
+
+
+def stream():
+    """Patient 7 rises (one AKI page); patients 100.. are steady."""
+    yield messages.result(T0, "7", 100.0)
+    for i in range(40):
+        yield messages.result(T0 + i * 60, str(100 + i), 80.0)
+    yield messages.result(T0 + DAY, "7", 260.0)
+
+
+def committed(tmp_path, sql):
+    db = sqlite3.connect(tmp_path / "state.db")
+    try:
+        return db.execute(sql).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_batch_is_committed_only_on_flush(tmp_path):
+    d = open_service(tmp_path)
+    for m in stream():
+        d.handle(m, 0.0)
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 0     # not yet committed
+    assert len(d.msglog.records()[0]) == 42                            # but logged
+    d.flush()
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
+    assert d.msglog.records() == ([], 0)
+
+
+def test_a_crash_before_commit_is_recovered_from_the_log(tmp_path):
+    d = open_service(tmp_path)
+    pages = [p.body for m in stream() if (p := d.handle(m, 0.0)[1]) is not None]
+    assert pages == ["7,20240302080000"]
+    # kill -9: the connection goes without a commit; only the log survives.
+    d.store.db.close()
+    d.msglog.close()
+    d = open_service(tmp_path)
+    assert d.recover() == 42
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
+    assert committed(tmp_path, "SELECT group_concat(body) FROM outbox") == "7,20240302080000"
+    # The hospital resends what it never saw acknowledged: nothing changes, nothing is paged.
+    assert all(d.handle(m, 0.0)[1] is None for m in stream())
+    d.flush()
+    assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
+
+
+def test_recovery_is_idempotent_after_a_commit_that_kept_its_log(tmp_path):
+    d = open_service(tmp_path)
+    for m in stream():
+        d.handle(m, 0.0)
+    d.store.commit_batch()                 # committed, then killed before the log was emptied
+    d = open_service(tmp_path)
+    assert d.recover() == 42
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
+    assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
+
+
+def test_storage_failure_mid_batch_restores_from_the_log(tmp_path):
+    d = open_service(tmp_path)
+    msgs = list(stream())
+    for m in msgs[:-1]:
+        d.handle(m, 0.0)
+    d.msglog.append = _fail                # the log cannot be written (disk full)
+    with pytest.raises(OSError):
+        d.handle(msgs[-1], 0.0)
+    assert d.broken
+    del d.msglog.append                    # space again
+    # The resent message goes through after the batch is rebuilt from the log, paged once.
+    _, page = d.handle(msgs[-1], 0.0)
+    assert page is not None and page.body == "7,20240302080000"
+    d.flush()
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
+    assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
+
+
+def _fail(kind, payload):
+    raise OSError(28, "No space left on device")
+
+
+def test_frame_errors_are_logged_and_recovered_as_dead_letters(tmp_path):
+    d = open_service(tmp_path)
+    d.handle(FrameError("too big", b"MSH|x"), 0.0)
+    d.store.db.close()
+    d = open_service(tmp_path)
+    d.recover()
+    assert committed(tmp_path, "SELECT reason FROM dead_letters") == "too big"
+
+
+def test_due_after_batch_max(tmp_path):
+    d = open_service(tmp_path)
+    for i in range(BATCH_MAX):
+        assert not d.due
+        d.handle(messages.result(T0 + i, "9", 80.0), 0.0)
+    assert d.due
+    d.flush()
+    assert not d.due and d.uncommitted == 0
