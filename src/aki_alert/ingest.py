@@ -91,7 +91,7 @@ class Ingest:
             metrics.MESSAGES.labels(type="unparseable").inc()
             self.set_aside(digest, "unparseable", str(e), raw)
             return hl7.ack("AA", control), None
-        metrics.MESSAGES.labels(type=type(event).__name__.lower()).inc()
+        metrics.child(metrics.MESSAGES, type(event).__name__.lower()).inc()
         try:
             page = self._apply(digest, event, raw, received)
         except Exception as e:  # noqa: BLE001 - classified below
@@ -164,13 +164,13 @@ class Ingest:
             return None, None
         j = self.detector.judge(p, r.time, r.value)
         metrics.CREATININE.observe(r.value)
-        metrics.SCORES.labels(detector=j.detector).observe(j.score)
-        metrics.RESULTS_JUDGED.labels(history="yes" if p.times else "no",
-                                      admission="yes" if p.birth is not None else "no").inc()
+        metrics.child(metrics.SCORES, j.detector).observe(j.score)
+        metrics.child(metrics.RESULTS_JUDGED, "yes" if p.times else "no",
+                      "yes" if p.birth is not None else "no").inc()
         page = None
         start = cached.episode_start
         if j.positive:
-            metrics.POSITIVES.labels(detector=j.detector).inc()
+            metrics.child(metrics.POSITIVES, j.detector).inc()
             if opens_episode(start, r.time):
                 body = f"{r.mrn},{r.time_text}"
                 send = self.page_from is None or r.time >= self.page_from

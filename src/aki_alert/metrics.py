@@ -5,7 +5,17 @@ No label ever carries an MRN or a name: labels take small fixed sets of values.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import Counter, Gauge, Histogram, Info
+
+
+@lru_cache(maxsize=256)
+def child(metric, *values: str):
+    """`metric.labels(*values)`, memoised: the per-message path calls it several times per
+    message, and label values come from small fixed sets."""
+    return metric.labels(*values)
+
 
 MESSAGES = Counter("aki_messages_received_total", "HL7 messages received", ["type"])
 ACKS = Counter("aki_acks_sent_total", "Acknowledgements sent", ["code"])

@@ -51,7 +51,7 @@ class Service:
             loop.call_soon(self._flush)       # after this ACK is written and its page started
         elif self._flush_timer is None:
             self._flush_timer = loop.call_later(BATCH_SECONDS, self._flush)
-        metrics.ACKS.labels(code="AA").inc()
+        metrics.child(metrics.ACKS, "AA").inc()
         metrics.PROCESSING.observe(time.perf_counter() - received)
         return reply
 
