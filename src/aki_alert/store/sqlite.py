@@ -170,21 +170,20 @@ class SqliteStore:
         )
 
     # --- history ------------------------------------------------------------------------
-    def import_results(self, rows: Iterable[tuple[str, int, float]], batch: int = 50_000) -> int:
-        """Insert (mrn, time, value) history rows, keeping existing ones; returns rows added."""
-        added = 0
-        buf: list[tuple[str, int, float]] = []
+    def import_results(self, rows: Iterable[tuple[str, int, float]]) -> int:
+        """Insert (mrn, time, value) history rows, keeping existing ones; returns rows added.
+
+        One transaction: an exception (or a crash) while `rows` is consumed leaves the state as
+        it was. `rows` is streamed straight into executemany, so memory stays flat whatever
+        the file's size. Measured and not kept (docs/performance.md): Python-side batches,
+        sorting rows by MRN per batch, a larger page cache, and a sorted temporary table (a
+        little faster, but hundreds of MB of temporary files on the pod's 64 MiB /tmp).
+        """
         sql = "INSERT OR IGNORE INTO results (mrn, time, value, source) VALUES (?, ?, ?, 'history')"
         with self.transaction():
             before = self.db.total_changes
-            for row in rows:
-                buf.append(row)
-                if len(buf) >= batch:
-                    self.db.executemany(sql, buf)
-                    buf.clear()
-            self.db.executemany(sql, buf)
-            added = self.db.total_changes - before
-        return added
+            self.db.executemany(sql, rows)
+            return self.db.total_changes - before
 
     def history_overlap(self, rows: Iterable[tuple[str, int, float]]) -> tuple[int, int, int]:
         """(history results in the state, shared with `rows`, conflicting with `rows`)."""
