@@ -14,6 +14,7 @@ import json
 import logging
 import sqlite3
 from bisect import bisect_left
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from . import hl7, metrics
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 # A message whose processing raised an unexpected error this many times is dead-lettered
 # rather than retried forever (it would stall the feed: the hospital resends until ACKed).
 MAX_ATTEMPTS = 3
+# Patients kept in memory: several times those in hospital at once (~hundreds); the rest are
+# one indexed read away.
+MAX_PATIENTS_IN_MEMORY = 5_000
 _DEAD_KINDS = ("unparseable", "oversized-frame")
 
 
@@ -64,15 +68,20 @@ class Ingest:
         self.store = store
         self.detector = detector
         self.page_from = page_from
-        self._patients: dict[str, _Cached] = {}
+        self._patients: OrderedDict[str, _Cached] = OrderedDict()
         self._failures: dict[bytes, int] = {}
 
     def _patient(self, mrn: str) -> _Cached:
         cached = self._patients.get(mrn)
         if cached is None:
-            # First sight of this patient since start: one indexed read, then kept in memory.
+            # First sight since start (or since evicted): one indexed read, then kept in memory,
+            # least recently seen patients first out, so memory stays flat over the years.
             cached = _Cached(*self.store.load_patient(mrn))
             self._patients[mrn] = cached
+            if len(self._patients) > MAX_PATIENTS_IN_MEMORY:
+                self._patients.popitem(last=False)
+        else:
+            self._patients.move_to_end(mrn)
         return cached
 
     def forget(self) -> None:

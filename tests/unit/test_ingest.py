@@ -162,3 +162,22 @@ def test_a_late_older_positive_stays_in_the_episode_and_never_moves_it_back(inge
     # A result sampled earlier, arriving late (a replay): same injury, not paged.
     assert ingest.handle(result(7, T0 + 2 * DAY, 250.0), 0.0)[1] is None
     assert store.load_patient("7")[1] == T0 + 3 * DAY
+
+
+def test_evicted_patients_come_back_from_the_state_unchanged(store, monkeypatch):
+    import aki_alert.ingest as ingest_mod
+
+    monkeypatch.setattr(ingest_mod, "MAX_PATIENTS_IN_MEMORY", 2)
+    ing = Ingest(store, NhsDetector())
+    ing.handle(admit(7), 0.0)
+    ing.handle(result(7, T0, 100.0), 0.0)
+    for mrn in (8, 9, 10):                       # push 7 out of memory
+        ing.handle(result(mrn, T0, 90.0), 0.0)
+    assert "7" not in ing._patients and len(ing._patients) == 2
+    _, page = ing.handle(result(7, T0 + DAY, 250.0), 0.0)   # judged on its reloaded history
+    assert page is not None
+    assert ing._patients["7"].patient.sex == "F"
+    for mrn in (11, 12):                         # out again, with its open episode
+        ing.handle(result(mrn, T0, 90.0), 0.0)
+    assert "7" not in ing._patients
+    assert ing.handle(result(7, T0 + 2 * DAY, 300.0), 0.0)[1] is None   # same episode: no page
