@@ -64,8 +64,8 @@ class Durable:
         return self.uncommitted >= BATCH_MAX
 
     def flush(self) -> None:
-        """Commit the batch and empty the log. On failure the batch is restored from the log
-        and retried with the next message or flush."""
+        """Commit the batch and empty the log. Never raises: on failure the batch is restored
+        from the log and retried with the next message or flush."""
         if not self.uncommitted and not self.broken:
             return
         try:
@@ -76,7 +76,8 @@ class Durable:
             self.msglog.clear()
         except Exception as e:  # noqa: BLE001 - any failure here is our storage's
             log.error("cannot commit the state (%s): the message log keeps the batch", e)
-            self._restore()
+            if not self.broken:
+                self._restore()
             return
         metrics.BATCH_SIZE.observe(self.uncommitted)
         self.uncommitted, self.oldest = 0, None

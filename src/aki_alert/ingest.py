@@ -1,10 +1,11 @@
-"""Apply one received message to the state, in one transaction, and decide whether to page.
+"""Apply one received message to the state as one unit, and decide whether to page.
 
-`Ingest.handle(raw)` is the whole per-message path: journal the bytes, parse, update the
-patient, judge a result, queue a page in the outbox, commit. Only after it returns may the
-message be acknowledged. It raises only for failures of our own (the state not writable); such a
-message is not acknowledged and the hospital sends it again. A message that can never be
-processed is journaled as dead (a dead letter) with its reason and acknowledged.
+`Ingest.handle(raw)` journals the bytes, parses them, updates the patient, judges a result and
+queues a page in the outbox, all in one `store.transaction()`: its own transaction, or a
+savepoint of the service's open batch (durable.py, which makes it durable before the ACK). It
+raises for failures of our own (the state not writable), and then the message is not
+acknowledged and the hospital sends it again. A message that can never be processed is
+journaled as dead (a dead letter) with its reason and acknowledged.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ _DEAD_KINDS = ("unparseable", "oversized-frame")
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    id: int
-    body: str
+    body: str         # 'MRN,YYYYMMDDHHMMSS': the page's name in the outbox and to the pager
     received: float   # perf_counter() when the message arrived, for the latency histogram
 
 
@@ -188,7 +188,7 @@ class Ingest:
                 start = episode_start_after(start, r.time)
                 store.open_episode(r.mrn, start)
                 if page_id is not None and send:
-                    page = Page(page_id, body, received)
+                    page = Page(body, received)
                     log.info("page decided: %s %s", body, explanation(j))
             else:
                 log.info("positive result in an open episode, not paged again: %s,%s (episode "

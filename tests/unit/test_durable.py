@@ -117,3 +117,23 @@ def test_due_after_batch_max(tmp_path):
     assert d.due
     d.flush()
     assert not d.due and d.uncommitted == 0
+
+
+def test_flush_never_raises_while_the_storage_keeps_failing(tmp_path):
+    d = open_service(tmp_path)
+    for m in stream():
+        d.handle(m, 0.0)
+    d.store.commit_batch = _fail_commit
+    d.flush()                              # commit fails: restored, marked broken
+    assert d.broken
+    d.flush()                              # recovery fails too: still no exception
+    assert d.broken and len(d.msglog.records()[0]) == 42
+    del d.store.commit_batch
+    d.flush()                              # storage back: everything committed once
+    assert not d.broken
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
+    assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
+
+
+def _fail_commit():
+    raise sqlite3.OperationalError("database or disk is full")
