@@ -107,6 +107,10 @@ def archive_locked(db: sqlite3.Connection, path: str) -> str:
     for ext in ("-wal", "-shm"):
         if os.path.exists(path + ext):
             os.remove(path + ext)
+    # Messages acknowledged after the last commit of a killed service belong to that state.
+    msglog = os.path.join(os.path.dirname(path), "messages.log")
+    if os.path.exists(msglog) and os.path.getsize(msglog):
+        os.replace(msglog, archived + ".messages.log")
     return archived
 
 

@@ -319,3 +319,17 @@ def test_reset_refused_while_the_service_has_the_state_open(state_dir, capsys):
         idle.close()
     assert rc == 2 and "service is probably running" in err
     assert archives(state_dir) == [] and counts(os.path.join(state_dir, "state.db")) == (4, 4)
+
+
+def test_reset_takes_the_message_log_of_a_killed_service_with_the_archive(tmp_path):
+    import os
+
+    from aki_alert.statecmd import archive_locked, lock_exclusive
+    from aki_alert.store.sqlite import SqliteStore
+
+    path = str(tmp_path / "state.db")
+    SqliteStore(path).close()
+    (tmp_path / "messages.log").write_bytes(b"M\x00\x00\x00\x01x")
+    archived = archive_locked(lock_exclusive(path), path)
+    assert os.path.exists(archived + ".messages.log")
+    assert not (tmp_path / "messages.log").exists()
