@@ -34,6 +34,9 @@ SETTINGS = (
             "history CSV imported into the state"),
     Setting("STATE_DIR", "--state-dir", "/state", "/state",
             "directory of the durable state (a persistent volume)"),
+    Setting("STATE_URL", "--state-url", "", "postgresql://aki@db:5432/aki",
+            "PostgreSQL state instead of the SQLite file in STATE_DIR (docs/postgres.md); "
+            "STATE_DIR still holds the message log"),
     Setting("METRICS_PORT", "--metrics-port", "8000", "8000",
             "port of /metrics, /healthz and /readyz (0: off)"),
     Setting("DETECTOR", "--detector", "model", "nhs", "the detector: model or nhs"),
@@ -67,6 +70,7 @@ class Config:
     pager_address: str
     history_path: str
     state_dir: str
+    state_url: str | None
     metrics_port: int
     detector: str
     model_path: str | None
@@ -128,6 +132,9 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
             raise ConfigError(f"{name}={port!r} is not a port number 0–65535; "
                               f"example: {name}={by_env[name].example}")
         ports[name] = int(port)
+    if ports["CONSOLE_PORT"] and raw["STATE_URL"]:
+        raise ConfigError("CONSOLE_PORT with STATE_URL: the console reads the SQLite state only, "
+                          "so far; unset one of them")
     if ports["CONSOLE_PORT"] and not raw["CONSOLE_TOKEN"]:
         raise ConfigError("CONSOLE_TOKEN is not set: the console shows patient data and needs "
                           "a token; example: CONSOLE_TOKEN=s3cret-token (or CONSOLE_PORT=0)")
@@ -137,6 +144,7 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         pager_address=raw["PAGER_ADDRESS"],
         history_path=raw["HISTORY_PATH"],
         state_dir=raw["STATE_DIR"],
+        state_url=raw["STATE_URL"] or None,
         metrics_port=ports["METRICS_PORT"],
         detector=_choice(by_env["DETECTOR"], raw["DETECTOR"], ("model", "nhs")),
         model_path=raw["MODEL_PATH"] or None,

@@ -17,10 +17,10 @@ import logging
 import time
 
 from . import metrics
-from .ingest import Ingest, Page, is_storage_failure
+from .ingest import Ingest, Page
 from .mllp import FrameError
 from .store.msglog import FRAME_ERROR, MESSAGE, MessageLog
-from .store.sqlite import SqliteStore
+from .store import Store, is_storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ BATCH_SECONDS = 0.02
 
 
 class Durable:
-    def __init__(self, store: SqliteStore, ingest: Ingest, msglog: MessageLog) -> None:
+    def __init__(self, store: Store, ingest: Ingest, msglog: MessageLog) -> None:
         self.store = store
         self.ingest = ingest
         self.msglog = msglog

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from .detect import Detector, Judgement, Patient
 from .episodes import episode_start_after, opens_episode
 from .logs import REQUEST_ID
 from .mllp import FrameError
-from .store.sqlite import SqliteStore
+from .store import Store, is_storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def explanation(j: Judgement) -> str:
 
 
 class Ingest:
-    def __init__(self, store: SqliteStore, detector: Detector,
+    def __init__(self, store: Store, detector: Detector,
                  page_from: int | None = None) -> None:
         """`page_from`: results sampled before this time are judged and open their episode,
         but their page is recorded as suppressed, not sent (a replay of old messages)."""
@@ -202,9 +201,3 @@ class Ingest:
 
         return page, commit_memory
 
-
-def is_storage_failure(e: Exception) -> bool:
-    """Failures of our own storage (full, read-only, locked, corrupt): never the message's fault."""
-    if isinstance(e, sqlite3.IntegrityError):
-        return False
-    return isinstance(e, (sqlite3.DatabaseError, OSError))

@@ -20,7 +20,7 @@ import time
 import aiohttp
 
 from . import metrics
-from .store.sqlite import SqliteStore
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def backoff(attempt: int, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP
 
 
 class Dispatcher:
-    def __init__(self, store: SqliteStore, pager_address: str,
+    def __init__(self, store: Store, pager_address: str,
                  timeout: float = REQUEST_TIMEOUT) -> None:
         self.store = store
         self.url = f"http://{pager_address}/page"

@@ -65,9 +65,9 @@ def read_labels(path: str) -> set[tuple[str, int]]:
 class LabelsMonitor:
     """Re-reads the labels file when it changes and scores the state's pages against it."""
 
-    def __init__(self, path: str, db) -> None:
+    def __init__(self, path: str, store) -> None:
         self.path = path
-        self.db = db
+        self.store = store
         self._mtime: float | None = None
         self._labels: set[tuple[str, int]] = set()
 
@@ -79,14 +79,11 @@ class LabelsMonitor:
             return None
         if mtime != self._mtime:
             self._labels, self._mtime = read_labels(self.path), mtime
-        now = self.db.execute("SELECT max(time) FROM results WHERE source = 'feed'").fetchone()[0]
+        now = self.store.latest_feed_time()
         if now is None:
             return None
         since = now - WINDOW
-        pages = set(self.db.execute(
-            "SELECT mrn, result_time FROM outbox WHERE status != 'suppressed' "
-            "AND result_time >= ?", (since,)))
+        pages = self.store.pages_since(since)
         labels = {lab for lab in self._labels if lab[1] >= since}
-        received = {lab for lab in labels if self.db.execute(
-            "SELECT 1 FROM results WHERE mrn = ? AND time = ?", lab).fetchone()}
+        received = {lab for lab in labels if self.store.has_result(*lab)}
         return score(pages, labels, received)

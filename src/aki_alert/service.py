@@ -24,7 +24,7 @@ from .pager import Dispatcher
 from .quality import LabelsMonitor
 from .startup import StartupError, load_detector, open_state, reconcile
 from .store.msglog import MessageLog
-from .store.sqlite import SqliteStore
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ HOUSEKEEPING_INTERVAL = 5.0
 
 
 class Service:
-    def __init__(self, cfg: Config, store: SqliteStore, durable: Durable) -> None:
+    def __init__(self, cfg: Config, store: Store, durable: Durable) -> None:
         self.cfg = cfg
         self.store = store
         self.durable = durable
@@ -68,7 +68,7 @@ class Service:
         await self.dispatcher.start()
         background = [asyncio.create_task(self._housekeeping())]
         if self.cfg.labels_path:
-            monitor = LabelsMonitor(self.cfg.labels_path, self.store.db)
+            monitor = LabelsMonitor(self.cfg.labels_path, self.store)
             background.append(asyncio.create_task(self._score_quality(monitor)))
         await self.client.run()
         for task in background:

@@ -15,7 +15,7 @@ from .detect import Detector
 from .detect.nhs import NhsDetector
 from .history import ImportSummary, fingerprint, read_history
 from .provenance import Overlap, decide
-from .store.sqlite import SqliteStore
+from .store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def load_detector(cfg: Config) -> Detector:
         raise StartupError(f"cannot load the model: {e}") from e
 
 
-def _import(store: SqliteStore, path: str, digest: str) -> None:
+def _import(store: Store, path: str, digest: str) -> None:
     log.info("importing history %s", path)
     summary = ImportSummary()
     started = time.perf_counter()
@@ -53,7 +53,7 @@ def _import(store: SqliteStore, path: str, digest: str) -> None:
              summary.describe())
 
 
-def reconcile(store: SqliteStore, cfg: Config) -> bool:
+def reconcile(store: Store, cfg: Config) -> bool:
     """Make the state this environment's, importing its history; True when the state holds the
     configured history. See provenance.py for the policy."""
     path = cfg.history_path
@@ -104,12 +104,12 @@ def reconcile(store: SqliteStore, cfg: Config) -> bool:
     return True
 
 
-def open_state(cfg: Config) -> SqliteStore:
+def open_state(cfg: Config) -> Store:
     try:
         os.makedirs(cfg.state_dir, exist_ok=True)
     except OSError as e:
         raise StartupError(f"STATE_DIR {cfg.state_dir} cannot be created: {e.strerror}") from e
-    store = SqliteStore(os.path.join(cfg.state_dir, "state.db"), cfg.durability)
+    store = open_store(cfg.state_dir, cfg.state_url, cfg.durability)
     if "created_at" not in store.meta():
         with store.transaction():
             store.set_meta(created_at=str(int(time.time())))

@@ -32,6 +32,6 @@ def test_monitor_scores_the_last_30_days_of_hospital_time(tmp_path):
         s.add_page("2", t - 40 * DAY, "2,x", "{}", 2)   # outside the window
     labels = tmp_path / "labels.csv"
     labels.write_text("mrn,date\n1,2024-06-01 10:00:00\n3,2024-05-31 10:00:00\n")
-    q = LabelsMonitor(str(labels), s.db).refresh()
+    q = LabelsMonitor(str(labels), s).refresh()
     assert (q.tp, q.fp, q.fn) == (1, 0, 1)
     s.close()

@@ -310,6 +310,20 @@ class SqliteStore:
             "UPDATE outbox SET status = ?, attempts = ?, last_error = ? WHERE body = ?",
             ("dead" if dead else "pending", attempts, error, body))
 
+    # --- quality (quality.py) ---------------------------------------------------------------
+    def latest_feed_time(self) -> int | None:
+        return self.db.execute("SELECT max(time) FROM results WHERE source = 'feed'").fetchone()[0]
+
+    def pages_since(self, since: int) -> set[tuple[str, int]]:
+        """(mrn, result time) of every page decided for a result at or after `since`."""
+        return set(self.db.execute(
+            "SELECT mrn, result_time FROM outbox WHERE status != 'suppressed' "
+            "AND result_time >= ?", (since,)))
+
+    def has_result(self, mrn: str, time_: int) -> bool:
+        return self.db.execute("SELECT 1 FROM results WHERE mrn = ? AND time = ?",
+                               (mrn, time_)).fetchone() is not None
+
     def counts(self) -> dict[str, int]:
         def q(sql: str) -> int:
             return self.db.execute(sql).fetchone()[0]
