@@ -41,7 +41,7 @@ class Discharge:
 class Result:
     mrn: str
     time: int           # OBR-7, seconds
-    time_text: str      # OBR-7 as sent: echoed in the page body
+    time_text: str      # OBR-7's 12 or 14 digits as sent: echoed in the page body
     value: float        # µmol/L
 
 
@@ -81,9 +81,19 @@ def _mrn(pid: list[str] | None) -> str:
     return mrn
 
 
+def _ts_digits(ts: str) -> str:
+    """The date-time of an HL7 TS without what may follow it: fractional seconds (`.123`) and a
+    zone offset (`+0100`). The feed's times carry neither; other senders' may."""
+    for mark in ".+-":
+        cut = ts.find(mark, 12)
+        if cut >= 0:
+            ts = ts[:cut]
+    return ts
+
+
 def _msh_time(msh: list[str]) -> int | None:
     try:
-        return parse_hl7_time(_first(_field(msh, 6)))
+        return parse_hl7_time(_ts_digits(_first(_field(msh, 6))))
     except ValueError:
         return None
 
@@ -146,7 +156,7 @@ def _result(segs: list[list[str]], pid: list[str] | None) -> Result | None:
     for seg in segs[1:]:
         name = seg[0].strip()
         if name == "OBR" and not obr_time:
-            obr_time = _first(_field(seg, 7))
+            obr_time = _ts_digits(_first(_field(seg, 7)))
         elif (name == "OBX" and value_text is None
               and _first(_field(seg, 3)).upper() == "CREATININE"):
             value_text = _first(_field(seg, 5))

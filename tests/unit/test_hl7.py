@@ -144,3 +144,14 @@ def test_truncated_and_non_ascii_messages_are_unusable(msg, words):
 def test_leap_day_is_a_date():
     assert hl7.parse(RESULT.replace(b"|20240331012700\rOBX", b"|20240229012700\rOBX")).time_text \
         == "20240229012700"
+
+
+@pytest.mark.parametrize("sent, echoed", [
+    ("20240331012700.1234", "20240331012700"),
+    ("20240331012700+0100", "20240331012700"),
+    ("20240331012700.5-0500", "20240331012700"),
+    ("202403310127+0000", "202403310127"),
+])
+def test_fractional_seconds_and_zone_offsets_are_accepted_and_not_echoed(sent, echoed):
+    e = hl7.parse(RESULT.replace(b"|20240331012700\rOBX", f"|{sent}\rOBX".encode()))
+    assert e.time_text == echoed and e.time == parse_hl7_time(echoed)
