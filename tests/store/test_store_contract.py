@@ -15,7 +15,8 @@ from aki_alert.ingest import Ingest
 from aki_alert.mllp import FrameError
 from aki_alert.store import StateError, is_storage_failure, open_store
 from aki_alert.store.msglog import MessageLog
-from aki_alert.store.sqlite import SCHEMA_VERSION, PendingPage, SqliteStore
+from aki_alert.store.rows import PendingPage
+from aki_alert.store.sqlite import SCHEMA_VERSION, SqliteStore
 from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_date, parse_hl7_time
 
 T0 = parse_hl7_time("20240301080000")

@@ -43,7 +43,6 @@ is transactional: a failure leaves the state as it was). The archive is never ov
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -52,8 +51,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from ..detect import Patient
-from .sqlite import SCHEMA_VERSION, PendingPage, StateError
+from .rows import PendingPage, RowOps
+from .sqlite import SCHEMA_VERSION, StateError
 
 __all__ = ["PostgresStore", "PendingPage", "StateError", "SCHEMA_VERSION"]
 
@@ -134,6 +133,9 @@ def _t(value: str | None) -> str | None:
     return value
 
 
+_PG_SQL: dict[str, str] = {}
+
+
 def is_storage_failure(e: BaseException) -> bool:
     """A PostgreSQL error of our own storage (connection lost, server down, disk full, read-only,
     ...), never the message's fault: integrity and data errors are the message's."""
@@ -142,7 +144,7 @@ def is_storage_failure(e: BaseException) -> bool:
     return isinstance(e, psycopg.Error)
 
 
-class PostgresStore:
+class PostgresStore(RowOps):
     def __init__(self, url: str, durability: str = "process") -> None:
         self.url = url
         self.durability = durability
@@ -226,6 +228,13 @@ class PostgresStore:
             if statement.strip():
                 self.db.execute(statement)
 
+    def _x(self, sql: str, params: tuple = ()) -> psycopg.Cursor:
+        """Execute the shared `?`-placeholder SQL (rows.py) as psycopg's `%s`, text without NULs."""
+        query = _PG_SQL.get(sql)
+        if query is None:
+            query = _PG_SQL[sql] = sql.replace("?", "%s")
+        return self.db.execute(query, tuple(_t(p) if isinstance(p, str) else p for p in params))
+
     def close(self) -> None:
         self.db.close()
 
@@ -267,18 +276,6 @@ class PostgresStore:
     def rollback_batch(self) -> None:
         if self.in_transaction and not self.db.broken:
             self.db.execute("ROLLBACK")
-
-    # --- provenance ---------------------------------------------------------------------
-    def meta(self) -> dict[str, str]:
-        return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
-
-    def set_meta(self, **values: str) -> None:
-        with self.db.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO meta (key, value) VALUES (%s, %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [(_t(k), _t(v)) for k, v in values.items()],
-            )
 
     # --- history ------------------------------------------------------------------------
     def _stage(self, rows: Iterable[tuple[str, int, float]]) -> None:
@@ -356,129 +353,3 @@ class PostgresStore:
                 db.execute("ROLLBACK")
             raise
         return archived
-
-    # --- per message (call inside transaction()) ----------------------------------------
-    def journal(self, digest: bytes, kind: str, mrn: str | None, status: str,
-                reason: str | None, raw: bytes) -> int | None:
-        """Record a message; None when these exact bytes were journaled before (a re-delivery)."""
-        row = self.db.execute(
-            "INSERT INTO journal (digest, received_at, kind, mrn, status, reason, raw) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
-            (digest, time.time(), _t(kind), _t(mrn), _t(status), _t(reason), raw),
-        ).fetchone()
-        return None if row is None else row[0]
-
-    def set_journal_status(self, journal_id: int, status: str, reason: str | None = None) -> None:
-        self.db.execute("UPDATE journal SET status = %s, reason = %s WHERE id = %s",
-                        (_t(status), _t(reason), journal_id))
-
-    def load_patient(self, mrn: str) -> tuple[Patient, int | None]:
-        """A patient's results in time order, demographics and current episode start."""
-        key = _t(mrn)
-        rows = self.db.execute(
-            "SELECT time, value FROM results WHERE mrn = %s ORDER BY time", (key,)
-        ).fetchall()
-        p = Patient(mrn, [r[0] for r in rows], [r[1] for r in rows])
-        demo = self.db.execute(
-            "SELECT birth, sex, episode_start FROM patients WHERE mrn = %s", (key,)
-        ).fetchone()
-        if demo is None:
-            return p, None
-        p.birth, p.sex = demo[0], demo[1]
-        return p, demo[2]
-
-    def add_result(self, mrn: str, time_: int, value: float) -> bool:
-        """False when a result for this patient and sample time is already known."""
-        cur = self.db.execute(
-            "INSERT INTO results (mrn, time, value, source) VALUES (%s, %s, %s, 'feed') "
-            "ON CONFLICT DO NOTHING",
-            (_t(mrn), time_, value),
-        )
-        return cur.rowcount == 1
-
-    def admit(self, mrn: str, name: str, birth: int | None, sex: str | None,
-              time_: int | None, journal_id: int) -> None:
-        self.db.execute(
-            "INSERT INTO patients (mrn, name, birth, sex, admitted) VALUES (%s, %s, %s, %s, 1) "
-            "ON CONFLICT (mrn) DO UPDATE SET name = excluded.name, birth = excluded.birth, "
-            "sex = excluded.sex, admitted = 1",
-            (_t(mrn), _t(name), birth, _t(sex)),
-        )
-        self.db.execute(
-            "INSERT INTO admissions (mrn, event, time, journal_id) VALUES (%s, 'admit', %s, %s)",
-            (_t(mrn), time_, journal_id),
-        )
-
-    def discharge(self, mrn: str, time_: int | None, journal_id: int) -> None:
-        self.db.execute(
-            "INSERT INTO patients (mrn, admitted) VALUES (%s, 0) "
-            "ON CONFLICT (mrn) DO UPDATE SET admitted = 0",
-            (_t(mrn),),
-        )
-        self.db.execute(
-            "INSERT INTO admissions (mrn, event, time, journal_id) "
-            "VALUES (%s, 'discharge', %s, %s)",
-            (_t(mrn), time_, journal_id),
-        )
-
-    def open_episode(self, mrn: str, start: int) -> None:
-        self.db.execute(
-            "INSERT INTO patients (mrn, episode_start) VALUES (%s, %s) "
-            "ON CONFLICT (mrn) DO UPDATE SET episode_start = excluded.episode_start",
-            (_t(mrn), start),
-        )
-
-    def add_page(self, mrn: str, result_time: int, body: str, explanation: str,
-                 journal_id: int, status: str = "pending") -> int | None:
-        """Queue a page in the outbox; None when this exact page was queued before."""
-        row = self.db.execute(
-            "INSERT INTO outbox (mrn, result_time, body, created_at, status, explanation, "
-            "journal_id) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
-            (_t(mrn), result_time, _t(body), time.time(), _t(status), _t(explanation),
-             journal_id),
-        ).fetchone()
-        return None if row is None else row[0]
-
-    # --- outbox (the dispatcher's side; each call its own transaction) ------------------
-    def pending_pages(self) -> list[PendingPage]:
-        return [PendingPage(*r) for r in self.db.execute(
-            "SELECT id, body, attempts FROM outbox WHERE status = 'pending' ORDER BY id")]
-
-    # Pages are named by their body (unique, and the same when a batch is re-applied after a
-    # rollback, which may renumber the rows).
-    def page_delivered(self, body: str, attempts: int) -> None:
-        self.db.execute(
-            "UPDATE outbox SET status = 'delivered', attempts = %s, delivered_at = %s, "
-            "last_error = NULL WHERE body = %s", (attempts, time.time(), _t(body)))
-
-    def page_failed(self, body: str, attempts: int, error: str, dead: bool) -> None:
-        self.db.execute(
-            "UPDATE outbox SET status = %s, attempts = %s, last_error = %s WHERE body = %s",
-            ("dead" if dead else "pending", attempts, _t(error), _t(body)))
-
-    # --- quality (quality.py) ---------------------------------------------------------------
-    def latest_feed_time(self) -> int | None:
-        return self.db.execute("SELECT max(time) FROM results WHERE source = 'feed'").fetchone()[0]
-
-    def pages_since(self, since: int) -> set[tuple[str, int]]:
-        """(mrn, result time) of every page decided for a result at or after `since`."""
-        return {(m, t) for m, t in self.db.execute(
-            "SELECT mrn, result_time FROM outbox WHERE status != 'suppressed' "
-            "AND result_time >= %s", (since,))}
-
-    def has_result(self, mrn: str, time_: int) -> bool:
-        return self.db.execute("SELECT 1 FROM results WHERE mrn = %s AND time = %s",
-                               (mrn, time_)).fetchone() is not None
-
-    def counts(self) -> dict[str, int]:
-        def q(query: str) -> int:
-            return self.db.execute(query).fetchone()[0]
-        return {
-            "patients": q("SELECT count(DISTINCT mrn) FROM results"),
-            "results": q("SELECT count(*) FROM results"),
-            "messages": q("SELECT count(*) FROM journal"),
-            "dead_letters": q("SELECT count(*) FROM journal WHERE status = 'dead'"),
-            "pages_pending": q("SELECT count(*) FROM outbox WHERE status = 'pending'"),
-            "pages_delivered": q("SELECT count(*) FROM outbox WHERE status = 'delivered'"),
-            "pages_dead": q("SELECT count(*) FROM outbox WHERE status = 'dead'"),
-        }

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-from ..detect import Patient
+from .rows import RowOps
 
 SCHEMA_VERSION = 1
 
@@ -76,18 +74,11 @@ _MIGRATIONS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class PendingPage:
-    id: int
-    body: str
-    attempts: int
-
-
 class StateError(Exception):
     """The state cannot be opened or is not one this version understands."""
 
 
-class SqliteStore:
+class SqliteStore(RowOps):
     def __init__(self, path: str, durability: str = "process") -> None:
         self.path = path
         self.durability = durability
@@ -117,6 +108,9 @@ class SqliteStore:
         for statement in script.split(";"):
             if statement.strip():
                 self.db.execute(statement)
+
+    def _x(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, params)
 
     def close(self) -> None:
         self.db.close()
@@ -157,17 +151,6 @@ class SqliteStore:
     def rollback_batch(self) -> None:
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
-
-    # --- provenance ---------------------------------------------------------------------
-    def meta(self) -> dict[str, str]:
-        return dict(self.db.execute("SELECT key, value FROM meta"))
-
-    def set_meta(self, **values: str) -> None:
-        self.db.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            list(values.items()),
-        )
 
     # --- history ------------------------------------------------------------------------
     def import_results(self, rows: Iterable[tuple[str, int, float]]) -> int:
@@ -214,125 +197,3 @@ class SqliteStore:
                 os.remove(self.path + ext)
         self.__init__(self.path, self.durability)
         return archived
-
-    # --- per message (call inside transaction()) ----------------------------------------
-    def journal(self, digest: bytes, kind: str, mrn: str | None, status: str,
-                reason: str | None, raw: bytes) -> int | None:
-        """Record a message; None when these exact bytes were journaled before (a re-delivery)."""
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO journal (digest, received_at, kind, mrn, status, reason, raw) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (digest, time.time(), kind, mrn, status, reason, raw),
-        )
-        return cur.lastrowid if cur.rowcount else None
-
-    def set_journal_status(self, journal_id: int, status: str, reason: str | None = None) -> None:
-        self.db.execute("UPDATE journal SET status = ?, reason = ? WHERE id = ?",
-                        (status, reason, journal_id))
-
-    def load_patient(self, mrn: str) -> tuple[Patient, int | None]:
-        """A patient's results in time order, demographics and current episode start."""
-        rows = self.db.execute(
-            "SELECT time, value FROM results WHERE mrn = ? ORDER BY time", (mrn,)
-        ).fetchall()
-        p = Patient(mrn, [r[0] for r in rows], [r[1] for r in rows])
-        demo = self.db.execute(
-            "SELECT birth, sex, episode_start FROM patients WHERE mrn = ?", (mrn,)
-        ).fetchone()
-        if demo is None:
-            return p, None
-        p.birth, p.sex = demo[0], demo[1]
-        return p, demo[2]
-
-    def add_result(self, mrn: str, time_: int, value: float) -> bool:
-        """False when a result for this patient and sample time is already known."""
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO results (mrn, time, value, source) VALUES (?, ?, ?, 'feed')",
-            (mrn, time_, value),
-        )
-        return cur.rowcount == 1
-
-    def admit(self, mrn: str, name: str, birth: int | None, sex: str | None,
-              time_: int | None, journal_id: int) -> None:
-        self.db.execute(
-            "INSERT INTO patients (mrn, name, birth, sex, admitted) VALUES (?, ?, ?, ?, 1) "
-            "ON CONFLICT (mrn) DO UPDATE SET name = excluded.name, birth = excluded.birth, "
-            "sex = excluded.sex, admitted = 1",
-            (mrn, name, birth, sex),
-        )
-        self.db.execute(
-            "INSERT INTO admissions (mrn, event, time, journal_id) VALUES (?, 'admit', ?, ?)",
-            (mrn, time_, journal_id),
-        )
-
-    def discharge(self, mrn: str, time_: int | None, journal_id: int) -> None:
-        self.db.execute(
-            "INSERT INTO patients (mrn, admitted) VALUES (?, 0) "
-            "ON CONFLICT (mrn) DO UPDATE SET admitted = 0",
-            (mrn,),
-        )
-        self.db.execute(
-            "INSERT INTO admissions (mrn, event, time, journal_id) VALUES (?, 'discharge', ?, ?)",
-            (mrn, time_, journal_id),
-        )
-
-    def open_episode(self, mrn: str, start: int) -> None:
-        self.db.execute(
-            "INSERT INTO patients (mrn, episode_start) VALUES (?, ?) "
-            "ON CONFLICT (mrn) DO UPDATE SET episode_start = excluded.episode_start",
-            (mrn, start),
-        )
-
-    def add_page(self, mrn: str, result_time: int, body: str, explanation: str,
-                 journal_id: int, status: str = "pending") -> int | None:
-        """Queue a page in the outbox; None when this exact page was queued before."""
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO outbox (mrn, result_time, body, created_at, status, "
-            "explanation, journal_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (mrn, result_time, body, time.time(), status, explanation, journal_id),
-        )
-        return cur.lastrowid if cur.rowcount else None
-
-    # --- outbox (the dispatcher's side; each call its own transaction) ------------------
-    def pending_pages(self) -> list[PendingPage]:
-        return [PendingPage(*r) for r in self.db.execute(
-            "SELECT id, body, attempts FROM outbox WHERE status = 'pending' ORDER BY id")]
-
-    # Pages are named by their body (unique, and the same when a batch is re-applied after a
-    # rollback, which may renumber the rows).
-    def page_delivered(self, body: str, attempts: int) -> None:
-        self.db.execute(
-            "UPDATE outbox SET status = 'delivered', attempts = ?, delivered_at = ?, "
-            "last_error = NULL WHERE body = ?", (attempts, time.time(), body))
-
-    def page_failed(self, body: str, attempts: int, error: str, dead: bool) -> None:
-        self.db.execute(
-            "UPDATE outbox SET status = ?, attempts = ?, last_error = ? WHERE body = ?",
-            ("dead" if dead else "pending", attempts, error, body))
-
-    # --- quality (quality.py) ---------------------------------------------------------------
-    def latest_feed_time(self) -> int | None:
-        return self.db.execute("SELECT max(time) FROM results WHERE source = 'feed'").fetchone()[0]
-
-    def pages_since(self, since: int) -> set[tuple[str, int]]:
-        """(mrn, result time) of every page decided for a result at or after `since`."""
-        return set(self.db.execute(
-            "SELECT mrn, result_time FROM outbox WHERE status != 'suppressed' "
-            "AND result_time >= ?", (since,)))
-
-    def has_result(self, mrn: str, time_: int) -> bool:
-        return self.db.execute("SELECT 1 FROM results WHERE mrn = ? AND time = ?",
-                               (mrn, time_)).fetchone() is not None
-
-    def counts(self) -> dict[str, int]:
-        def q(sql: str) -> int:
-            return self.db.execute(sql).fetchone()[0]
-        return {
-            "patients": q("SELECT count(DISTINCT mrn) FROM results"),
-            "results": q("SELECT count(*) FROM results"),
-            "messages": q("SELECT count(*) FROM journal"),
-            "dead_letters": q("SELECT count(*) FROM journal WHERE status = 'dead'"),
-            "pages_pending": q("SELECT count(*) FROM outbox WHERE status = 'pending'"),
-            "pages_delivered": q("SELECT count(*) FROM outbox WHERE status = 'delivered'"),
-            "pages_dead": q("SELECT count(*) FROM outbox WHERE status = 'dead'"),
-        }
