@@ -33,8 +33,7 @@ class Durable:
         self.store = store
         self.ingest = ingest
         self.msglog = msglog
-        self.uncommitted = 0
-        self.oldest: float | None = None      # monotonic time of the first uncommitted message
+        self.uncommitted = 0                  # messages applied since the last commit
         self.broken = False                   # a failure left the batch to be re-applied
 
     def handle(self, item: bytes | FrameError, received: float) -> tuple[bytes, Page | None]:
@@ -55,8 +54,6 @@ class Durable:
                 self._restore()
             raise
         self.uncommitted += 1
-        if self.oldest is None:
-            self.oldest = time.monotonic()
         return reply, page
 
     @property
@@ -80,7 +77,7 @@ class Durable:
                 self._restore()
             return
         metrics.BATCH_SIZE.observe(self.uncommitted)
-        self.uncommitted, self.oldest = 0, None
+        self.uncommitted = 0
 
     def recover(self) -> int:
         """Apply what the log holds (at start, or after a failure) and commit it. Returns the
@@ -107,7 +104,7 @@ class Durable:
             raise
         self.msglog.clear()
         self.broken = False
-        self.uncommitted, self.oldest = 0, None
+        self.uncommitted = 0
         if records:
             log.info("message log: %d record(s) applied again and committed", len(records))
         return len(records)
