@@ -77,8 +77,6 @@ class Service:
         log.info("stopped reading; waiting up to %.0fs for %d page(s) in flight",
                  DRAIN_SECONDS, self.dispatcher.in_flight)
         await self.dispatcher.drain(DRAIN_SECONDS)
-        self._flush()
-        self.store.commit_batch()             # delivery records written after the last batch
         self.durable.msglog.close()
         self.store.close()
         log.info("shut down cleanly")
