@@ -37,6 +37,9 @@ SETTINGS = (
     Setting("STATE_URL", "--state-url", "", "postgresql://aki@db:5432/aki",
             "PostgreSQL state instead of the SQLite file in STATE_DIR (docs/postgres.md); "
             "STATE_DIR still holds the message log"),
+    Setting("LEASE_SECONDS", "--lease-seconds", "5", "5",
+            "with STATE_URL: the leader's lease; a standby takes over this long after the "
+            "leader stops renewing it"),
     Setting("METRICS_PORT", "--metrics-port", "8000", "8000",
             "port of /metrics, /healthz and /readyz (0: off)"),
     Setting("DETECTOR", "--detector", "model", "nhs", "the detector: model or nhs"),
@@ -71,6 +74,7 @@ class Config:
     history_path: str
     state_dir: str
     state_url: str | None
+    lease_seconds: float
     metrics_port: int
     detector: str
     model_path: str | None
@@ -101,6 +105,17 @@ def _host_port(s: Setting, value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{s.env}={value!r} is not host:port; example: {s.env}={s.example}")
     return host, int(port)
+
+
+def _seconds(s: Setting, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0.5 <= seconds <= 300:
+        raise ConfigError(f"{s.env}={value!r} is not a number of seconds from 0.5 to 300; "
+                          f"example: {s.env}={s.example}")
+    return seconds
 
 
 def _choice(s: Setting, value: str, choices: tuple[str, ...]) -> str:
@@ -145,6 +160,7 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         history_path=raw["HISTORY_PATH"],
         state_dir=raw["STATE_DIR"],
         state_url=raw["STATE_URL"] or None,
+        lease_seconds=_seconds(by_env["LEASE_SECONDS"], raw["LEASE_SECONDS"]),
         metrics_port=ports["METRICS_PORT"],
         detector=_choice(by_env["DETECTOR"], raw["DETECTOR"], ("model", "nhs")),
         model_path=raw["MODEL_PATH"] or None,

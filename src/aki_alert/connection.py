@@ -67,9 +67,12 @@ class _Protocol(asyncio.Protocol):
 
 class MllpClient:
     def __init__(self, host: str, port: int, on_frame: FrameHandler,
-                 max_frame: int = 1 << 20) -> None:
+                 max_frame: int = 1 << 20, may_connect: Callable[[], bool] = lambda: True) -> None:
+        """`may_connect`: checked before every (re)connection; False stops the client (a
+        replica that lost its lease must not take the feed back from the new leader)."""
         self.host, self.port = host, port
         self.on_frame = on_frame
+        self.may_connect = may_connect
         self.max_frame = max_frame
         self._stopping = asyncio.Event()
         self._protocol: _Protocol | None = None
@@ -82,6 +85,9 @@ class MllpClient:
         loop = asyncio.get_running_loop()
         failures = 0
         while not self._stopping.is_set():
+            if not self.may_connect():
+                log.error("not connecting to the hospital: this replica does not lead")
+                break
             try:
                 _, proto = await loop.create_connection(
                     lambda: _Protocol(self.on_frame, self.max_frame), self.host, self.port)

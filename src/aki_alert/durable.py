@@ -29,8 +29,13 @@ BATCH_SECONDS = 0.02
 
 
 class Durable:
-    def __init__(self, store: Store, ingest: Ingest, msglog: MessageLog) -> None:
+    def __init__(self, store: Store, ingest: Ingest, msglog: MessageLog,
+                 commit_each: bool = False) -> None:
+        """`commit_each`: commit every message before its ACK (replicas sharing a PostgreSQL
+        state: a standby taking over must find everything the leader acknowledged, and it
+        cannot read this pod's message log)."""
         self.store = store
+        self.commit_each = commit_each
         self.ingest = ingest
         self.msglog = msglog
         self.uncommitted = 0                  # messages applied since the last commit
@@ -49,6 +54,10 @@ class Durable:
             else:
                 reply, page = self.ingest.handle(item, received)
                 self.msglog.append(MESSAGE, item)
+            if self.commit_each:
+                self.store.commit_batch()
+                self.msglog.clear()
+                return reply, page
         except Exception as e:
             if is_storage_failure(e):
                 self._restore()

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 
 import aiohttp
 
@@ -36,8 +37,11 @@ def backoff(attempt: int, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP
 
 class Dispatcher:
     def __init__(self, store: Store, pager_address: str,
-                 timeout: float = REQUEST_TIMEOUT) -> None:
+                 timeout: float = REQUEST_TIMEOUT,
+                 may_send: Callable[[], bool] = lambda: True) -> None:
+        """`may_send`: checked before every attempt (fencing: only the leader pages)."""
         self.store = store
+        self.may_send = may_send
         self.url = f"http://{pager_address}/page"
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -75,6 +79,9 @@ class Dispatcher:
     async def _deliver(self, body: str, received: float | None, attempts: int) -> None:
         assert self._session is not None
         while True:
+            if not self.may_send():
+                log.warning("not the leader: page %s left in the outbox", body)
+                break
             attempts += 1
             error = await self._post(body)
             if error is None:

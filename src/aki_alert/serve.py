@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"aki-alert serve: {e}", file=sys.stderr)
         return 2
     logs.setup(cfg.log_format, cfg.log_level)
+    from .leader import LeadershipLost
     from .service import Interrupted, serve
     from .startup import StartupError
 
@@ -35,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     except (StartupError, StateError) as e:
         print(f"aki-alert serve: {e}", file=sys.stderr)
         return 1
+    except LeadershipLost as e:
+        print(f"aki-alert serve: {e}; exiting so that a restart stands by", file=sys.stderr)
+        return 3
     except Interrupted as e:
         print(f"aki-alert serve: stopped by {e} during start-up; nothing was lost",
               file=sys.stderr)

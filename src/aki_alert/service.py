@@ -19,6 +19,7 @@ from .config import Config
 from .connection import MllpClient
 from .durable import BATCH_SECONDS, Durable
 from .ingest import Ingest
+from .leader import Lease, LeadershipLost
 from .mllp import FrameError
 from .pager import Dispatcher
 from .quality import LabelsMonitor
@@ -34,16 +35,42 @@ HOUSEKEEPING_INTERVAL = 5.0
 
 
 class Service:
-    def __init__(self, cfg: Config, store: Store, durable: Durable) -> None:
+    def __init__(self, cfg: Config, store: Store, durable: Durable,
+                 lease: Lease | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.durable = durable
-        self.dispatcher = Dispatcher(store, cfg.pager_address)
-        self.client = MllpClient(cfg.mllp_host, cfg.mllp_port, self.on_frame)
+        self.lease = lease
+        self.lost_leadership = False
+        self.dispatcher = Dispatcher(store, cfg.pager_address,
+                                     may_send=lease.valid if lease else lambda: True)
+        self.client = MllpClient(cfg.mllp_host, cfg.mllp_port, self.on_frame,
+                                 may_connect=self._may_lead)
         self._flush_timer: asyncio.TimerHandle | None = None
 
+    def _may_lead(self) -> bool:
+        if self.lease is None or self.lease.valid():
+            return True
+        self._step_down()
+        return False
+
+    def _fence(self) -> None:
+        """Before touching the state and before an ACK: still the leader?"""
+        if self.lease is not None and not self.lease.valid():
+            self._step_down()
+            raise LeadershipLost("the lease lapsed: not acknowledging")
+
+    def _step_down(self) -> None:
+        if not self.lost_leadership:
+            log.error("lost leadership (lease epoch %s): stopping; restart to stand by",
+                      self.lease.epoch if self.lease else "-")
+            self.lost_leadership = True
+            self.client.stop()
+
     def on_frame(self, item: bytes | FrameError, received: float) -> bytes:
+        self._fence()
         reply, page = self.durable.handle(item, received)
+        self._fence()
         if page is not None:
             self.dispatcher.submit(page.body, page.received)
         loop = asyncio.get_running_loop()
@@ -67,6 +94,8 @@ class Service:
             loop.add_signal_handler(sig, self.stop)
         await self.dispatcher.start()
         background = [asyncio.create_task(self._housekeeping())]
+        if self.lease is not None:
+            background.append(asyncio.create_task(self._renew_lease()))
         if self.cfg.labels_path:
             monitor = LabelsMonitor(self.cfg.labels_path, self.store)
             background.append(asyncio.create_task(self._score_quality(monitor)))
@@ -77,9 +106,18 @@ class Service:
         log.info("stopped reading; waiting up to %.0fs for %d page(s) in flight",
                  DRAIN_SECONDS, self.dispatcher.in_flight)
         await self.dispatcher.drain(DRAIN_SECONDS)
+        if self.lease is not None and not self.lost_leadership:
+            self.lease.release()
         self.durable.msglog.close()
         self.store.close()
         log.info("shut down cleanly")
+
+    async def _renew_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease.ttl / 4)
+            if not self.lease.renew():
+                self._step_down()
+                return
 
     async def _housekeeping(self) -> None:
         """Pick up what other processes changed in the state: pages queued and patients
@@ -132,12 +170,22 @@ def serve(cfg: Config) -> None:
         except OSError as e:
             raise StartupError(f"METRICS_PORT {cfg.metrics_port} cannot be opened: "
                                f"{e.strerror or e}") from e
+    lease = None
+    if cfg.state_url:
+        from .leader import Lease
+
+        try:
+            lease = Lease(cfg.state_url, cfg.lease_seconds)
+        except Exception as e:  # noqa: BLE001 - psycopg's errors, reported as one line
+            raise StartupError(f"STATE_URL: cannot reach the database: {e}") from e
+        lease.wait()
     store = open_state(cfg)
     detector = load_detector(cfg)
     readiness.set("detector", True)
     ingest = Ingest(store, detector)
     durable = Durable(store, ingest, MessageLog(os.path.join(cfg.state_dir, "messages.log"),
-                                                sync=cfg.durability == "machine"))
+                                                sync=cfg.durability == "machine"),
+                      commit_each=lease is not None)
     # Messages acknowledged but not committed before a crash go in first, into the state they
     # belong to (which reconcile may then archive).
     try:
@@ -167,7 +215,10 @@ def serve(cfg: Config) -> None:
     log.info("serving: hospital %s, pager %s, state %s, detector %s %s", cfg.mllp_address,
              cfg.pager_address, cfg.state_dir, detector.name, detector.version)
     try:
-        asyncio.run(Service(cfg, store, durable).run())
+        service = Service(cfg, store, durable, lease)
+        asyncio.run(service.run())
+        if service.lost_leadership:
+            raise LeadershipLost("another replica leads")
     finally:
         if console is not None:
             console.terminate()

@@ -125,6 +125,9 @@ _MIGRATIONS = {
 }
 
 
+IDLE_IN_TRANSACTION_MS = 2000
+
+
 def _t(value: str | None) -> str | None:
     """PostgreSQL TEXT cannot hold NUL characters (SQLite's can): a NUL in a message field
     would otherwise fail the message forever. Replaced by U+FFFD, as undecodable bytes are."""
@@ -159,6 +162,10 @@ class PostgresStore(RowOps):
             params.setdefault("application_name", "aki-alert")
             db = psycopg.connect(autocommit=True, **params)
             db.execute("SET synchronous_commit = on")
+            # A replica paused mid-transaction (SIGSTOP, a frozen VM) would hold its row locks
+            # and block the replica that takes over; the server ends such a session instead.
+            # The service never waits inside a transaction: a message is one short one.
+            db.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
             if self.durability == "machine":
                 fsync = db.execute("SHOW fsync").fetchone()[0]
                 if fsync != "on":
