@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 
@@ -96,8 +97,25 @@ class Lease:
             time.sleep(self.ttl / 4)
         log.info("leader: lease epoch %d held by %s", self.epoch, self.holder)
 
+    def keep_renewing(self, on_lost) -> None:
+        """Renew in a thread of its own (its own connection), so a leader whose feed is busy or
+        blocked keeps its lease; `on_lost()` is called once if a renewal fails."""
+        self._stop = threading.Event()
+
+        def run() -> None:
+            while not self._stop.wait(self.ttl / 4):
+                if not self.renew():
+                    on_lost()
+                    return
+
+        self._renewer = threading.Thread(target=run, name="lease", daemon=True)
+        self._renewer.start()
+
     def release(self) -> None:
         """Hand over at once on a clean stop."""
+        if getattr(self, "_renewer", None) is not None:
+            self._stop.set()
+            self._renewer.join(self.ttl)
         try:
             self.conn.execute("UPDATE leader_lease SET expires_at = 0 "
                               "WHERE id = 1 AND holder = %s AND epoch = %s",

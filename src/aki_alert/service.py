@@ -95,7 +95,7 @@ class Service:
         await self.dispatcher.start()
         background = [asyncio.create_task(self._housekeeping())]
         if self.lease is not None:
-            background.append(asyncio.create_task(self._renew_lease()))
+            self.lease.keep_renewing(lambda: loop.call_soon_threadsafe(self._step_down))
         if self.cfg.labels_path:
             monitor = LabelsMonitor(self.cfg.labels_path, self.store)
             background.append(asyncio.create_task(self._score_quality(monitor)))
@@ -106,18 +106,11 @@ class Service:
         log.info("stopped reading; waiting up to %.0fs for %d page(s) in flight",
                  DRAIN_SECONDS, self.dispatcher.in_flight)
         await self.dispatcher.drain(DRAIN_SECONDS)
-        if self.lease is not None and not self.lost_leadership:
+        if self.lease is not None:
             self.lease.release()
         self.durable.msglog.close()
         self.store.close()
         log.info("shut down cleanly")
-
-    async def _renew_lease(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease.ttl / 4)
-            if not self.lease.renew():
-                self._step_down()
-                return
 
     async def _housekeeping(self) -> None:
         """Pick up what other processes changed in the state: pages queued and patients
@@ -180,6 +173,9 @@ def serve(cfg: Config) -> None:
             raise StartupError(f"STATE_URL: cannot reach the database: {e}") from e
         lease.wait()
     store = open_state(cfg)
+    if lease is not None:
+        # A predecessor paused inside a transaction must not block us past our own lease.
+        store.limit_idle_transactions(cfg.lease_seconds / 2)
     detector = load_detector(cfg)
     readiness.set("detector", True)
     ingest = Ingest(store, detector)

@@ -361,43 +361,28 @@ def test_sigterm_during_a_long_history_import_exits_0_and_loses_nothing(tmp_path
     assert code == 0 and "imported" in log
 
 
-def test_dev_stream_on_postgresql_scores_as_on_sqlite(tmp_path, shared_data):
+def test_dev_stream_on_postgresql_scores_as_on_sqlite(tmp_path, shared_data, postgres_url):
     """STATE_URL: the same service on a PostgreSQL state, killed once mid-stream, pages exactly
     what the model decides offline."""
-    import os
-    import uuid
-
-    psycopg = pytest.importorskip("psycopg")
     from aki_alert.detect.model import load_model
 
-    admin = os.environ.get("AKI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"aki_e2e_{uuid.uuid4().hex[:10]}"
-    try:
-        conn = psycopg.connect(admin, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at {admin}: {e}")
-    conn.execute(f"CREATE DATABASE {name}")
-    url = admin.rsplit("/", 1)[0] + "/" + name
+    url = postgres_url
     d, msgs, _ = dev_stream(shared_data)
     rows = read_aki(d / "aki.csv")
     expected = set(offline_pages(str(d / "history.csv"), msgs, load_model()))
-    try:
-        with HospitalThread(msgs, rows, resume_state=tmp_path / "resume.json") as h:
-            ports = h.hospital.mllp_port, h.hospital.pager_port
-            proc = start(*ports, tmp_path / "state", d / "history.csv", DETECTOR="model",
-                         STATE_URL=url)
-            assert wait_for(lambda: h.hospital.next >= 7000, 120)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            proc = start(*ports, tmp_path / "state", d / "history.csv", DETECTOR="model",
-                         STATE_URL=url)
-            assert h.wait_done(120)
-            wait_for(lambda: h.score().tp + h.score().fp >= len(expected), 10)
-            code, log = stop(proc)
-            live = h.score()
-    finally:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.close()
+    with HospitalThread(msgs, rows, resume_state=tmp_path / "resume.json") as h:
+        ports = h.hospital.mllp_port, h.hospital.pager_port
+        proc = start(*ports, tmp_path / "state", d / "history.csv", DETECTOR="model",
+                     STATE_URL=url)
+        assert wait_for(lambda: h.hospital.next >= 7000, 120)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = start(*ports, tmp_path / "state", d / "history.csv", DETECTOR="model",
+                     STATE_URL=url)
+        assert h.wait_done(120)
+        wait_for(lambda: h.score().tp + h.score().fp >= len(expected), 10)
+        code, log = stop(proc)
+        live = h.score()
     assert code == 0, log[-2000:]
     assert live.tp + live.fp == len(expected) and live.f3 >= 0.997
     print(f"\ndev stream on PostgreSQL, model: {live.summary()}")

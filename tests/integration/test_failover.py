@@ -3,10 +3,8 @@ losing or doubling a page; pause it past its lease and it acknowledges and pages
 
 from __future__ import annotations
 
-import os
 import signal
 import time
-import uuid
 
 import pytest
 
@@ -21,21 +19,7 @@ from aki_alert.timeutil import parse_hl7_time
 from .service_process import log_text, start, stop, wait_for
 
 psycopg = pytest.importorskip("psycopg")
-ADMIN = os.environ.get("AKI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 LEASE = "1"
-
-
-@pytest.fixture
-def database():
-    name = f"aki_ha_{uuid.uuid4().hex[:10]}"
-    try:
-        conn = psycopg.connect(ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at {ADMIN}: {e}")
-    conn.execute(f"CREATE DATABASE {name}")
-    yield ADMIN.rsplit("/", 1)[0] + "/" + name
-    conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -63,21 +47,21 @@ def replica(h, tmp_path, name, paths, url):
                  paths["history"], STATE_URL=url, LEASE_SECONDS=LEASE)
 
 
-def test_ten_leader_kills_lose_nothing(tmp_path, stream, database):
+def test_ten_leader_kills_lose_nothing(tmp_path, stream, postgres_url):
     paths, msgs, rows, expected, clean = stream
     failovers = []
     with HospitalThread(msgs, rows, resume_state=tmp_path / "resume.json") as h:
-        procs = {n: replica(h, tmp_path, n, paths, database) for n in ("a", "b")}
+        procs = {n: replica(h, tmp_path, n, paths, postgres_url) for n in ("a", "b")}
         try:
             for k in range(10):
                 assert wait_for(lambda k=k: h.hospital.next >= 60 + 120 * k, 60), k
-                pid = leader_pid(database)
+                pid = leader_pid(postgres_url)
                 name = next(n for n, p in procs.items() if p.pid == pid)
                 acked = h.hospital.acked
                 killed = time.monotonic()
                 procs[name].send_signal(signal.SIGKILL)
                 procs[name].wait()
-                procs[name] = replica(h, tmp_path, name, paths, database)   # back as standby
+                procs[name] = replica(h, tmp_path, name, paths, postgres_url)   # back as standby
                 assert wait_for(lambda a=acked: h.hospital.acked > a or h.hospital.done, 30)
                 failovers.append(time.monotonic() - killed)
                 assert wait_for(lambda p=procs[name]: "standby" in log_text(p), 30)
@@ -95,13 +79,13 @@ def test_ten_leader_kills_lose_nothing(tmp_path, stream, database):
 
 
 def test_a_leader_paused_past_its_lease_never_acknowledges_or_pages_again(tmp_path, stream,
-                                                                           database):
+                                                                           postgres_url):
     paths, msgs, rows, expected, clean = stream
     with HospitalThread(msgs, rows, resume_state=tmp_path / "resume.json") as h:
-        procs = {n: replica(h, tmp_path, n, paths, database) for n in ("a", "b")}
+        procs = {n: replica(h, tmp_path, n, paths, postgres_url) for n in ("a", "b")}
         try:
             assert wait_for(lambda: h.hospital.next >= 300, 60)
-            old = next(p for p in procs.values() if p.pid == leader_pid(database))
+            old = next(p for p in procs.values() if p.pid == leader_pid(postgres_url))
             old.send_signal(signal.SIGSTOP)
             position = h.hospital.next
             # The other replica takes over and the feed moves on without the paused one.

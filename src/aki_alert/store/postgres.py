@@ -148,6 +148,8 @@ def is_storage_failure(e: BaseException) -> bool:
 
 
 class PostgresStore(RowOps):
+    _idle_ms = IDLE_IN_TRANSACTION_MS
+
     def __init__(self, url: str, durability: str = "process") -> None:
         self.url = url
         self.durability = durability
@@ -165,7 +167,7 @@ class PostgresStore(RowOps):
             # A replica paused mid-transaction (SIGSTOP, a frozen VM) would hold its row locks
             # and block the replica that takes over; the server ends such a session instead.
             # The service never waits inside a transaction: a message is one short one.
-            db.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+            db.execute(f"SET idle_in_transaction_session_timeout = {self._idle_ms}")
             if self.durability == "machine":
                 fsync = db.execute("SHOW fsync").fetchone()[0]
                 if fsync != "on":
@@ -241,6 +243,11 @@ class PostgresStore(RowOps):
         if query is None:
             query = _PG_SQL[sql] = sql.replace("?", "%s")
         return self.db.execute(query, tuple(_t(p) if isinstance(p, str) else p for p in params))
+
+    def limit_idle_transactions(self, seconds: float) -> None:
+        """End this session if it ever sits inside a transaction longer than `seconds`."""
+        self._idle_ms = max(100, int(seconds * 1000))
+        self.db.execute(f"SET idle_in_transaction_session_timeout = {self._idle_ms}")
 
     def close(self) -> None:
         self.db.close()
