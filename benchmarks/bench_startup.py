@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from aki_alert.hospital.process import terminate
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_HISTORY = REPO.parent / "shared" / "data" / "dev-stream" / "history.csv"
@@ -89,12 +90,7 @@ def time_to_ready(state: Path, history: Path, mllp_port: int, detector: str,
             time.sleep(0.002)
         raise SystemExit(f"not ready within {timeout:.0f}s")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from aki_alert.hospital.process import terminate
 from aki_alert.hospital import ackclient
 from aki_alert.hospital.datafiles import read_aki, read_messages, write_hospital
 from aki_alert.hospital.generator import generate
@@ -51,8 +51,7 @@ def service_run(msgs, rows, history: Path, detector: str, state: Path, durabilit
             time.sleep(1.0)   # the last pages
             return h.hospital.rate(), h.score()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(10)
+            terminate(proc)
 
 
 def main() -> None:

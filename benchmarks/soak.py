@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from aki_alert.hospital.process import terminate
 from aki_alert.hospital.datafiles import read_aki, read_messages, write_hospital
 from aki_alert.hospital.generator import generate
 from aki_alert.hospital.pager_server import PagerFaults
@@ -179,15 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(rng.uniform(0.0, 2.0))
                 else:
                     t = time.monotonic()
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-                    term_exits.append(time.monotonic() - t)
-                    if proc.returncode != 0:
+                    if terminate(proc) != 0:
                         bad_exits.append(proc.returncode)
+                    term_exits.append(time.monotonic() - t)
                 proc = start_service(h, state, history, args.detector, logs)
                 started = time.monotonic()
             time.sleep(0.05)
@@ -197,11 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
         left = pending(state)
         t = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
-        term_exits.append(time.monotonic() - t)
-        if proc.returncode != 0:
+        if terminate(proc, 15) != 0:
             bad_exits.append(proc.returncode)
+        term_exits.append(time.monotonic() - t)
         live = h.score()
         hosp = h.hospital
         report(samples, live, clean_score, len(clean_pages), hosp, stream_seconds, left,

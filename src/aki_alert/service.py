@@ -56,9 +56,12 @@ class Service:
 
     def _fence(self) -> None:
         """Before touching the state and before an ACK: still the leader?"""
-        if self.lease is not None and not self.lease.valid():
-            self._step_down()
-            raise LeadershipLost("the lease lapsed: not acknowledging")
+        if self.lease is not None:
+            try:
+                self.lease.check()
+            except LeadershipLost:
+                self._step_down()
+                raise
 
     def _step_down(self) -> None:
         if not self.lost_leadership:

@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from aki_alert.hospital.process import terminate
 from aki_alert.hospital.datafiles import read_aki, read_messages, read_pages, write_hospital
 from aki_alert.hospital.generator import generate
 from aki_alert.hospital.simulator import HospitalThread
@@ -110,12 +110,7 @@ def running(tmp_path_factory):
             assert http_status(url + "/", f"Bearer {TOKEN}") == 200
             yield {"url": url, "pages": read_pages(pages_out), "state": state, "proc": proc}
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
+            code = terminate(proc)
             log.seek(0)
             text = log.read()
             log.close()

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aki_alert.hospital.process import terminate
 from aki_alert.detect import Detector
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.hospital import datafiles
@@ -103,14 +104,8 @@ class Harness:
     def terminate(proc: subprocess.Popen, timeout: float = 10.0) -> tuple[int, float, str]:
         """SIGTERM; (exit code, seconds to exit, log). SIGKILL after `timeout`."""
         started = time.monotonic()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        return proc.returncode, time.monotonic() - started, log_text(proc)
+        code = terminate(proc, timeout)
+        return code, time.monotonic() - started, log_text(proc)
 
     def close(self) -> None:
         for proc in self.procs:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+from aki_alert.hospital.process import terminate
 
 
 def start(mllp_port: int, pager_port: int, state_dir, history, **extra: str) -> subprocess.Popen:
@@ -34,14 +35,7 @@ def start(mllp_port: int, pager_port: int, state_dir, history, **extra: str) -> 
 
 def stop(proc: subprocess.Popen, timeout: float = 10.0) -> tuple[int, str]:
     """SIGTERM, wait; returns (exit code, stderr)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    return proc.returncode, log_text(proc)
+    return terminate(proc, timeout), log_text(proc)
 
 
 def log_text(proc: subprocess.Popen) -> str:

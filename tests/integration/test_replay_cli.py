@@ -8,24 +8,22 @@ import os
 import subprocess
 import sys
 
+from aki_alert.hospital import messages
 from aki_alert import config
 from aki_alert.hospital.datafiles import write_history, write_messages
 from aki_alert.startup import open_state, reconcile
-from aki_alert.timeutil import DAY, HOUR, format_hl7_time, parse_hl7_time
+from aki_alert.timeutil import DAY, HOUR, format_hl7_time, parse_hl7_date, parse_hl7_time
 
 T0 = parse_hl7_time("20240301080000")
 NOW = T0 + 2 * DAY
 
 
 def result(mrn, t, value):
-    ts = format_hl7_time(t)
-    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{ts}||ORU^R01|||2.5\rPID|1||{mrn}\r"
-            f"OBR|1||||||{ts}\rOBX|1|SN|CREATININE||{value}\r").encode()
+    return messages.result(t, str(mrn), value)
 
 
 def admit(mrn, t):
-    return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{format_hl7_time(t)}||ADT^A01|||2.5\r"
-            f"PID|1||{mrn}||ANN SMITH||19600101|F\r").encode()
+    return messages.admission(t, str(mrn), "ANN SMITH", parse_hl7_date("19600101"), "F")
 
 
 def aki(*argv, env=None):

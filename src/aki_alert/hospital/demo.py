@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .process import terminate
 from .datafiles import read_aki, write_hospital
 from .generator import generate
 from .simulator import Hospital
@@ -98,16 +98,6 @@ async def _replay(hospital: Hospital, service: subprocess.Popen, log: Path) -> b
     return True
 
 
-def _stop(service: subprocess.Popen) -> None:
-    if service.poll() is None:
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(10)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait()
-
-
 def run_demo(args) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="aki-demo-"))
     try:
@@ -151,7 +141,7 @@ def _demo(args, tmp: Path) -> int:
         try:
             return await _replay(hospital, service, log)
         finally:
-            _stop(service)
+            terminate(service)
             await hospital.stop()
 
     finished = asyncio.run(run())
