@@ -1,12 +1,17 @@
-"""Throughput and latency of `aki-alert serve` against the built-in hospital in fast mode.
+"""Throughput, latency and memory of `aki-alert serve` against the built-in hospital in fast mode.
 
 Baseline, measured in the same run on the same generated stream: an acknowledge-only MLLP
-client (the protocol's floor on this machine), before and after the service runs (this
-machine's speed drifts; the ratio uses their mean and both are printed). Prints messages/s of
-the service in each durability mode, the ratio, and the hospital's own latency measure (result
-sent → page received) p50/p90/p99.
+client (`python -m aki_alert.hospital.ackclient`, a process of its own like the service: the
+protocol's floor on this machine), before and after the services run (this machine's speed
+drifts; the ratio uses their mean and both are printed). For each service run: messages/s and
+its ratio to the floor, the hospital's own latency measure (result sent → page received)
+p50/p90/p99, and the service's resident memory sampled from /proc: its peak, and its mean in
+each quarter of the stream (by messages acknowledged), so growth in the last three quarters
+shows. Runs: SQLite with durability "process" (the default) and "machine", and PostgreSQL
+(STATE_URL, a commit per message) when a server answers at AKI_BENCH_POSTGRES_URL (default
+postgresql://postgres@127.0.0.1:5432/postgres; a database is created and dropped).
 
-    python -m benchmarks.bench_throughput [--days 365] [--detector model]
+    python -m benchmarks.bench_throughput [--days 365] [--detector model] [--no-postgres]
 """
 
 from __future__ import annotations
@@ -18,40 +23,120 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from aki_alert.hospital.process import terminate
-from aki_alert.hospital import ackclient
 from aki_alert.hospital.datafiles import read_aki, read_messages, write_hospital
 from aki_alert.hospital.generator import generate
+from aki_alert.hospital.process import terminate
 from aki_alert.hospital.simulator import HospitalThread
+
+POSTGRES_ADMIN_URL = os.environ.get("AKI_BENCH_POSTGRES_URL",
+                                    "postgresql://postgres@127.0.0.1:5432/postgres")
+SAMPLE_SECONDS = 0.05
 
 
 def floor_rate(msgs, rows) -> float:
     with HospitalThread(msgs, rows) as h:
-        t = threading.Thread(target=ackclient.run,
-                             args=("127.0.0.1", h.hospital.mllp_port, len(msgs)))
-        t.start()
-        h.wait_done(600)
-        t.join()
+        client = subprocess.Popen(
+            [sys.executable, "-m", "aki_alert.hospital.ackclient",
+             f"127.0.0.1:{h.hospital.mllp_port}", "--count", str(len(msgs))],
+            stderr=subprocess.DEVNULL)
+        try:
+            h.wait_done(600)
+        finally:
+            terminate(client)
         return h.hospital.rate()
 
 
-def service_run(msgs, rows, history: Path, detector: str, state: Path, durability: str):
+def rss_mib(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Memory:
+    peak: float
+    quarters: list[float]          # mean RSS (MiB) in each quarter of the stream
+
+    @property
+    def growth(self) -> float:
+        """From the second quarter's mean to the last's: the last three quarters."""
+        return self.quarters[-1] / self.quarters[1] - 1
+
+
+class Sampler(threading.Thread):
+    """Samples the service's RSS against the hospital's progress until stopped."""
+
+    def __init__(self, pid: int, hospital, total: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.hospital, self.total = pid, hospital, total
+        self.samples: list[tuple[int, float]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(SAMPLE_SECONDS):
+            rss = rss_mib(self.pid)
+            if rss is not None and self.hospital.acked:
+                self.samples.append((self.hospital.acked, rss))
+
+    def memory(self) -> Memory | None:
+        quarters = [[r for n, r in self.samples if q * self.total < 4 * n <= (q + 1) * self.total]
+                    for q in range(4)]
+        if not all(quarters):
+            return None
+        return Memory(max(r for _, r in self.samples), [sum(q) / len(q) for q in quarters])
+
+
+def service_run(msgs, rows, history: Path, detector: str, state: Path, durability: str,
+                state_url: str | None = None):
     with HospitalThread(msgs, rows) as h:
         env = dict(os.environ, MLLP_ADDRESS=f"127.0.0.1:{h.hospital.mllp_port}",
                    PAGER_ADDRESS=f"127.0.0.1:{h.hospital.pager_port}", STATE_DIR=str(state),
                    HISTORY_PATH=str(history), METRICS_PORT="0", DETECTOR=detector,
                    DURABILITY=durability, LOG_LEVEL="WARNING")
+        if state_url:
+            env["STATE_URL"] = state_url
         proc = subprocess.Popen([sys.executable, "-m", "aki_alert", "serve"], env=env,
                                 stderr=subprocess.DEVNULL)
+        sampler = Sampler(proc.pid, h.hospital, len(msgs))
+        sampler.start()
         try:
             if not h.wait_done(900):
                 raise SystemExit("the service did not finish the stream")
             time.sleep(1.0)   # the last pages
-            return h.hospital.rate(), h.score()
+            return h.hospital.rate(), h.score(), sampler.memory()
         finally:
+            sampler.done.set()
             terminate(proc)
+
+
+@contextmanager
+def postgres_database():
+    """A fresh database URL, dropped afterwards; None when no server answers."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except Exception as e:  # noqa: BLE001 - psycopg missing or no server: the row is skipped
+        print(f"(no PostgreSQL run: {e})")
+        yield None
+        return
+    name = f"aki_bench_{uuid.uuid4().hex[:12]}"
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
 
 
 def main() -> None:
@@ -59,29 +144,46 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--detector", default="model")
+    ap.add_argument("--no-postgres", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         write_hospital(d, generate(days=args.days, patients=10_000, seed=1))
         msgs, rows = read_messages(d / "messages.mllp"), read_aki(d / "aki.csv")
+        history = d / "history.csv"
         floors = [floor_rate(msgs, rows)]
-        runs = {mode: service_run(msgs, rows, d / "history.csv", args.detector,
-                                  d / f"state-{mode}", mode)
+        runs = {f"SQLite, durability {mode}": service_run(msgs, rows, history, args.detector,
+                                                          d / f"state-{mode}", mode)
                 for mode in ("process", "machine")}
+        if not args.no_postgres:
+            with postgres_database() as url:
+                if url:
+                    runs["PostgreSQL (commit per message)"] = service_run(
+                        msgs, rows, history, args.detector, d / "state-pg", "process", url)
         floors.append(floor_rate(msgs, rows))
     floor = sum(floors) / 2
     print(f"{len(msgs)} messages, {args.days} days, detector {args.detector}")
-    print(f"{'':34}{'messages/s':>12}{'ratio':>8}   page latency p50 / p90 / p99")
-    print(f"{'ack-only client (floor)':34}{floor:>12.0f}{1.0:>8.2f}   "
+    print(f"{'':50}{'messages/s':>11}{'ratio':>7}   latency p50 / p90 / p99"
+          f"      RSS peak, quarters (MiB)")
+    print(f"{'ack-only client (floor)':50}{floor:>11.0f}{1.0:>7.2f}   "
           f"(before {floors[0]:.0f}, after {floors[1]:.0f})")
-    for mode, (rate, score) in runs.items():
-        print(f"{'aki-alert serve, durability ' + mode:34}{rate:>12.0f}{rate / floor:>8.2f}   "
-              f"{_ms(score.latency_p50)} / {_ms(score.latency_p90)} / {_ms(score.latency_p99)}")
-    print(f"score (process): {runs['process'][1].summary()}")
+    for name, (rate, score, mem) in runs.items():
+        print(f"{'aki-alert serve, ' + name:50}{rate:>11.0f}{rate / floor:>7.2f}   "
+              f"{_ms(score.latency_p50)} / {_ms(score.latency_p90)} / {_ms(score.latency_p99)}"
+              f"   {_memory(mem)}")
+    for name, (_, score, _) in runs.items():
+        print(f"score ({name}): {score.summary()}")
 
 
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1000:.2f} ms"
+
+
+def _memory(m: Memory | None) -> str:
+    if m is None:
+        return "-"
+    quarters = " ".join(f"{q:.1f}" for q in m.quarters)
+    return f"{m.peak:.1f}; {quarters} (Q2→Q4 {m.growth:+.1%})"
 
 
 if __name__ == "__main__":

@@ -147,9 +147,6 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
             raise ConfigError(f"{name}={port!r} is not a port number 0–65535; "
                               f"example: {name}={by_env[name].example}")
         ports[name] = int(port)
-    if ports["CONSOLE_PORT"] and raw["STATE_URL"]:
-        raise ConfigError("CONSOLE_PORT with STATE_URL: the console reads the SQLite state only, "
-                          "so far; unset one of them")
     if ports["CONSOLE_PORT"] and not raw["CONSOLE_TOKEN"]:
         raise ConfigError("CONSOLE_TOKEN is not set: the console shows patient data and needs "
                           "a token; example: CONSOLE_TOKEN=s3cret-token (or CONSOLE_PORT=0)")

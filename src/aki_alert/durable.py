@@ -1,14 +1,23 @@
-"""Acknowledge fast, lose nothing: batched commits behind a write-ahead message log.
+"""Acknowledge fast, lose nothing: a write-ahead message log, then the ACK, then the work.
 
-Each message is applied to the state inside a long transaction (its own SAVEPOINT), appended
-to the message log, and only then acknowledged. The transaction is committed, and the log
-emptied, every BATCH_MAX messages or BATCH_SECONDS after the first uncommitted one, whichever
-comes first. A crash loses the uncommitted batch from the database but not from the log: at the
-next start `recover()` applies the log again, and the journal's digests skip what was committed.
+`accept()` appends a frame to the message log (one `write()`, `fdatasync`ed too with durability
+"machine") and returns its ACK; the caller sends the ACK, then calls `settle()`, which applies
+the frame to the state inside a long transaction (its own SAVEPOINT) and returns the page to
+send, if any. Applying a message (parse, state, detector) overlaps with the hospital reading
+the ACK and sending the next message, instead of adding to every round trip. The log is the
+durable record of an acknowledged message: the transaction commits, and the log is emptied,
+every BATCH_MAX messages or BATCH_SECONDS after the first uncommitted one. A crash loses the
+uncommitted batch from the database but not from the log: `recover()` applies the log again
+at the next start, and the journal's keys skip what was committed.
 
-Any storage failure (disk full, read-only, the log not writable) rolls the whole batch back,
-forgets the patients held in memory and re-applies the log, so the database, the memory and
-the log agree again; the message in hand is not acknowledged and the hospital resends it.
+Any storage failure while applying (disk full, read-only) rolls the whole batch back, forgets
+the patients held in memory and marks the batch broken; the next `accept()` or `flush()`
+re-applies the log first, so the database, the memory and the log agree again. A frame that
+cannot be appended to the log is not acknowledged: the hospital resends it.
+
+With `commit_each` (replicas sharing a PostgreSQL state) there is no log: a standby taking
+over must find everything the leader acknowledged, and it cannot read this pod's disk, so each
+message is applied and committed before its ACK.
 """
 
 from __future__ import annotations
@@ -17,91 +26,131 @@ import logging
 import time
 
 from . import metrics
-from .ingest import Ingest, Page
+from .ingest import Ingest, Page, acknowledgement
 from .mllp import FrameError
 from .store.msglog import FRAME_ERROR, MESSAGE, MessageLog
-from .store import Store, is_storage_failure
+from .store import Store
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 256
-BATCH_SECONDS = 0.02
+# The log makes a message durable, so these bound only the log's size, the work a restart
+# re-applies (≤ ~0.2 s) and how stale other readers' view is (the console, a replay). A larger
+# batch writes each of the state's pages fewer times per message (docs/performance.md).
+BATCH_MAX = 1024
+BATCH_SECONDS = 0.1
+
+Frame = bytes | FrameError
 
 
 class Durable:
     def __init__(self, store: Store, ingest: Ingest, msglog: MessageLog,
                  commit_each: bool = False) -> None:
-        """`commit_each`: commit every message before its ACK (replicas sharing a PostgreSQL
-        state: a standby taking over must find everything the leader acknowledged, and it
-        cannot read this pod's message log)."""
+        """`commit_each`: apply and commit every message before its ACK, without the log."""
         self.store = store
         self.commit_each = commit_each
         self.ingest = ingest
         self.msglog = msglog
         self.uncommitted = 0                  # messages applied since the last commit
+        self.batch_started = 0.0              # monotonic time of the first of them
         self.broken = False                   # a failure left the batch to be re-applied
+        self._accepted: tuple[Frame, float] | None = None
+        self._recovered: list[Page] = []      # pages decided before settle() hands them out
 
-    def handle(self, item: bytes | FrameError, received: float) -> tuple[bytes, Page | None]:
-        """Apply one frame; returns the ACK and the page to send. Raises on a storage failure
-        (after restoring a consistent state), and the message must not be acknowledged."""
+    def accept(self, item: Frame, received: float) -> bytes:
+        """Make one frame durable; returns its ACK. Raises when it cannot (the frame must not
+        be acknowledged). Call `settle()` after sending the ACK, even if sending failed."""
         if self.broken:
-            self.recover()
-        try:
-            self.store.begin_batch()
+            self._recovered += self.recover()
+        if self.commit_each:
+            page = self._apply(item, received)
+            if page is not None:
+                self._recovered.append(page)
+        else:
             if isinstance(item, FrameError):
-                reply, page = self.ingest.set_aside_frame(item), None
                 self.msglog.append(FRAME_ERROR, item.reason.encode() + b"\0" + item.prefix)
             else:
-                reply, page = self.ingest.handle(item, received)
                 self.msglog.append(MESSAGE, item)
-            if self.commit_each:
-                self.store.commit_batch()
-                self.msglog.clear()
-                return reply, page
-        except Exception as e:
-            if is_storage_failure(e):
-                self._restore()
-            raise
+            self._accepted = (item, received)
+        return acknowledgement(item)
+
+    def settle(self) -> list[Page]:
+        """Apply the frame accepted last; returns the pages to send (its own, and any decided
+        by a recovery in accept()). Never raises: after a storage failure the batch is
+        restored from the log by the next accept() or flush()."""
+        pages, self._recovered = self._recovered, []
+        if self._accepted is None:
+            return pages
+        item, received = self._accepted
+        self._accepted = None
+        if not self.uncommitted:
+            self.batch_started = time.monotonic()
+        try:
+            self.store.begin_batch()
+            page = self._apply(item, received)
+        except Exception as e:  # noqa: BLE001 - only our storage's failures reach here
+            log.error("cannot apply an acknowledged message yet (%s): it stays in the message "
+                      "log and is applied again before the next one", e)
+            self._restore()
+            return pages
         self.uncommitted += 1
-        return reply, page
+        if page is not None:
+            pages.append(page)
+        return pages
+
+    def _apply(self, item: Frame, received: float) -> Page | None:
+        if isinstance(item, FrameError):
+            self.ingest.set_aside_frame(item)
+            return None
+        return self.ingest.apply(item, received)
 
     @property
     def due(self) -> bool:
         return self.uncommitted >= BATCH_MAX
 
-    def flush(self) -> None:
+    @property
+    def overdue(self) -> bool:
+        """The batch has waited BATCH_SECONDS for its commit (or must be rebuilt)."""
+        return self.broken or (self.uncommitted > 0 and
+                               time.monotonic() - self.batch_started >= BATCH_SECONDS)
+
+    def flush(self) -> list[Page]:
         """Commit the batch and empty the log. Never raises: on failure the batch is restored
-        from the log and retried with the next message or flush."""
+        from the log and retried with the next message or flush. Returns pages to send (of a
+        frame not yet settled, or decided by a recovery)."""
+        pages = self.settle()                 # never empty the log under an unapplied frame
         if not self.uncommitted and not self.broken:
-            return
+            return pages
         try:
             if self.broken:
-                self.recover()
-                return
+                return pages + self.recover()
             self.store.commit_batch()
             self.msglog.clear()
         except Exception as e:  # noqa: BLE001 - any failure here is our storage's
             log.error("cannot commit the state (%s): the message log keeps the batch", e)
             if not self.broken:
                 self._restore()
-            return
+            return pages
         metrics.BATCH_SIZE.observe(self.uncommitted)
         self.uncommitted = 0
+        return pages
 
-    def recover(self) -> int:
+    def recover(self) -> list[Page]:
         """Apply what the log holds (at start, or after a failure) and commit it. Returns the
-        number of records applied; raises when the storage still fails."""
+        pages it decided; raises when the storage still fails."""
         self.store.rollback_batch()
         self.ingest.forget()
         records, torn = self.msglog.records()
         if torn:
             log.warning("message log: %d torn trailing byte(s) dropped (never acknowledged)",
                         torn)
+        pages = []
         self.store.begin_batch()
         try:
             for kind, payload in records:
                 if kind == MESSAGE:
-                    self.ingest.handle(payload, time.perf_counter())
+                    page = self.ingest.apply(payload, time.perf_counter())
+                    if page is not None:
+                        pages.append(page)
                 else:
                     reason, _, prefix = payload.partition(b"\0")
                     self.ingest.set_aside_frame(FrameError(reason.decode(), prefix))
@@ -116,7 +165,7 @@ class Durable:
         self.uncommitted = 0
         if records:
             log.info("message log: %d record(s) applied again and committed", len(records))
-        return len(records)
+        return pages
 
     def _restore(self) -> None:
         """After a storage failure: drop the batch and the memory built on it."""

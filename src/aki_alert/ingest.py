@@ -1,11 +1,11 @@
 """Apply one received message to the state as one unit, and decide whether to page.
 
-`Ingest.handle(raw)` journals the bytes, parses them, updates the patient, judges a result and
+`Ingest.apply(raw)` journals the bytes, parses them, updates the patient, judges a result and
 queues a page in the outbox, all in one `store.transaction()`: its own transaction, or a
-savepoint of the service's open batch (durable.py, which makes it durable before the ACK). It
-raises for failures of our own (the state not writable), and then the message is not
-acknowledged and the hospital sends it again. A message that can never be processed is
-journaled as dead (a dead letter) with its reason and acknowledged.
+savepoint of the service's open batch (durable.py, which has made the message durable in its
+log first). It raises only for failures of our own storage (durable.py restores the batch and
+applies the log again). A message that can never be processed is journaled as dead (a dead
+letter) with its reason.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from .store import Store, is_storage_failure
 
 log = logging.getLogger(__name__)
 
-# A message whose processing raised an unexpected error this many times is dead-lettered
-# rather than retried forever (it would stall the feed: the hospital resends until ACKed).
+# A message whose processing raised an unexpected error this many times in a row is
+# dead-lettered rather than retried forever (it would stall the feed).
 MAX_ATTEMPTS = 3
 # Patients kept in memory: several times those in hospital at once (~hundreds); the rest are
 # one indexed read away.
@@ -48,8 +48,22 @@ class _Cached:
 
 
 def message_digest(raw: bytes) -> bytes:
-    """The journal's key for a message: a re-delivery of the same bytes has the same digest."""
-    return hashlib.blake2b(raw, digest_size=16).digest()
+    """The journal's key for a message: its MSH-7 (the message's time) then a blake2b-16 of
+    its bytes. A re-delivery of the same bytes has the same key. Time first, because messages
+    arrive in time order: a new key lands at the right edge of the journal's unique index,
+    where a random key would cost a B-tree insert at a random page (the dearest statement per
+    message, measured in docs/performance.md)."""
+    head = raw[:raw.find(b"\r")].split(b"|", 7)
+    return (head[6][:14] if len(head) > 7 else b"") + hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def acknowledgement(item: bytes | FrameError) -> bytes:
+    """The ACK of a frame: AA, echoing MSH-10 (a frame set aside has none to echo). Every
+    frame gets AA once it is durable: a message that can never be processed is set aside as a
+    dead letter, because AE/AR would make the hospital resend it forever."""
+    if isinstance(item, FrameError):
+        return hl7.ack("AA")
+    return hl7.ack("AA", hl7.control_id(item))
 
 
 def explanation(j: Judgement) -> str:
@@ -68,7 +82,6 @@ class Ingest:
         self.detector = detector
         self.page_from = page_from
         self._patients: OrderedDict[str, _Cached] = OrderedDict()
-        self._failures: dict[bytes, int] = {}
 
     def _patient(self, mrn: str) -> _Cached:
         cached = self._patients.get(mrn)
@@ -88,45 +101,51 @@ class Ingest:
         self._patients.clear()
 
     def handle(self, raw: bytes, received: float) -> tuple[bytes, Page | None]:
-        """Apply one message; return the ACK to send and the page to dispatch, if any."""
+        """Apply one message; return its ACK and the page to dispatch, if any."""
+        return acknowledgement(raw), self.apply(raw, received)
+
+    def apply(self, raw: bytes, received: float) -> Page | None:
+        """Apply one message; returns the page to dispatch, if any. Raises only for failures
+        of our storage; a message that fails otherwise MAX_ATTEMPTS times is a dead letter."""
         digest = message_digest(raw)
         # Not reset: the page task started for this message inherits it (see logs.py).
-        REQUEST_ID.set(digest.hex()[:16])
-        control = hl7.control_id(raw)
+        REQUEST_ID.set(digest[-8:].hex())
         try:
             event = hl7.parse(raw)
         except hl7.HL7Error as e:
             metrics.MESSAGES.labels(type="unparseable").inc()
             self.set_aside(digest, "unparseable", str(e), raw)
-            return hl7.ack("AA", control), None
-        metrics.child(metrics.MESSAGES, type(event).__name__.lower()).inc()
-        try:
-            page = self._apply(digest, event, raw, received)
-        except Exception as e:  # noqa: BLE001 - classified below
-            if is_storage_failure(e):
-                raise
-            attempts = self._failures.get(digest, 0) + 1
-            self._failures[digest] = attempts
-            if attempts < MAX_ATTEMPTS:
-                raise
-            log.exception("message failed %d times; dead-lettering it", attempts)
-            self.set_aside(digest, type(event).__name__.lower(), f"processing error: {e!r}", raw)
-            self._failures.pop(digest, None)
-            return hl7.ack("AA", control), None
-        return hl7.ack("AA", control), page
+            return None
+        kind = type(event).__name__.lower()
+        metrics.child(metrics.MESSAGES, kind).inc()
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return self._apply(digest, event, raw, received)
+            except Exception as e:  # noqa: BLE001 - classified below
+                if is_storage_failure(e):
+                    raise
+                if attempt < MAX_ATTEMPTS:
+                    log.warning("processing failed (attempt %d of %d): %r", attempt,
+                                MAX_ATTEMPTS, e)
+                    continue
+                log.exception("message failed %d times; dead-lettering it", attempt)
+                self.set_aside(digest, kind, f"processing error: {e!r}", raw,
+                               getattr(event, "mrn", None))
+        return None
 
     def set_aside_frame(self, frame: FrameError) -> bytes:
         """A frame that could not be read whole: kept as a dead letter; returns its ACK."""
         metrics.FRAME_ERRORS.inc()
         digest = message_digest(frame.reason.encode() + frame.prefix)
-        REQUEST_ID.set(digest.hex()[:16])
+        REQUEST_ID.set(digest[-8:].hex())
         self.set_aside(digest, "oversized-frame", frame.reason, frame.prefix)
         return hl7.ack("AA")
 
-    def set_aside(self, digest: bytes, kind: str, reason: str, raw: bytes) -> None:
+    def set_aside(self, digest: bytes, kind: str, reason: str, raw: bytes,
+                  mrn: str | None = None) -> None:
         """Durably keep a message that can never be processed, with its reason (a dead letter)."""
         with self.store.transaction():
-            new = self.store.journal(digest, kind, None, "dead", reason, raw)
+            new = self.store.journal(digest, kind, mrn, "dead", reason, raw)
         if new:
             metrics.DEAD_LETTERS.labels(reason=kind if kind in _DEAD_KINDS else "processing").inc()
             log.warning("dead letter (journal %s): %s", new, reason)

@@ -60,7 +60,7 @@ ROLLING_COUNTS = Gauge(
     ["outcome"])
 BATCH_SIZE = Histogram(
     "aki_commit_batch_messages", "Messages per state commit (see durable.py)",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    buckets=(1, 4, 16, 64, 256, 1024),
 )
 HISTORY_ROWS = Counter("aki_history_results_loaded_total", "History results imported")
 HISTORY_SKIPPED = Counter("aki_history_skipped_total", "History cells or rows skipped", ["reason"])

@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import aiohttp
 
@@ -38,9 +39,16 @@ def backoff(attempt: int, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP
 class Dispatcher:
     def __init__(self, store: Store, pager_address: str,
                  timeout: float = REQUEST_TIMEOUT,
-                 may_send: Callable[[], bool] = lambda: True) -> None:
-        """`may_send`: checked before every attempt (fencing: only the leader pages)."""
+                 may_send: Callable[[], bool] = lambda: True,
+                 lock: AbstractContextManager | None = None,
+                 delivered: Callable[[], None] = lambda: None) -> None:
+        """`may_send`: checked before every attempt (fencing: only the leader pages).
+        `lock`: held around every use of the store (shared with the MLLP reader thread).
+        `delivered`: called once a delivery is recorded (the service commits its batch then, so
+        that a crash soon after does not send the page again)."""
         self.store = store
+        self.lock = lock or nullcontext()
+        self.delivered = delivered
         self.may_send = may_send
         self.url = f"http://{pager_address}/page"
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -61,7 +69,8 @@ class Dispatcher:
     def resubmit_pending(self) -> None:
         """Deliver every pending page of the outbox not already in flight: those left by a
         previous run, or queued by another process (a replay)."""
-        pending = [p for p in self.store.pending_pages() if p.body not in self._created]
+        with self.lock:
+            pending = [p for p in self.store.pending_pages() if p.body not in self._created]
         if pending:
             log.info("sending %d undelivered page(s) from the outbox", len(pending))
         for p in pending:
@@ -87,7 +96,9 @@ class Dispatcher:
             if error is None:
                 metrics.PAGES.labels(outcome="delivered").inc()
                 try:
-                    self.store.page_delivered(body, attempts)
+                    with self.lock:
+                        self.store.page_delivered(body, attempts)
+                    self.delivered()
                 except Exception as e:  # noqa: BLE001 - resent once after a restart: harmless
                     log.error("page %s delivered but not recorded: %s", body, e)
                 if received is not None:
@@ -95,7 +106,8 @@ class Dispatcher:
                 break
             dead = error.startswith("400")
             try:
-                self.store.page_failed(body, attempts, error, dead)
+                with self.lock:
+                    self.store.page_failed(body, attempts, error, dead)
             except Exception as e:  # noqa: BLE001 - the row stays pending; retry still happens
                 log.error("cannot record page attempt for %s: %s", body, e)
             if dead:

@@ -3,7 +3,7 @@
 The recovery of the stale-state incident: fetch the day's PAS (and LIMS) messages from the
 hospital and put them into the state. Each message goes through `Ingest.handle`, the live
 service's own per-message path, so the journal deduplicates exactly as it does for a
-re-delivered message: a message already in the state (same bytes, blake2b-16 digest) changes
+re-delivered message: a message already in the state (same bytes, the journal's key) changes
 nothing, a result already known for that patient and sample time is recorded as a duplicate
 result, and a message that can never be processed becomes a dead letter with its reason.
 Replaying a file twice adds nothing the second time.
@@ -36,11 +36,17 @@ every page is queued `pending`. The running service sends pending pages from the
 start, so **restart the service after a replay** (that also makes it reload the patients it keeps
 in memory, which the replay changed underneath it).
 
-**Beside the running service.** SQLite allows one writer at a time. Each message is its own
-short transaction (Ingest's), and the store waits up to 5 s (`busy_timeout`) for the write lock,
-so a replay can run beside the live service: each side waits milliseconds for the other. A
-message whose transaction still cannot get the lock is retried, then the replay stops with
-what it did so far (re-running it is safe).
+**The state.** SQLite in `--state-dir` / STATE_DIR, or PostgreSQL with `--state-url` /
+STATE_URL, as the service is configured; the same behaviour and report on both. A state of an
+older schema is migrated first, as the service does when it opens one.
+
+**Beside the running service.** Each message is its own short transaction (Ingest's). SQLite
+allows one writer at a time and the store waits up to 5 s (`busy_timeout`) for the write lock,
+so each side waits milliseconds for the other; PostgreSQL locks rows, and the two only wait
+for each other on the same message. A message whose transaction still fails is retried, then
+the replay stops with what it did so far (re-running it is safe). The running service notices
+a replay by the meta key `replayed_at` (set at the end), reloads its patients and sends the
+queued pages.
 
 **Validation.** After the import the file is read again and every message's digest looked up in
 the journal: "all N messages present", or the missing ones listed and exit 1. `--validate-only`
@@ -56,18 +62,16 @@ Exit codes: 0 done, 1 messages missing after validation or the replay failed, 2 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import re
-import sqlite3
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .statecmd import Refused, add_state_dir, state_path
+from .statecmd import Refused, add_state_location, exit_code, one_line, open_state
 from .timeutil import format_hl7_time, parse_hl7_time
 
 START, END = b"\x0b", b"\x1c\x0d"
@@ -82,8 +86,10 @@ class Item:
 
 
 def digest(raw: bytes) -> bytes:
-    """The journal's key: the same as Ingest's."""
-    return hashlib.blake2b(raw, digest_size=16).digest()
+    """The journal's key, as Ingest computes it."""
+    from .ingest import message_digest
+
+    return message_digest(raw)
 
 
 # --- reading the file ---------------------------------------------------------------------------
@@ -231,20 +237,22 @@ class Report:
 
 # --- replay and validation ----------------------------------------------------------------------
 
-def open_store(state_dir: str, environment: str | None):
-    from .store.sqlite import SqliteStore
-
-    path = state_path(state_dir)
-    if not os.path.exists(path):
-        raise Refused(f"no state at {path}: check --state-dir, or start the service once so it "
-                      "creates the state and imports the history")
-    store = SqliteStore(path)
-    recorded = store.meta().get("environment")
+def open_for_replay(args: argparse.Namespace, environment: str | None):
+    """The existing state (--state-dir or --state-url), migrated as the service would; Refused
+    when it is recorded for another environment."""
+    store = open_state(args, readonly=False)
+    try:
+        store.migrate()
+        recorded = store.meta().get("environment")
+    except BaseException:
+        store.close()
+        raise
     if environment and recorded and recorded != environment:
         store.close()
-        raise Refused(f"state {path} belongs to environment {recorded!r}, not {environment!r}: "
-                      "replaying one hospital's messages into another's state is the stale-state "
-                      "incident again. Point --state-dir at this environment's state")
+        raise Refused(f"state {store.location} belongs to environment {recorded!r}, not "
+                      f"{environment!r}: replaying one hospital's messages into another's state "
+                      "is the stale-state incident again. Point --state-dir / --state-url at "
+                      "this environment's state")
     return store
 
 
@@ -257,11 +265,10 @@ def replay(store, detector, items: list[Item], now: int, cutoff_hours: float | N
 
     page_from = None if cutoff_hours is None else now - int(cutoff_hours * HOUR)
     ingest = Ingest(store, detector, page_from=page_from)
-    db = store.db
     report.messages = len(items)
     for it in in_time_order(items):
         d = digest(it.raw)
-        before = db.execute("SELECT 1 FROM journal WHERE digest = ?", (d,)).fetchone()
+        before = store.query("SELECT 1 FROM journal WHERE digest = ?", d).fetchone()
         for attempt in range(1, max(MAX_ATTEMPTS, STORE_RETRIES) + 1):
             try:
                 ingest.handle(it.raw, time.perf_counter())
@@ -274,8 +281,8 @@ def replay(store, detector, items: list[Item], now: int, cutoff_hours: float | N
         if before is not None:
             report.skipped += 1
             continue
-        row = db.execute("SELECT id, kind, status, reason FROM journal WHERE digest = ?",
-                         (d,)).fetchone()
+        row = store.query("SELECT id, kind, status, reason FROM journal WHERE digest = ?",
+                          d).fetchone()
         if row is None:         # cannot happen: handle() returned, so it was journaled
             continue
         jid, kind, status, reason = row
@@ -287,9 +294,9 @@ def replay(store, detector, items: list[Item], now: int, cutoff_hours: float | N
             report.ignored += 1
         else:
             report.added[kind] = report.added.get(kind, 0) + 1
-        for body, result_time, pstatus, expl in db.execute(
+        for body, result_time, pstatus, expl in store.query(
                 "SELECT body, result_time, status, explanation FROM outbox WHERE journal_id = ? "
-                "ORDER BY id", (jid,)):
+                "ORDER BY id", jid).fetchall():
             e = json.loads(expl)
             report.decisions.append(Decision(body, pstatus, e.get("stage"), e.get("score"),
                                              e.get("ratio"),
@@ -302,14 +309,11 @@ def report_progress(r: Report) -> str:
             f"{len(r.rejected)} rejected")
 
 
-def validate(db: sqlite3.Connection, items: list[Item]) -> list[str]:
-    """Where-descriptions of the items whose digest is not in the journal."""
-    missing = []
-    for it in items:
-        if db.execute("SELECT 1 FROM journal WHERE digest = ?", (digest(it.raw),)).fetchone() \
-                is None:
-            missing.append(f"{it.where}: {describe(it.raw)}")
-    return missing
+def validate(store, items: list[Item]) -> list[str]:
+    """Where-descriptions of the items whose digest is not in the store's journal."""
+    return [f"{it.where}: {describe(it.raw)}" for it in items
+            if store.query("SELECT 1 FROM journal WHERE digest = ?",
+                           digest(it.raw)).fetchone() is None]
 
 
 def describe(raw: bytes) -> str:
@@ -349,12 +353,12 @@ def _detector(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except Refused as e:
-        print(f"aki-alert replay: {e}", file=sys.stderr)
-        return 2
-    except (RuntimeError, OSError, sqlite3.Error) as e:
-        print(f"aki-alert replay: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        code = 1 if isinstance(e, RuntimeError) else exit_code(e)
+        if code is None:
+            raise
+        print(f"aki-alert replay: {one_line(e)}", file=sys.stderr)
+        return code
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -378,9 +382,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _replay_and_report(args: argparse.Namespace, items: list[Item]) -> int:
-    store = open_store(args.state_dir, args.environment or os.environ.get("AKI_ENVIRONMENT"))
+    store = open_for_replay(args, args.environment or os.environ.get("AKI_ENVIRONMENT"))
     try:
-        report = Report(args.file, store.path, messages=len(items))
+        report = Report(args.file, store.location, messages=len(items))
         if not args.validate_only:
             if "history_sha256" not in store.meta():
                 print("warning: no history has been imported into this state: results are "
@@ -393,7 +397,7 @@ def _replay_and_report(args: argparse.Namespace, items: list[Item]) -> int:
             # A running service sees this, drops its in-memory patients and sends queued pages.
             with store.transaction():
                 store.set_meta(replayed_at=str(time.time()))
-        report.missing = validate(store.db, items)
+        report.missing = validate(store, items)
         report.validated = True
     finally:
         store.close()
@@ -420,7 +424,7 @@ def register(sub) -> None:
                     "MSH-7 order, then check every message is in the journal. Never pages: "
                     "pages go to the outbox for the service. See docs/runbook-state.md.")
     p.add_argument("file", help="messages file")
-    add_state_dir(p)
+    add_state_location(p)
     p.add_argument("--detector", default=os.environ.get("DETECTOR", "model"),
                    help="model or nhs (default model); env DETECTOR")
     p.add_argument("--model-path", default=os.environ.get("MODEL_PATH", ""),

@@ -1,4 +1,4 @@
-"""The wiring of `aki-alert serve`: receive → apply in one transaction → ACK → page.
+"""The wiring of `aki-alert serve`: receive → log durably → ACK → apply → page.
 
 Start-up (startup.py) opens the state, makes it this environment's, imports the history and
 loads the detector; then pages left in the outbox are resent and the service connects to the
@@ -9,16 +9,19 @@ reading at once, finishes the message in hand, gives in-flight pages a moment, a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 
 from . import health, metrics
 from .config import Config
 from .connection import MllpClient
 from .durable import BATCH_SECONDS, Durable
-from .ingest import Ingest
+from .ingest import Ingest, Page
 from .leader import Lease, LeadershipLost
 from .mllp import FrameError
 from .pager import Dispatcher
@@ -30,23 +33,30 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 3.0
+SWITCH_INTERVAL = 0.0005
 QUALITY_INTERVAL = 60.0
 HOUSEKEEPING_INTERVAL = 5.0
 
 
 class Service:
+    """The reader thread (connection.py) accepts, acknowledges and applies messages; the main
+    thread's event loop delivers pages, commits idle batches and keeps house. `lock` makes
+    their uses of the state (one connection) take turns."""
+
     def __init__(self, cfg: Config, store: Store, durable: Durable,
                  lease: Lease | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.durable = durable
         self.lease = lease
+        self.lock = threading.Lock()
         self.lost_leadership = False
-        self.dispatcher = Dispatcher(store, cfg.pager_address,
-                                     may_send=lease.valid if lease else lambda: True)
-        self.client = MllpClient(cfg.mllp_host, cfg.mllp_port, self.on_frame,
+        self.dispatcher = Dispatcher(store, cfg.pager_address, lock=self.lock,
+                                     may_send=lease.valid if lease else lambda: True,
+                                     delivered=self._flush)
+        self.client = MllpClient(cfg.mllp_host, cfg.mllp_port, self.on_frame, self.after_ack,
                                  may_connect=self._may_lead)
-        self._flush_timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def _may_lead(self) -> bool:
         if self.lease is None or self.lease.valid():
@@ -70,39 +80,45 @@ class Service:
             self.lost_leadership = True
             self.client.stop()
 
+    # --- the reader thread ------------------------------------------------------------------
     def on_frame(self, item: bytes | FrameError, received: float) -> bytes:
-        self._fence()
-        reply, page = self.durable.handle(item, received)
-        self._fence()
-        if page is not None:
-            self.dispatcher.submit(page.body, page.received)
-        loop = asyncio.get_running_loop()
-        if self.durable.due:
-            loop.call_soon(self._flush)       # after this ACK is written and its page started
-        elif self._flush_timer is None:
-            self._flush_timer = loop.call_later(BATCH_SECONDS, self._flush)
+        """Make the frame durable and return its ACK (raises: no ACK)."""
+        with self.lock:
+            self._fence()
+            reply = self.durable.accept(item, received)
+            self._fence()
         metrics.child(metrics.ACKS, "AA").inc()
         metrics.PROCESSING.observe(time.perf_counter() - received)
         return reply
 
-    def _flush(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        self.durable.flush()
+    def after_ack(self) -> None:
+        """The ACK is on its way: apply the message, commit a full batch, send its page."""
+        with self.lock:
+            pages = self.durable.settle()
+            if self.durable.due:
+                pages += self.durable.flush()
+        self._send(pages)
 
+    def _send(self, pages: list[Page]) -> None:
+        for page in pages:
+            # The page task keeps the message's request id (logs.py).
+            self.loop.call_soon_threadsafe(self.dispatcher.submit, page.body, page.received,
+                                           context=contextvars.copy_context())
+
+    # --- the main thread --------------------------------------------------------------------
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         await self.dispatcher.start()
-        background = [asyncio.create_task(self._housekeeping())]
+        background = [asyncio.create_task(self._commit_idle_batches()),
+                      asyncio.create_task(self._housekeeping())]
         if self.lease is not None:
             self.lease.keep_renewing(lambda: loop.call_soon_threadsafe(self._step_down))
         if self.cfg.labels_path:
             monitor = LabelsMonitor(self.cfg.labels_path, self.store)
             background.append(asyncio.create_task(self._score_quality(monitor)))
-        await self.client.run()
+        await asyncio.to_thread(self.client.run)
         for task in background:
             task.cancel()
         self._flush()
@@ -115,6 +131,18 @@ class Service:
         self.store.close()
         log.info("shut down cleanly")
 
+    def _flush(self) -> None:
+        with self.lock:
+            pages = self.durable.flush()
+        self._send(pages)
+
+    async def _commit_idle_batches(self) -> None:
+        """A batch that stopped growing is committed BATCH_SECONDS after its first message."""
+        while True:
+            await asyncio.sleep(BATCH_SECONDS / 2)
+            if self.durable.overdue:
+                self._flush()
+
     async def _housekeeping(self) -> None:
         """Pick up what other processes changed in the state: pages queued and patients
         updated by `aki-alert replay`."""
@@ -123,18 +151,20 @@ class Service:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             try:
                 self._flush()                 # a batch's open snapshot hides others' commits
-                now = self.store.meta().get("replayed_at")
-                if now != replayed:
-                    replayed = now
-                    self.durable.ingest.forget()
-                    log.info("state changed by a replay: patients reloaded from the state")
+                with self.lock:
+                    now = self.store.meta().get("replayed_at")
+                    if now != replayed:
+                        replayed = now
+                        self.durable.ingest.forget()
+                        log.info("state changed by a replay: patients reloaded from the state")
                 self.dispatcher.resubmit_pending()
             except Exception as e:  # noqa: BLE001 - next round tries again
                 log.error("housekeeping failed: %s", e)
 
     async def _score_quality(self, monitor: LabelsMonitor) -> None:
         while True:
-            q = monitor.refresh()
+            with self.lock:
+                q = monitor.refresh()
             if q is not None:
                 metrics.ROLLING_F3.set(q.f3)
                 for outcome in ("tp", "fp", "fn"):
@@ -159,6 +189,10 @@ def serve(cfg: Config) -> None:
     it cleanly too: the step in progress is one transaction, rolled back."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _interrupt)
+    # The reader thread holds the GIL between its socket calls; a page's task, an idle commit
+    # or a lease renewal waits at most this long for it (CPython's default: 5 ms), which the
+    # hospital sees in page latency and in throughput (docs/performance.md).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     readiness = health.Readiness()
     if cfg.metrics_port:
         try:
@@ -208,7 +242,7 @@ def serve(cfg: Config) -> None:
 
         try:
             console, _ = spawn(cfg.console_host, cfg.console_port, cfg.console_token or "",
-                            store.path, cfg.metrics_port)
+                            cfg.state_url or store.path, cfg.metrics_port)
         except ConsoleStartError as e:
             raise StartupError(f"CONSOLE_PORT {cfg.console_port}: {e}") from e
     log.info("serving: hospital %s, pager %s, state %s, detector %s %s", cfg.mllp_address,

@@ -1,22 +1,31 @@
-"""`aki-alert state status|check|backup|restore|reset`: the operator's tools for the durable state.
+"""`aki-alert state status|check|migrate|backup|restore|reset`: the operator's tools for the
+durable state, on either backend: SQLite (`--state-dir` / STATE_DIR, the file state.db) or
+PostgreSQL (`--state-url` / STATE_URL, a postgresql:// URL).
 
 - `status` says what the state is (environment, history file, when it was built, schema) and what
   it holds (patients, results by source, messages by status, dead letters, pages by status, the
   oldest page still waiting). Read-only; safe while the service runs.
-- `check` runs SQLite's `integrity_check` and the project's own consistency checks (every page
-  points at a journaled message, every applied result message has its result row, no page waits
-  too long). Exit 0 when healthy, 1 with one line per problem. Read-only.
-- `backup --out FILE` takes an online, consistent copy with SQLite's backup API (safe while the
-  service runs: it reads one committed snapshot), makes it a self-contained single file and
-  integrity-checks it.
-- `restore --from FILE --yes` and `reset --yes` replace the state. They refuse while anything
-  else has the state open: in WAL mode a plain `BEGIN EXCLUSIVE` succeeds beside an idle
-  connection, so we ask for `locking_mode=EXCLUSIVE` too, which SQLite grants only when no other
-  connection (the running service, a `status` in another shell) has the database open. The
-  current state is archived as `state.db.archived-<time>` first, as the service's rebuild does.
+- `check` runs the project's own consistency checks (every page points at a journaled message,
+  every applied result message has its result row, no page waits too long), and on SQLite also
+  its `integrity_check`, which has no PostgreSQL equivalent (the output says so). Exit 0 when
+  healthy, 1 with one line per problem. Read-only.
+- `migrate [--dry-run]` reports the state's schema version and this release's, and applies the
+  pending migrations in one transaction (the service also applies them when it opens a state).
+  A state newer than this release is refused.
+- `backup --out FILE` writes one self-contained SQLite file of the state's schema, from one
+  committed snapshot (safe while the service runs), and integrity-checks it. From PostgreSQL
+  the rows are copied into a new SQLite file, so a backup of either backend restores into
+  either: that is also how a state moves from SQLite to PostgreSQL and back.
+- `restore --from FILE --yes` and `reset --yes` replace the state, archiving the current one
+  first (SQLite: `state.db.archived-<time>` beside it; PostgreSQL: a schema
+  `archived_<time>`). They refuse while the service runs. SQLite: in WAL mode a plain
+  `BEGIN EXCLUSIVE` succeeds beside an idle connection, so we ask for `locking_mode=EXCLUSIVE`
+  too, which SQLite grants only when no other connection (the running service, a `status` in
+  another shell) has the database open. PostgreSQL: the command takes the replicas' leader
+  lease (leader.py), refused while a replica holds it, so no replica starts meanwhile.
 
 Exit codes: 0 done / healthy, 1 failed / problems found, 2 refused (confirmation missing, the
-service is probably running, nothing to act on).
+service is probably running, nothing to act on, a state newer than this release).
 """
 
 from __future__ import annotations
@@ -25,18 +34,24 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 
 STATE_FILE = "state.db"
 ARCHIVE_FORMAT = "archived-%Y%m%dT%H%M%S"
+PG_ARCHIVE_FORMAT = "%Y%m%dT%H%M%SZ"     # PostgreSQL: schema archived_<this>
 LOCK_TIMEOUT = 0.5          # seconds: the service's transactions take milliseconds
+LEASE_HOLD = 60             # seconds: restore/reset on PostgreSQL hold the leader lease (released
+#                             at the end; a killed command delays the next leader this long)
 PENDING_MINUTES = 5         # `check`: a page waiting longer than this is a problem
 
 PAGE_STATUSES = ("pending", "delivered", "dead", "suppressed")
 JOURNAL_STATUSES = ("applied", "duplicate-result", "ignored", "dead")
+STATE_TABLES = {"meta", "patients", "admissions", "results", "journal", "outbox"}
 
 
 class Refused(Exception):
@@ -45,23 +60,37 @@ class Refused(Exception):
 
 # --- shared helpers (replay.py uses them too) -----------------------------------------------
 
-def add_state_dir(p: argparse.ArgumentParser) -> None:
+def add_state_location(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=os.environ.get("STATE_DIR", "/state"),
                    metavar="STATE_DIR",
-                   help="directory of the durable state (default /state); env STATE_DIR")
+                   help="directory of the SQLite state (default /state); env STATE_DIR")
+    p.add_argument("--state-url", default=os.environ.get("STATE_URL") or None,
+                   metavar="STATE_URL",
+                   help="a postgresql:// URL: the state in PostgreSQL instead (default: SQLite "
+                        "in STATE_DIR); env STATE_URL")
 
 
 def state_path(state_dir: str) -> str:
     return os.path.join(state_dir, STATE_FILE)
 
 
-def connect_ro(path: str) -> sqlite3.Connection:
-    """A read-only connection (never creates the file; safe beside the running service)."""
-    if not os.path.exists(path):
-        raise Refused(f"no state at {path}: check --state-dir / STATE_DIR")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    db.execute("PRAGMA busy_timeout=5000")
-    return db
+def open_state(args: argparse.Namespace, *, readonly: bool):
+    """The state named by --state-url or --state-dir, never created: Refused when there is
+    none. Read-only, or writable without migrating it (`migrate()` does that explicitly)."""
+    from .store import open_store
+
+    if not args.state_url:
+        path = state_path(args.state_dir)
+        if not os.path.exists(path):
+            raise Refused(f"no state at {path}: check --state-dir / STATE_DIR (the service "
+                          "creates the state at its first start)")
+    store = open_store(args.state_dir, args.state_url, "process", migrate=False,
+                       readonly=readonly)
+    if args.state_url and not STATE_TABLES & store.tables():
+        store.close()
+        raise Refused(f"no state in {store.location}: check --state-url / STATE_URL (the "
+                      "service creates the state at its first start)")
+    return store
 
 
 def iso(ts: float | str | None) -> str | None:
@@ -114,77 +143,80 @@ def archive_locked(db: sqlite3.Connection, path: str) -> str:
     return archived
 
 
-def integrity(db: sqlite3.Connection) -> list[str]:
-    rows = [r[0] for r in db.execute("PRAGMA integrity_check")]
-    return [] if rows == ["ok"] else rows
+@contextmanager
+def holding_lease(url: str) -> Iterator[None]:
+    """Hold the replicas' leader lease (leader.py) while replacing a PostgreSQL state: Refused
+    while a replica holds it; a replica starting meanwhile waits as a standby."""
+    from .leader import Lease
+
+    lease = Lease(url, LEASE_HOLD, holder=f"aki-alert state ({socket.gethostname()}:"
+                                          f"{os.getpid()})")
+    try:
+        if not lease.try_acquire():
+            holder, left = lease.conn.execute(
+                "SELECT holder, expires_at - extract(epoch from clock_timestamp()) "
+                "FROM leader_lease WHERE id = 1").fetchone()
+            raise Refused(f"{holder} holds the leader lease (for {left:.0f} s more): the service "
+                          "is running. Stop it first, e.g. `kubectl scale deploy/aki-alert "
+                          "--replicas=0`, then retry")
+        yield
+    finally:
+        lease.release()
 
 
 # --- status ---------------------------------------------------------------------------------
 
-def _one(db: sqlite3.Connection, sql: str, *args) -> object:
-    return db.execute(sql, args).fetchone()[0]
+def _one(store, sql: str, *args) -> object:
+    return store.query(sql, *args).fetchone()[0]
 
 
-def _tables(db: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+def _pairs(store, sql: str) -> dict:
+    return dict(store.query(sql).fetchall())
 
 
-def collect_status(state_dir: str, now: float | None = None) -> dict:
+def collect_status(store, now: float | None = None) -> dict:
     from .timeutil import format_hl7_time
 
     now = time.time() if now is None else now
-    path = state_path(state_dir)
-    db = connect_ro(path)
-    try:
-        missing = {"meta", "results", "journal", "outbox", "patients"} - _tables(db)
-        if missing:
-            raise Refused(f"{path} is not an aki-alert state (no {', '.join(sorted(missing))})")
-        meta = dict(db.execute("SELECT key, value FROM meta"))
-        oldest = _one(db, "SELECT min(created_at) FROM outbox WHERE status = 'pending'")
-        latest_msg = _one(db, "SELECT max(received_at) FROM journal")
-        latest = {src: format_hl7_time(t) for src, t in db.execute(
-            "SELECT source, max(time) FROM results GROUP BY source")}
-        status = {
-            "state": {
-                "path": path,
-                "size_bytes": os.path.getsize(path),
-                "wal_bytes": os.path.getsize(path + "-wal") if os.path.exists(path + "-wal")
-                else 0,
-                "archives": sorted(f.name for f in
-                                   Path(state_dir).glob(STATE_FILE + ".archived-*")),
-            },
-            "provenance": {
-                "environment": meta.get("environment"),
-                "history_path": meta.get("history_path"),
-                "history_sha256": meta.get("history_sha256"),
-                "created_at": iso(meta.get("created_at")),
-                "history_imported_at": iso(meta.get("history_imported_at")),
-                "schema_version": _one(db, "PRAGMA user_version"),
-                "detector": meta.get("detector"),
-                "model_version": meta.get("model_version") or meta.get("detector_version"),
-                "meta": meta,
-            },
-            "counts": {
-                "patients": _one(db, "SELECT count(*) FROM (SELECT mrn FROM results "
-                                     "UNION SELECT mrn FROM patients)"),
-                "patients_admitted": _one(db, "SELECT count(*) FROM patients WHERE admitted"),
-                "results": dict(db.execute("SELECT source, count(*) FROM results GROUP BY source")),
-                "messages": dict(db.execute("SELECT status, count(*) FROM journal "
-                                            "GROUP BY status")),
-                "dead_letters": _one(db, "SELECT count(*) FROM dead_letters"),
-                "pages": dict(db.execute("SELECT status, count(*) FROM outbox GROUP BY status")),
-                "oldest_pending_page_age_seconds": None if oldest is None
-                else round(now - oldest, 1),
-            },
-            "latest": {
-                "message_received_at": iso(latest_msg),
-                "history_result": latest.get("history"),
-                "feed_result": latest.get("feed"),
-            },
-        }
-    finally:
-        db.close()
-    return status
+    missing = {"meta", "results", "journal", "outbox", "patients"} - store.tables()
+    if missing:
+        raise Refused(f"{store.location} is not an aki-alert state (no "
+                      f"{', '.join(sorted(missing))})")
+    meta = _pairs(store, "SELECT key, value FROM meta")
+    oldest = _one(store, "SELECT min(created_at) FROM outbox WHERE status = 'pending'")
+    latest_msg = _one(store, "SELECT max(received_at) FROM journal")
+    latest = {src: format_hl7_time(t) for src, t in store.query(
+        "SELECT source, max(time) FROM results GROUP BY source")}
+    return {
+        "state": store.storage(),
+        "provenance": {
+            "environment": meta.get("environment"),
+            "history_path": meta.get("history_path"),
+            "history_sha256": meta.get("history_sha256"),
+            "created_at": iso(meta.get("created_at")),
+            "history_imported_at": iso(meta.get("history_imported_at")),
+            "schema_version": store.schema_version(),
+            "detector": meta.get("detector"),
+            "model_version": meta.get("model_version") or meta.get("detector_version"),
+            "meta": meta,
+        },
+        "counts": {
+            "patients": _one(store, "SELECT count(*) FROM (SELECT mrn FROM results "
+                                    "UNION SELECT mrn FROM patients) AS known"),
+            "patients_admitted": _one(store, "SELECT count(*) FROM patients WHERE admitted <> 0"),
+            "results": _pairs(store, "SELECT source, count(*) FROM results GROUP BY source"),
+            "messages": _pairs(store, "SELECT status, count(*) FROM journal GROUP BY status"),
+            "dead_letters": _one(store, "SELECT count(*) FROM dead_letters"),
+            "pages": _pairs(store, "SELECT status, count(*) FROM outbox GROUP BY status"),
+            "oldest_pending_page_age_seconds": None if oldest is None
+            else round(now - oldest, 1),
+        },
+        "latest": {
+            "message_received_at": iso(latest_msg),
+            "history_result": latest.get("history"),
+            "feed_result": latest.get("feed"),
+        },
+    }
 
 
 def format_status(s: dict) -> str:
@@ -195,8 +227,9 @@ def format_status(s: dict) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
 
     age = c["oldest_pending_page_age_seconds"]
+    wal = "" if st["wal_bytes"] is None else f", WAL {st['wal_bytes']:,}"
     lines = [
-        f"state        {st['path']} ({st['size_bytes']:,} bytes, WAL {st['wal_bytes']:,})",
+        f"state        {st['path']} ({st['size_bytes']:,} bytes{wal})",
         f"environment  {p['environment'] or '- (not recorded: the service has not started on it)'}",
         f"history      {p['history_path'] or '-'} sha256 {sha}",
         f"created      {p['created_at'] or '-'}   history imported "
@@ -220,39 +253,55 @@ def format_status(s: dict) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    s = collect_status(args.state_dir)
+    with closing(open_state(args, readonly=True)) as store:
+        s = collect_status(store)
     print(json.dumps(s, indent=2, sort_keys=True) if args.json else format_status(s))
     return 0
 
 
 # --- check ----------------------------------------------------------------------------------
 
-def find_problems(db: sqlite3.Connection, pending_minutes: float = PENDING_MINUTES,
+NO_INTEGRITY_CHECK = ("note: SQLite's integrity_check has no PostgreSQL equivalent and was not "
+                      "run (the server checks its own pages: data checksums, amcheck); the "
+                      "consistency checks below ran")
+
+
+def find_problems(store, pending_minutes: float = PENDING_MINUTES,
                   now: float | None = None) -> list[str]:
     """One line per problem: 'error: …' (the state is inconsistent) or 'warning: …'."""
-    from . import hl7
-    from .store.sqlite import SCHEMA_VERSION
+    from .store.admin import SCHEMA_VERSION
 
     now = time.time() if now is None else now
-    problems = [f"error: integrity_check: {r}" for r in integrity(db)]
-    version = _one(db, "PRAGMA user_version")
-    if version != SCHEMA_VERSION:
-        problems.append(f"error: schema version {version}, this release knows {SCHEMA_VERSION}")
-    missing = {"meta", "patients", "admissions", "results", "journal", "outbox"} - _tables(db)
+    problems = [f"error: integrity_check: {r}" for r in store.integrity() or []]
+    version = store.schema_version()
+    if version > SCHEMA_VERSION:
+        problems.append(f"error: schema version {version}, newer than this release's "
+                        f"{SCHEMA_VERSION}")
+    elif version < SCHEMA_VERSION:
+        problems.append(f"warning: schema version {version}, this release's is {SCHEMA_VERSION}:"
+                        " run `aki-alert state migrate` (the service migrates at its start)")
+    missing = STATE_TABLES - store.tables()
     if missing:
         return problems + [f"error: tables missing: {', '.join(sorted(missing))}"]
-    for oid, body, jid in db.execute(
+    return problems + _consistency(store, now - pending_minutes * 60, now)
+
+
+def _consistency(store, pending_before: float, now: float) -> list[str]:
+    from . import hl7
+
+    problems = []
+    for oid, body, jid in store.query(
             "SELECT o.id, o.body, o.journal_id FROM outbox o "
             "LEFT JOIN journal j ON j.id = o.journal_id WHERE j.id IS NULL ORDER BY o.id"):
         problems.append(f"error: outbox row {oid} (page {body}) refers to journal row {jid}, "
                         "which does not exist")
-    for aid, mrn, jid in db.execute(
+    for aid, mrn, jid in store.query(
             "SELECT a.id, a.mrn, a.journal_id FROM admissions a "
             "LEFT JOIN journal j ON j.id = a.journal_id WHERE j.id IS NULL ORDER BY a.id"):
         problems.append(f"error: admissions row {aid} (MRN {mrn}) refers to journal row {jid}, "
                         "which does not exist")
-    for jid, raw in db.execute("SELECT id, raw FROM journal WHERE status = 'applied' "
-                               "AND kind = 'result' ORDER BY id").fetchall():
+    for jid, raw in store.query("SELECT id, raw FROM journal WHERE status = 'applied' "
+                                "AND kind = 'result' ORDER BY id").fetchall():
         try:
             r = hl7.parse(raw)
         except hl7.HL7Error as e:
@@ -261,20 +310,18 @@ def find_problems(db: sqlite3.Connection, pending_minutes: float = PENDING_MINUT
             continue
         if not isinstance(r, hl7.Result):
             problems.append(f"error: journal row {jid} is an applied result but is not one")
-        elif db.execute("SELECT 1 FROM results WHERE mrn = ? AND time = ?",
-                        (r.mrn, r.time)).fetchone() is None:
+        elif not store.has_result(r.mrn, r.time):
             problems.append(f"error: journal row {jid} (result MRN {r.mrn} at {r.time_text}) "
                             "is applied but its result row is missing")
-    for status, n in db.execute("SELECT status, count(*) FROM journal GROUP BY status"):
+    for status, n in store.query("SELECT status, count(*) FROM journal GROUP BY status"):
         if status not in JOURNAL_STATUSES:
             problems.append(f"error: {n} journal row(s) with unknown status {status!r}")
-    for status, n in db.execute("SELECT status, count(*) FROM outbox GROUP BY status"):
+    for status, n in store.query("SELECT status, count(*) FROM outbox GROUP BY status"):
         if status not in PAGE_STATUSES:
             problems.append(f"error: {n} outbox row(s) with unknown status {status!r}")
-    for oid, body, created, attempts, err in db.execute(
+    for oid, body, created, attempts, err in store.query(
             "SELECT id, body, created_at, attempts, last_error FROM outbox "
-            "WHERE status = 'pending' AND created_at < ? ORDER BY id",
-            (now - pending_minutes * 60,)):
+            "WHERE status = 'pending' AND created_at < ? ORDER BY id", pending_before):
         problems.append(f"warning: page {body} (outbox row {oid}) pending for "
                         f"{(now - created) / 60:.0f} min, {attempts} attempt(s)"
                         + (f", last error: {err}" if err else "")
@@ -283,36 +330,58 @@ def find_problems(db: sqlite3.Connection, pending_minutes: float = PENDING_MINUT
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    db = connect_ro(state_path(args.state_dir))
-    try:
-        problems = find_problems(db, args.pending_minutes)
-    finally:
-        db.close()
+    with closing(open_state(args, readonly=True)) as store:
+        problems = find_problems(store, args.pending_minutes)
+        where = store.location
+    if args.state_url:
+        print(NO_INTEGRITY_CHECK)
     for line in problems:
         print(line)
     if not problems:
-        print(f"ok: {state_path(args.state_dir)} is consistent")
+        print(f"ok: {where} is consistent")
     return 1 if problems else 0
+
+
+# --- migrate --------------------------------------------------------------------------------
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .store.admin import MIGRATION_NOTES, SCHEMA_VERSION
+
+    with closing(open_state(args, readonly=False)) as store:
+        m = store.migrate(dry_run=args.dry_run)
+        where = store.location
+    print(f"state {where}: schema v{m.current}, this release v{SCHEMA_VERSION}")
+    if not m.steps:
+        print("up to date: nothing to do")
+        return 0
+    print("would apply (dry run, nothing changed):" if args.dry_run
+          else "applied, in one transaction:")
+    for v in m.steps:
+        print(f"  v{v}  {MIGRATION_NOTES[v]}")
+    if not args.dry_run:
+        print(f"schema now v{m.target}")
+    return 0
 
 
 # --- backup / restore / reset -----------------------------------------------------------------
 
-def backup(state_dir: str, out: str) -> int:
-    """Copy the state to `out` (one self-contained file); returns its size."""
+def backup(args: argparse.Namespace, out: str) -> int:
+    """Copy the state to `out` (one self-contained SQLite file); returns its size."""
     if os.path.exists(out):
         raise Refused(f"{out} exists: choose another --out (a backup never overwrites)")
     partial = out + ".partial"
-    src = connect_ro(state_path(state_dir))
+    if os.path.exists(partial):              # left by an interrupted backup
+        os.remove(partial)
     try:
-        dst = sqlite3.connect(partial, isolation_level=None)
-        try:
-            src.backup(dst)
+        with closing(open_state(args, readonly=True)) as store:
+            store.backup_to(partial)
+        with closing(sqlite3.connect(partial, isolation_level=None)) as dst:
             dst.execute("PRAGMA journal_mode=DELETE")   # one file, no -wal to carry along
-            problems = integrity(dst)
-        finally:
-            dst.close()
-    finally:
-        src.close()
+        problems = _integrity(partial)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
     if problems:
         os.remove(partial)
         raise RuntimeError(f"the backup copy failed its integrity check: {problems[:3]}")
@@ -320,9 +389,16 @@ def backup(state_dir: str, out: str) -> int:
     return os.path.getsize(out)
 
 
+def _integrity(path: str) -> list[str]:
+    from .store.sqlite import SqliteStore
+
+    with closing(SqliteStore(path, readonly=True)) as db:
+        return db.integrity()
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     try:
-        size = backup(args.state_dir, args.out)
+        size = backup(args, args.out)
     except RuntimeError as e:
         print(f"aki-alert state backup: {e}", file=sys.stderr)
         return 1
@@ -331,24 +407,23 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def _check_backup(path: str) -> str:
-    from .store.sqlite import SCHEMA_VERSION
+    """What a backup file holds; Refused unless it is a sound state this release can use."""
+    from .store.admin import SCHEMA_VERSION
+    from .store.sqlite import SqliteStore
 
     if not os.path.isfile(path):
         raise Refused(f"no backup at {path}")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            problems = integrity(db)
-            version = _one(db, "PRAGMA user_version")
-            tables = _tables(db)
+        with closing(SqliteStore(path, readonly=True)) as db:
+            problems = db.integrity()
+            version = db.schema_version()
+            tables = db.tables()
             messages = _one(db, "SELECT count(*) FROM journal") if "journal" in tables else 0
-        finally:
-            db.close()
     except sqlite3.DatabaseError as e:
         raise Refused(f"{path} is not a SQLite database: {e}") from None
     if problems:
         raise Refused(f"{path} fails its integrity check: {problems[:3]}")
-    if "journal" not in tables or "meta" not in tables:
+    if not STATE_TABLES <= tables:
         raise Refused(f"{path} is not an aki-alert state")
     if version > SCHEMA_VERSION:
         raise Refused(f"{path} has schema version {version}, newer than this release's "
@@ -356,15 +431,21 @@ def _check_backup(path: str) -> str:
     return f"schema v{version}, {messages:,} messages"
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
-    path = state_path(args.state_dir)
-    what = _check_backup(args.source)
-    exists = os.path.exists(path)
-    plan = (f"restore {args.source} ({what}) as {path}"
-            + (f", archiving the current state as {path}.archived-<time>"
-               if exists else ""))
+def _confirmed(args: argparse.Namespace, plan: str) -> bool:
     if not args.yes:
         print(f"would {plan}. The service must be stopped. Re-run with --yes to do it.")
+    return args.yes
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    what = _check_backup(args.source)
+    if args.state_url:
+        return _restore_postgres(args, what)
+    path = state_path(args.state_dir)
+    exists = os.path.exists(path)
+    plan = (f"restore {args.source} ({what}) as {path}"
+            + (f", archiving the current state as {path}.archived-<time>" if exists else ""))
+    if not _confirmed(args, plan):
         return 2
     archived = None
     if exists:
@@ -373,11 +454,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     os.makedirs(args.state_dir, exist_ok=True)
     shutil.copyfile(args.source, path + ".restoring")
     os.replace(path + ".restoring", path)
-    db = sqlite3.connect(path)
-    try:
-        problems = integrity(db)
-    finally:
-        db.close()
+    problems = _integrity(path)
     if problems:
         print(f"aki-alert state restore: restored state fails its integrity check: {problems[:3]}"
               + (f"; the previous state is {archived}" if archived else ""), file=sys.stderr)
@@ -387,73 +464,124 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restore_postgres(args: argparse.Namespace, what: str) -> int:
+    from .store import open_store
+
+    with closing(open_store(args.state_dir, args.state_url, "process", migrate=False)) as store:
+        exists = "journal" in store.tables()
+        plan = (f"restore {args.source} ({what}) into {store.location}"
+                + (", archiving the current state as schema archived_<time>" if exists else ""))
+        if not _confirmed(args, plan):
+            return 2
+        with holding_lease(args.state_url):
+            archived = store.restore_from(args.source,
+                                          time.strftime(PG_ARCHIVE_FORMAT, time.gmtime()))
+        where = store.location
+    if archived:
+        print(f"current state archived as schema {archived}")
+    print(f"restored {args.source} into {where}. Start the service; it checks the state's "
+          "provenance against its configuration at start.")
+    return 0
+
+
 def cmd_reset(args: argparse.Namespace) -> int:
+    with closing(open_state(args, readonly=True)) as store:
+        plan = _reset_plan(args, store)
+    if not _confirmed(args, plan):
+        return 2
+    if args.state_url:
+        with closing(open_state(args, readonly=False)) as store, holding_lease(args.state_url):
+            archived = store.archive(time.strftime(PG_ARCHIVE_FORMAT, time.gmtime()))
+            print(f"state archived as schema {archived}; empty state in {store.location}")
+        return 0
     from .store.sqlite import SqliteStore
 
     path = state_path(args.state_dir)
-    if not os.path.exists(path):
-        raise Refused(f"no state at {path}: nothing to reset")
-    if not args.yes:
-        s = collect_status(args.state_dir)
-        c = s["counts"]
-        print(f"would archive {path} (environment {s['provenance']['environment'] or '-'}, "
-              f"{sum(c['messages'].values()):,} messages, {sum(c['results'].values()):,} "
-              f"results, {c['pages'].get('pending', 0)} pending pages) as "
-              f"{path}.archived-<time> and leave an empty state; the service imports its "
-              "history file at the next start. The service must be stopped. "
-              "Re-run with --yes to do it.")
-        return 2
     archived = archive_locked(lock_exclusive(path), path)
     SqliteStore(path).close()
     print(f"state archived as {archived}; empty state at {path}")
     return 0
 
 
+def _reset_plan(args: argparse.Namespace, store) -> str:
+    c = collect_status(store)["counts"]
+    env = store.meta().get("environment") or "-"
+    archive_as = "schema archived_<time>" if args.state_url else f"{store.location}.archived-<time>"
+    return (f"archive {store.location} (environment {env}, {sum(c['messages'].values()):,} "
+            f"messages, {sum(c['results'].values()):,} results, {c['pages'].get('pending', 0)} "
+            f"pending pages) as {archive_as} and leave an empty state; the service imports its "
+            "history file at the next start")
+
+
 # --- command line -----------------------------------------------------------------------------
 
 def register(sub) -> None:
-    p = sub.add_parser("state", help="inspect, check, back up, restore or reset the state",
-                       description="Operator tools for the durable state (STATE_DIR/state.db). "
+    p = sub.add_parser("state", help="inspect, check, migrate, back up, restore or reset the state",
+                       description="Operator tools for the durable state: SQLite "
+                                   "(STATE_DIR/state.db) or PostgreSQL (STATE_URL). "
                                    "See docs/runbook-state.md.")
     ssub = p.add_subparsers(dest="state_command", metavar="SUBCOMMAND", required=True)
 
     s = ssub.add_parser("status", help="provenance and counts (read-only)")
-    add_state_dir(s)
+    add_state_location(s)
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_guard(cmd_status))
 
     s = ssub.add_parser("check", help="integrity and consistency checks (read-only)")
-    add_state_dir(s)
+    add_state_location(s)
     s.add_argument("--pending-minutes", type=float, default=PENDING_MINUTES,
                    help=f"a page pending longer than this is a problem (default "
                         f"{PENDING_MINUTES})")
     s.set_defaults(func=_guard(cmd_check))
 
-    s = ssub.add_parser("backup", help="online consistent copy of the state")
-    add_state_dir(s)
+    s = ssub.add_parser("migrate", help="bring the state's schema to this release's")
+    add_state_location(s)
+    s.add_argument("--dry-run", action="store_true", help="only list the pending migrations")
+    s.set_defaults(func=_guard(cmd_migrate))
+
+    s = ssub.add_parser("backup", help="online consistent copy of the state (a SQLite file)")
+    add_state_location(s)
     s.add_argument("--out", required=True, help="backup file to write (must not exist)")
     s.set_defaults(func=_guard(cmd_backup))
 
     s = ssub.add_parser("restore", help="replace the state with a backup (service stopped)")
-    add_state_dir(s)
+    add_state_location(s)
     s.add_argument("--from", dest="source", required=True, help="backup file")
     s.add_argument("--yes", action="store_true", help="do it (otherwise say what would happen)")
     s.set_defaults(func=_guard(cmd_restore))
 
     s = ssub.add_parser("reset", help="archive the state and leave an empty one (service stopped)")
-    add_state_dir(s)
+    add_state_location(s)
     s.add_argument("--yes", action="store_true", help="do it (otherwise say what would happen)")
     s.set_defaults(func=_guard(cmd_reset))
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line (a driver's message may span several)."""
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) \
+        or type(e).__name__
+
+
+def exit_code(e: Exception) -> int | None:
+    """2 for a refusal, 1 for a failure of the state or its storage, None for anything else
+    (a bug: let it raise)."""
+    from .store import NewerSchemaError, StateError, is_database_error
+
+    if isinstance(e, (Refused, NewerSchemaError)):
+        return 2
+    if isinstance(e, (StateError, OSError)) or is_database_error(e):
+        return 1
+    return None
 
 
 def _guard(fn):
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except Refused as e:
-            print(f"aki-alert state {args.state_command}: {e}", file=sys.stderr)
-            return 2
-        except (sqlite3.Error, OSError) as e:
-            print(f"aki-alert state {args.state_command}: {e}", file=sys.stderr)
-            return 1
+        except Exception as e:
+            code = exit_code(e)
+            if code is None:
+                raise
+            print(f"aki-alert state {args.state_command}: {one_line(e)}", file=sys.stderr)
+            return code
     return run

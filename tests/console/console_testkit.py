@@ -1,5 +1,6 @@
 """Helpers of the console tests: a small state built by the real ingest path from hand-made
-HL7 messages, and an HTTP client."""
+HL7 messages, on either backend (a SQLite file's path or a postgresql:// URL), and an HTTP
+client."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import http.client
 
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.ingest import Ingest
+from aki_alert.store import is_postgres_url
 from aki_alert.store.sqlite import SqliteStore
 from aki_alert.timeutil import DAY, HOUR, format_hl7_time, parse_hl7_time
 
@@ -32,11 +34,30 @@ def discharge(mrn, t):
             f"PID|1||{mrn}\r").encode()
 
 
-def build_state(path: str) -> dict:
+def open_state(state: str):
+    """The service's store of a state: a SQLite file's path or a postgresql:// URL."""
+    if is_postgres_url(state):
+        from aki_alert.store.postgres import PostgresStore
+        return PostgresStore(state)
+    return SqliteStore(state)
+
+
+def write(state: str, sql: str, rows) -> None:
+    """Run a statement of the stores' shared SQL (`?` placeholders) once per row, committed."""
+    store = open_state(state)
+    try:
+        with store.transaction():
+            for row in rows:
+                store.query(sql, *row)
+    finally:
+        store.close()
+
+
+def build_state(state: str) -> dict:
     """Patients: 7 (evil name; admitted, discharged, readmitted; paged, delivered), 71 (paged;
     the pager refused: dead), 72 (paged, retrying), 73 (history only, never paged), 74 (paged
     in a replay: suppressed), a dead letter. Returns what the tests check against."""
-    store = SqliteStore(path)
+    store = open_state(state)
     ingest = Ingest(store, NhsDetector())
     with store.transaction():
         store.set_meta(environment="test-hospital", history_sha256="ab" * 32,

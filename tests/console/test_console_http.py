@@ -1,9 +1,11 @@
-"""The console over HTTP: authentication, security headers, routing, escaping, read-only."""
+"""The console over HTTP: authentication, security headers, routing, escaping, read-only; on a
+SQLite state and on a PostgreSQL one (the `state` fixture)."""
 
 from __future__ import annotations
 
+import logging
 import socket
-import sqlite3
+from pathlib import Path
 
 import pytest
 from console_testkit import EVIL_NAME, TOKEN, basic, request
@@ -122,21 +124,36 @@ def test_service_page_shows_feed_outbox_dead_letters_and_provenance(console):
     assert "400 Bad Request: unknown MRN" in text
 
 
-def test_missing_state_is_503_not_a_crash(tmp_path):
-    s = start("127.0.0.1", 0, TOKEN, str(tmp_path / "absent.db"))
+def test_a_state_not_created_yet_is_503_not_a_crash(new_state):
+    s = start("127.0.0.1", 0, TOKEN, new_state)
     try:
-        r = request(s, "/")
-        assert r.status == 503 and "State unavailable" in r.text
-        assert_security_headers(r)
-        assert not (tmp_path / "absent.db").exists()
+        for path in ("/", "/service", "/patients/7"):
+            r = request(s, path)
+            assert r.status == 503 and "State unavailable" in r.text
+            assert_security_headers(r)
     finally:
         s.shutdown()
+    if not new_state.startswith("postgresql://"):
+        assert not Path(new_state).exists()           # mode=ro never creates the file
+
+
+def test_an_unreachable_database_is_503_and_its_password_shown_nowhere(caplog):
+    pytest.importorskip("psycopg")
+    s = start("127.0.0.1", 0, TOKEN, "postgresql://aki:s3cret-pw@127.0.0.1:1/aki")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="aki_alert.console"):
+            r = request(s, "/")
+    finally:
+        s.shutdown()
+    assert r.status == 503 and "State unavailable" in r.text and "s3cret" not in r.text
+    assert "console cannot read the state: state user=aki" in caplog.text
+    assert "s3cret" not in caplog.text
 
 
 def test_the_console_connection_is_read_only(state):
-    db = queries.connect(state["path"])
+    db = queries.connect(state["state"])
     try:
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(db.errors, match="read-?only"):
             db.execute("DELETE FROM outbox")
     finally:
         db.close()
@@ -144,8 +161,8 @@ def test_the_console_connection_is_read_only(state):
 
 def test_a_token_is_required_and_shutdown_frees_the_port(state):
     with pytest.raises(ValueError):
-        start("127.0.0.1", 0, "", state["path"])
-    s = start("127.0.0.1", 0, TOKEN, state["path"])
+        start("127.0.0.1", 0, "", state["state"])
+    s = start("127.0.0.1", 0, TOKEN, state["state"])
     port = s.port
     assert request(s, "/").status == 200
     s.shutdown()
@@ -155,7 +172,7 @@ def test_a_token_is_required_and_shutdown_frees_the_port(state):
 
 
 def test_binds_to_the_given_host_only(state):
-    s = start("127.0.0.1", 0, TOKEN, state["path"])
+    s = start("127.0.0.1", 0, TOKEN, state["state"])
     try:
         assert s.server_address[0] == "127.0.0.1"
     finally:

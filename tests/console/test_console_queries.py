@@ -1,12 +1,13 @@
-"""The console's read-only queries against a state built by SqliteStore + Ingest."""
+"""The console's read-only queries against a state built by the service's store (SQLite or
+PostgreSQL) + Ingest: the same queries, the same answers on both backends."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
+from pathlib import Path
 
 import pytest
-from console_testkit import EVIL_NAME, T0, build_state
+from console_testkit import EVIL_NAME, T0, build_state, open_state, write
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from aki_alert.console import queries
@@ -15,7 +16,7 @@ from aki_alert.timeutil import DAY, HOUR
 
 @pytest.fixture
 def db(state):
-    conn = queries.connect(state["path"])
+    conn = queries.connect(state["state"])
     yield conn
     conn.close()
 
@@ -67,7 +68,10 @@ def test_history_only_patient_and_unknown_mrn(db):
     assert queries.patient(db, "999") is None
 
 
-def test_queries_use_indexes_that_exist(db):
+def test_sqlite_queries_use_indexes_that_exist(db, state):
+    if state["backend"] != "sqlite":
+        pytest.skip("SQLite's query plans")
+
     def plan(sql, args=()):
         return " ".join(r[-1] for r in db.execute("EXPLAIN QUERY PLAN " + sql, args))
 
@@ -81,6 +85,43 @@ def test_queries_use_indexes_that_exist(db):
         (1,))
     assert "PRIMARY KEY (mrn=?)" in plan(
         "SELECT time, value, source FROM results WHERE mrn = ? ORDER BY time DESC", ("7",))
+
+
+def test_postgres_queries_use_indexes_that_exist(db, state):
+    if state["backend"] != "postgresql":
+        pytest.skip("PostgreSQL's query plans")
+    db.execute("SET enable_seqscan = off")       # the tables are tiny: plan as for a big state
+
+    def plan(sql, args=()):
+        return " ".join(r[0] for r in db.execute("EXPLAIN " + sql, args))
+
+    assert "Backward using outbox_pkey" in plan(
+        "SELECT id FROM outbox o ORDER BY o.id DESC LIMIT ?", (5,))
+    assert "outbox_pending" in plan(
+        "SELECT count(*), min(created_at) FROM outbox WHERE status = 'pending'")
+    assert "journal_pkey" in plan(
+        "SELECT id FROM journal WHERE id > ? AND status = 'dead' ORDER BY id DESC LIMIT 50",
+        (1,))
+    assert "results_pkey" in plan(
+        "SELECT time, value, source FROM results WHERE mrn = ? ORDER BY time DESC", ("7",))
+    assert "admissions_mrn" in plan(
+        "SELECT event, time FROM admissions WHERE mrn = ? ORDER BY time, id", ("7",))
+
+
+def test_a_patients_pages_are_found_whatever_the_database_collation(postgres_url):
+    # English collations ignore punctuation: '7,20240302080000' sorts after '7-' there.
+    build_state(postgres_url)
+    psycopg = pytest.importorskip("psycopg")
+    with psycopg.connect(postgres_url, autocommit=True) as w:
+        if not w.execute("SELECT 1 FROM pg_collation WHERE collname = 'en-x-icu'").fetchone():
+            pytest.skip("this PostgreSQL has no ICU collations")
+        w.execute('ALTER TABLE outbox ALTER COLUMN body TYPE text COLLATE "en-x-icu"')
+    db = queries.connect(postgres_url)
+    try:
+        assert [a.mrn for a in queries.patient(db, "7").pages] == ["7"]
+        assert [a.mrn for a in queries.patient(db, "72").pages] == ["72"]
+    finally:
+        db.close()
 
 
 def test_service_view(db):
@@ -100,18 +141,14 @@ def test_service_view(db):
     assert sum(queries.service(db, now=now + 600).per_minute) == 0
 
 
-def test_message_rate_buckets(tmp_path):
-    path = str(tmp_path / "state.db")
-    build_state(path)
+def test_message_rate_buckets(new_state):
+    build_state(new_state)
     now = time.time()
-    w = sqlite3.connect(path)
     # Spread the 12 journaled messages over the last minutes: ids 1..12.
     ages = [290, 280, 200, 190, 180, 130, 100, 70, 50, 30, 10, 1]
-    for i, age in enumerate(ages, start=1):
-        w.execute("UPDATE journal SET received_at = ? WHERE id = ?", (now - age, i))
-    w.commit()
-    w.close()
-    db = queries.connect(path)
+    write(new_state, "UPDATE journal SET received_at = ? WHERE id = ?",
+          [(now - age, i) for i, age in enumerate(ages, start=1)])
+    db = queries.connect(new_state)
     try:
         # [now-300, now-240) [-240, -180) [-180, -120) [-120, -60) [-60, now]
         assert queries.service(db, now=now).per_minute == [2, 2, 2, 2, 4]
@@ -119,18 +156,47 @@ def test_message_rate_buckets(tmp_path):
         db.close()
 
 
-def test_empty_state(tmp_path):
-    from aki_alert.store.sqlite import SqliteStore
-
-    path = str(tmp_path / "state.db")
-    SqliteStore(path).close()
-    db = queries.connect(path)
+def test_empty_state(new_state):
+    open_state(new_state).close()
+    db = queries.connect(new_state)
     try:
         assert queries.alerts(db).alerts == []
         v = queries.service(db)
         assert v.messages == 0 and v.per_minute == [0] * 5 and v.dead_letters == []
     finally:
         db.close()
+
+
+def test_a_state_not_created_yet_is_unavailable(new_state):
+    if not new_state.startswith("postgresql://"):
+        Path(new_state).touch()              # an empty file: no tables yet
+    with pytest.raises(queries.StateUnavailable), queries.reading(new_state) as db:
+        queries.alerts(db)
+
+
+def test_the_postgres_reader_is_read_only_and_time_limited(state, monkeypatch):
+    if state["backend"] != "postgresql":
+        pytest.skip("PostgreSQL's session settings")
+    monkeypatch.setattr(queries, "STATEMENT_TIMEOUT_MS", 100)
+    started = time.monotonic()
+    with pytest.raises(queries.StateUnavailable, match="statement timeout"), \
+            queries.reading(state["state"]) as db:
+        assert db.execute("SHOW transaction_read_only").fetchone() == ("on",)
+        db.execute("SELECT pg_sleep(5)")
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("url, says", [
+    ("postgresql://aki:s3cret-pw@127.0.0.1:1/aki", "state user=aki dbname=aki host=127.0.0.1"),
+    ("postgresql://127.0.0.1:1/aki?user=aki&password=s3cret-pw", "state user=aki dbname=aki"),
+    # libpq's own error quotes this one's password: "invalid percent-encoded token".
+    ("postgresql://aki:s3cret-pw%zz@127.0.0.1/aki", "not a valid PostgreSQL URL"),
+])
+def test_a_state_urls_password_is_never_in_an_error(url, says):
+    pytest.importorskip("psycopg")
+    with pytest.raises(queries.StateUnavailable) as e:
+        queries.connect(url)                          # nothing listens on port 1
+    assert says in str(e.value) and "s3cret" not in str(e.value)
 
 
 def test_process_metrics_from_a_registry():

@@ -1,5 +1,5 @@
-"""Batched commits behind the message log: a crash or a storage failure mid-batch loses no
-acknowledged message and pages nothing twice."""
+"""The message log, then the ACK, then the work, with batched commits: a crash or a storage
+failure mid-batch loses no acknowledged message and pages nothing twice."""
 
 import sqlite3
 
@@ -23,6 +23,16 @@ def open_service(tmp_path):
     return Durable(store, Ingest(store, NhsDetector()), log)
 
 
+def handle(d, item):
+    """What the reader thread does: accept (→ ACK), then settle; the pages to send."""
+    d.accept(item, 0.0)
+    return d.settle()
+
+
+def bodies(pages):
+    return [p.body for p in pages]
+
+
 def stream():
     """Patient 7 rises (one AKI page); patients 100.. are steady."""
     yield messages.result(T0, "7", 100.0)
@@ -42,7 +52,7 @@ def committed(tmp_path, sql):
 def test_a_batch_is_committed_only_on_flush(tmp_path):
     d = open_service(tmp_path)
     for m in stream():
-        d.handle(m, 0.0)
+        handle(d, m)
     assert committed(tmp_path, "SELECT count(*) FROM journal") == 0     # not yet committed
     assert len(d.msglog.records()[0]) == 42                            # but logged
     d.flush()
@@ -52,17 +62,17 @@ def test_a_batch_is_committed_only_on_flush(tmp_path):
 
 def test_a_crash_before_commit_is_recovered_from_the_log(tmp_path):
     d = open_service(tmp_path)
-    pages = [p.body for m in stream() if (p := d.handle(m, 0.0)[1]) is not None]
-    assert pages == ["7,20240302080000"]
+    assert [b for m in stream() for b in bodies(handle(d, m))] == ["7,20240302080000"]
     # kill -9: the connection goes without a commit; only the log survives.
     d.store.db.close()
     d.msglog.close()
     d = open_service(tmp_path)
-    assert d.recover() == 42
+    # The outbox row died with the batch: the page is decided again, once.
+    assert bodies(d.recover()) == ["7,20240302080000"]
     assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
     assert committed(tmp_path, "SELECT group_concat(body) FROM outbox") == "7,20240302080000"
     # The hospital resends what it never saw acknowledged: nothing changes, nothing is paged.
-    assert all(d.handle(m, 0.0)[1] is None for m in stream())
+    assert all(handle(d, m) == [] for m in stream())
     d.flush()
     assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
 
@@ -70,30 +80,63 @@ def test_a_crash_before_commit_is_recovered_from_the_log(tmp_path):
 def test_recovery_is_idempotent_after_a_commit_that_kept_its_log(tmp_path):
     d = open_service(tmp_path)
     for m in stream():
-        d.handle(m, 0.0)
+        handle(d, m)
     d.store.commit_batch()                 # committed, then killed before the log was emptied
     d = open_service(tmp_path)
-    assert d.recover() == 42
+    assert d.recover() == []
     assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
     assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
 
 
-def test_storage_failure_mid_batch_restores_from_the_log(tmp_path):
+def test_a_frame_the_log_cannot_take_is_not_acknowledged_and_changes_nothing(tmp_path):
     d = open_service(tmp_path)
     msgs = list(stream())
     for m in msgs[:-1]:
-        d.handle(m, 0.0)
+        handle(d, m)
     d.msglog.append = _fail                # the log cannot be written (disk full)
     with pytest.raises(OSError):
-        d.handle(msgs[-1], 0.0)
-    assert d.broken
+        d.accept(msgs[-1], 0.0)
+    assert d.settle() == [] and not d.broken
     del d.msglog.append                    # space again
-    # The resent message goes through after the batch is rebuilt from the log, paged once.
-    _, page = d.handle(msgs[-1], 0.0)
-    assert page is not None and page.body == "7,20240302080000"
+    # The hospital resends the message: paged once.
+    assert bodies(handle(d, msgs[-1])) == ["7,20240302080000"]
     d.flush()
     assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
     assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
+
+
+def test_a_storage_failure_after_the_ack_is_repaired_from_the_log_and_still_pages(tmp_path):
+    d = open_service(tmp_path)
+    msgs = list(stream())
+    for m in msgs[:-1]:
+        handle(d, m)
+    real = d.ingest.apply
+    d.ingest.apply = _fail_apply           # the database fails while applying the AKI result
+    d.accept(msgs[-1], 0.0)                # ...which was logged, so it is acknowledged
+    assert d.settle() == [] and d.broken
+    d.ingest.apply = real
+    # The next message rebuilds the batch from the log first: the acknowledged AKI result is
+    # applied and its page comes out with the next settle().
+    assert bodies(handle(d, messages.result(T0 + 2 * DAY, "500", 80.0))) == ["7,20240302080000"]
+    d.flush()
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 43
+    assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
+
+
+def _fail_apply(raw, received):
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_flush_applies_an_accepted_frame_before_emptying_the_log(tmp_path):
+    d = open_service(tmp_path)
+    msgs = list(stream())
+    for m in msgs[:-1]:
+        handle(d, m)
+    d.accept(msgs[-1], 0.0)                # ACKed; the flush comes before settle()
+    assert bodies(d.flush()) == ["7,20240302080000"]
+    assert d.settle() == []
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
+    assert d.msglog.records() == ([], 0)
 
 
 def _fail(kind, payload):
@@ -102,7 +145,7 @@ def _fail(kind, payload):
 
 def test_frame_errors_are_logged_and_recovered_as_dead_letters(tmp_path):
     d = open_service(tmp_path)
-    d.handle(FrameError("too big", b"MSH|x"), 0.0)
+    handle(d, FrameError("too big", b"MSH|x"))
     d.store.db.close()
     d = open_service(tmp_path)
     d.recover()
@@ -113,7 +156,7 @@ def test_due_after_batch_max(tmp_path):
     d = open_service(tmp_path)
     for i in range(BATCH_MAX):
         assert not d.due
-        d.handle(messages.result(T0 + i, "9", 80.0), 0.0)
+        handle(d, messages.result(T0 + i, "9", 80.0))
     assert d.due
     d.flush()
     assert not d.due and d.uncommitted == 0
@@ -122,7 +165,7 @@ def test_due_after_batch_max(tmp_path):
 def test_flush_never_raises_while_the_storage_keeps_failing(tmp_path):
     d = open_service(tmp_path)
     for m in stream():
-        d.handle(m, 0.0)
+        handle(d, m)
     d.store.commit_batch = _fail_commit
     d.flush()                              # commit fails: restored, marked broken
     assert d.broken

@@ -110,24 +110,33 @@ def test_full_disk_is_not_acknowledged_and_loses_nothing(ingest, store):
     assert store.counts()["messages"] > before["messages"]
 
 
-class Broken:
-    name, version = "broken", "0"
+class FailsTimes:
+    name, version = "fails", "0"
+
+    def __init__(self, times: int) -> None:
+        self.left = times
 
     def judge(self, patient, time, value):
-        raise RuntimeError("bug")
+        if self.left:
+            self.left -= 1
+            raise RuntimeError("bug")
+        return NhsDetector().judge(patient, time, value)
 
 
 def test_a_message_that_always_fails_is_dead_lettered_after_retries(store):
-    ing = Ingest(store, Broken())
-    msg = result(7, T0, 100.0)
-    for _ in range(MAX_ATTEMPTS - 1):
-        with pytest.raises(RuntimeError):
-            ing.handle(msg, 0.0)
-        assert store.counts()["messages"] == 0
-    ack, page = ing.handle(msg, 0.0)
+    detector = FailsTimes(MAX_ATTEMPTS)
+    ack, page = Ingest(store, detector).handle(result(7, T0, 100.0), 0.0)
     assert ack.split(b"\r")[1] == b"MSA|AA" and page is None
+    assert detector.left == 0
     assert "RuntimeError" in store.db.execute("SELECT reason FROM dead_letters").fetchone()[0]
     assert store.counts()["results"] == 0
+
+
+def test_a_message_that_fails_once_is_applied_on_the_retry(store):
+    ing = Ingest(store, FailsTimes(MAX_ATTEMPTS - 1))
+    ing.handle(result(7, T0, 100.0), 0.0)
+    assert store.db.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
+    assert store.counts()["results"] == 1 and store.counts()["messages"] == 1
 
 
 def test_same_sample_time_with_other_bytes_is_a_duplicate_result(ingest, store):

@@ -63,7 +63,11 @@ def test_explanation_fields_come_from_the_nhs_algorithm(det):
     p = Patient("1", [T - 3 * DAY], [70.0], BIRTH, "M")
     j = det.judge(p, T, 150.0)
     nhs = nhs_stage(p.times, p.values, T, 150.0)
+    assert j.positive
     assert (j.stage, j.baseline, j.ratio) == (nhs.stage, nhs.baseline, nhs.ratio)
+    # A negative explains no page: the NHS view is not computed for it.
+    neg = det.judge(p, T, 72.0)
+    assert not neg.positive and (neg.stage, neg.baseline, neg.ratio) == (None, None, None)
 
 
 def test_results_at_or_after_time_are_ignored(det):

@@ -1,19 +1,18 @@
-"""`aki-alert replay`: retrieved messages through the service's own ingest path, idempotently."""
+"""`aki-alert replay`: retrieved messages through the service's own ingest path, idempotently,
+into a SQLite or a PostgreSQL state (every `loc` test runs on both)."""
 
 import json
-import os
-import sqlite3
 import threading
 import time
 
 import pytest
+from state_locations import location
 
 from aki_alert.cli import main
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.hospital.datafiles import write_messages
 from aki_alert.ingest import Ingest
 from aki_alert.replay import Item, digest, in_time_order, read_items
-from aki_alert.store.sqlite import SqliteStore
 from aki_alert.timeutil import DAY, HOUR, format_hl7_time, parse_hl7_time
 
 T0 = parse_hl7_time("20240301080000")
@@ -59,41 +58,40 @@ def write_lines(path, messages, junk=()):
     return str(path)
 
 
-@pytest.fixture
-def state_dir(tmp_path):
-    d = tmp_path / "state"
-    d.mkdir()
-    s = SqliteStore(str(d / "state.db"))
+@pytest.fixture(params=["sqlite", "postgres"])
+def loc(request, tmp_path):
+    where = location(request, tmp_path)
+    s = where.open()
     with s.transaction():
         s.set_meta(environment="ward-test", history_sha256="ab" * 32)
     s.close()
-    return str(d)
+    return where
 
 
-def state(state_dir):
-    return SqliteStore(os.path.join(state_dir, "state.db"))
+def state(loc):
+    return loc.open()
 
 
-def live(state_dir, messages):
+def live(loc, messages):
     """What the live service stored before the replay."""
-    s = state(state_dir)
+    s = state(loc)
     ing = Ingest(s, NhsDetector())
     for m in messages:
         ing.handle(m, 0.0)
     s.close()
 
 
-def replay(capsys, path, state_dir, *extra):
-    rc = main(["replay", path, "--state-dir", state_dir, "--detector", "nhs",
+def replay(capsys, path, loc, *extra):
+    rc = main(["replay", path, *loc.argv, "--detector", "nhs",
                "--now", format_hl7_time(NOW), "--json", *extra])
     out, err = capsys.readouterr()
     return rc, (json.loads(out) if out.strip().startswith("{") else out), err
 
 
-def outbox(state_dir):
-    s = state(state_dir)
+def outbox(loc):
+    s = state(loc)
     try:
-        return dict(s.db.execute("SELECT body, status FROM outbox"))
+        return dict(s.query("SELECT body, status FROM outbox").fetchall())
     finally:
         s.close()
 
@@ -146,10 +144,10 @@ def test_time_order_is_stable_and_junk_keeps_its_neighbour():
 
 # --- replay ---------------------------------------------------------------------------------
 
-def test_added_skipped_and_rejected_counts_are_exact(tmp_path, state_dir, capsys):
-    live(state_dir, MESSAGES[:3])
+def test_added_skipped_and_rejected_counts_are_exact(tmp_path, loc, capsys):
+    live(loc, MESSAGES[:3])
     path = write_lines(tmp_path / "day.txt", MESSAGES, junk=["junk line", "MSH|^~\\&|X"])
-    rc, r, _ = replay(capsys, path, state_dir)
+    rc, r, _ = replay(capsys, path, loc)
     assert rc == 0
     assert r["messages"] == 10
     assert r["skipped"] == 3
@@ -158,55 +156,59 @@ def test_added_skipped_and_rejected_counts_are_exact(tmp_path, state_dir, capsys
     assert r["rejected"][0]["reason"] == "message does not start with an MSH segment"
     assert r["rejected"][1]["reason"].startswith("MSH has no MSH-12 version")
     assert r["missing"] == [] and r["validated"]
+    s = state(loc)
+    replayed_at = float(s.meta()["replayed_at"])        # what the running service watches
+    s.close()
+    assert time.time() - 60 < replayed_at <= time.time()
     # re-running adds nothing
-    rc, r, _ = replay(capsys, path, state_dir)
+    rc, r, _ = replay(capsys, path, loc)
     assert rc == 0 and r["added"] == {} and r["skipped"] == 10 and r["rejected"] == []
     assert r["decisions"] == []
 
 
-def test_the_same_result_under_other_bytes_is_a_duplicate_result(tmp_path, state_dir, capsys):
-    live(state_dir, [result(9, NOW - 3 * HOUR, 70.0)])
+def test_the_same_result_under_other_bytes_is_a_duplicate_result(tmp_path, loc, capsys):
+    live(loc, [result(9, NOW - 3 * HOUR, 70.0)])
     resent = result(9, NOW - 3 * HOUR, 70.0, sent=NOW - HOUR)    # another MSH-7
-    rc, r, _ = replay(capsys, write_lines(tmp_path / "d.txt", [resent]), state_dir)
+    rc, r, _ = replay(capsys, write_lines(tmp_path / "d.txt", [resent]), loc)
     assert rc == 0 and r["skipped"] == 0 and r["added"] == {} and r["duplicate_results"] == 1
 
 
-def test_old_akis_are_suppressed_and_recent_ones_queued(tmp_path, state_dir, capsys):
-    rc, r, _ = replay(capsys, write_lines(tmp_path / "day.txt", MESSAGES), state_dir)
+def test_old_akis_are_suppressed_and_recent_ones_queued(tmp_path, loc, capsys):
+    rc, r, _ = replay(capsys, write_lines(tmp_path / "day.txt", MESSAGES), loc)
     assert rc == 0
     by_page = {d["page"]: d for d in r["decisions"]}
     assert set(by_page) == {OLD_AKI, NEW_AKI}
     assert by_page[OLD_AKI]["status"] == "suppressed" and by_page[OLD_AKI]["stage"] == 2
     assert by_page[OLD_AKI]["hours_before_now"] == 9 * 24
     assert by_page[NEW_AKI]["status"] == "pending"
-    assert outbox(state_dir) == {OLD_AKI: "suppressed", NEW_AKI: "pending"}
+    assert outbox(loc) == {OLD_AKI: "suppressed", NEW_AKI: "pending"}
 
 
-def test_page_missed_queues_old_akis_too(tmp_path, state_dir, capsys):
-    rc, r, _ = replay(capsys, write_lines(tmp_path / "day.txt", MESSAGES), state_dir,
+def test_page_missed_queues_old_akis_too(tmp_path, loc, capsys):
+    rc, r, _ = replay(capsys, write_lines(tmp_path / "day.txt", MESSAGES), loc,
                       "--page-missed")
     assert rc == 0
-    assert outbox(state_dir) == {OLD_AKI: "pending", NEW_AKI: "pending"}
+    assert outbox(loc) == {OLD_AKI: "pending", NEW_AKI: "pending"}
     assert {d["status"] for d in r["decisions"]} == {"pending"}
 
 
-def test_cutoff_hours_moves_the_line(tmp_path, state_dir, capsys):
-    rc, _, _ = replay(capsys, write_lines(tmp_path / "day.txt", MESSAGES), state_dir,
+def test_cutoff_hours_moves_the_line(tmp_path, loc, capsys):
+    rc, _, _ = replay(capsys, write_lines(tmp_path / "day.txt", MESSAGES), loc,
                       "--cutoff-hours", "1")
-    assert rc == 0 and outbox(state_dir) == {OLD_AKI: "suppressed", NEW_AKI: "suppressed"}
+    assert rc == 0 and outbox(loc) == {OLD_AKI: "suppressed", NEW_AKI: "suppressed"}
 
 
-def test_messages_are_applied_in_time_order(tmp_path, state_dir, capsys):
+def test_messages_are_applied_in_time_order(tmp_path, loc, capsys):
     # the file lists the AKI result before its baseline: in file order there is no AKI
     path = write_lines(tmp_path / "rev.txt", [MESSAGES[2], MESSAGES[1]])
-    rc, r, _ = replay(capsys, path, state_dir, "--page-missed")
+    rc, r, _ = replay(capsys, path, loc, "--page-missed")
     assert rc == 0 and [d["page"] for d in r["decisions"]] == [OLD_AKI]
 
 
-def test_text_report(tmp_path, state_dir, capsys):
-    live(state_dir, MESSAGES[:3])
+def test_text_report(tmp_path, loc, capsys):
+    live(loc, MESSAGES[:3])
     path = write_lines(tmp_path / "day.txt", MESSAGES, junk=["junk line"])
-    rc = main(["replay", path, "--state-dir", state_dir, "--detector", "nhs",
+    rc = main(["replay", path, *loc.argv, "--detector", "nhs",
                "--now", format_hl7_time(NOW)])
     out = capsys.readouterr().out
     assert rc == 0
@@ -217,78 +219,108 @@ def test_text_report(tmp_path, state_dir, capsys):
     assert out.rstrip().endswith("validation: all 9 messages present")
 
 
-def test_validation_fails_when_a_message_is_not_in_the_journal(tmp_path, state_dir, capsys):
+def test_validation_fails_when_a_message_is_not_in_the_journal(tmp_path, loc, capsys):
     path = write_lines(tmp_path / "day.txt", MESSAGES)
-    assert replay(capsys, path, state_dir)[0] == 0
-    db = sqlite3.connect(os.path.join(state_dir, "state.db"))
-    db.execute("DELETE FROM journal WHERE digest = ?", (digest(MESSAGES[4]),))
-    db.commit()
-    db.close()
-    rc = main(["replay", path, "--state-dir", state_dir, "--validate-only"])
+    assert replay(capsys, path, loc)[0] == 0
+    s = state(loc)
+    with s.transaction():
+        s.query("DELETE FROM journal WHERE digest = ?", digest(MESSAGES[4]))
+    s.close()
+    rc = main(["replay", path, *loc.argv, "--validate-only"])
     out = capsys.readouterr().out
     t = format_hl7_time(NOW - 26 * HOUR)
     assert rc == 1
     assert out.splitlines() == ["validation: 1 of 8 messages MISSING from the journal:",
                                 f"  line 5: ORU^R01 result MRN 8 sampled {t} sent {t}"]
-    s = state(state_dir)
+    s = state(loc)
     before = s.counts()
     s.close()
-    assert main(["replay", path, "--state-dir", state_dir, "--validate-only"]) == 1
-    s = state(state_dir)
+    assert main(["replay", path, *loc.argv, "--validate-only"]) == 1
+    s = state(loc)
     assert s.counts() == before           # --validate-only writes nothing
     s.close()
 
 
-def test_refuses_a_state_of_another_environment(tmp_path, state_dir, capsys, monkeypatch):
+def test_refuses_a_state_of_another_environment(tmp_path, loc, capsys, monkeypatch):
     path = write_lines(tmp_path / "day.txt", MESSAGES)
-    rc, _, err = replay(capsys, path, state_dir, "--environment", "other-hospital")
+    rc, _, err = replay(capsys, path, loc, "--environment", "other-hospital")
     assert rc == 2 and "belongs to environment 'ward-test'" in err
     monkeypatch.setenv("AKI_ENVIRONMENT", "other-hospital")
-    assert replay(capsys, path, state_dir)[0] == 2
-    assert state(state_dir).counts()["messages"] == 0
+    assert replay(capsys, path, loc)[0] == 2
+    assert state(loc).counts()["messages"] == 0
     monkeypatch.setenv("AKI_ENVIRONMENT", "ward-test")
-    assert replay(capsys, path, state_dir)[0] == 0
+    assert replay(capsys, path, loc)[0] == 0
 
 
 def test_refuses_a_missing_state(tmp_path, capsys):
     path = write_lines(tmp_path / "day.txt", MESSAGES)
-    rc, _, err = replay(capsys, path, str(tmp_path / "nowhere"))
-    assert rc == 2 and "no state at" in err
+    rc = main(["replay", path, "--state-dir", str(tmp_path / "nowhere")])
+    assert rc == 2 and "no state at" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_refuses_a_database_without_a_state(tmp_path, postgres_url, capsys):
+    path = write_lines(tmp_path / "day.txt", MESSAGES)
+    rc = main(["replay", path, "--state-url", postgres_url])
+    assert rc == 2 and "no state in" in capsys.readouterr().err
+
+
+def test_an_unreachable_database_is_one_line(tmp_path, capsys):
+    path = write_lines(tmp_path / "day.txt", MESSAGES)
+    rc = main(["replay", path, "--state-url", "postgresql://127.0.0.1:1/aki?connect_timeout=2"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("aki-alert replay: cannot open state database")
+    assert err.count("\n") == 1
+
+
+def test_a_state_of_the_previous_schema_is_migrated_first(tmp_path, loc, capsys):
+    from aki_alert.store.admin import SCHEMA_VERSION
+
+    s = state(loc)
+    with s.transaction():
+        s.query("DROP INDEX outbox_result_time")
+        s._set_schema_version(1)
+    s.close()
+    rc, r, _ = replay(capsys, write_lines(tmp_path / "day.txt", MESSAGES), loc)
+    assert rc == 0 and sum(r["added"].values()) == 8
+    s = loc.open(readonly=True)
+    assert s.schema_version() == SCHEMA_VERSION and "outbox_result_time" in s.tables()
+    s.close()
 
 
 # --- beside the running service ---------------------------------------------------------------
 
-def test_replay_waits_for_the_services_open_transaction(tmp_path, state_dir, capsys):
-    service = state(state_dir)
-    service.db.execute("BEGIN IMMEDIATE")
+def test_replay_beside_the_services_open_batch(tmp_path, loc, capsys):
+    """SQLite: the replay waits for the write lock; PostgreSQL: it goes on beside the batch."""
+    service = state(loc)
+    service.begin_batch()
     service.journal(b"s" * 16, "result", "5", "applied", None, b"live message")
     released = threading.Event()
 
     def commit_later():
         time.sleep(0.3)
-        service.db.execute("COMMIT")
+        service.commit_batch()
         released.set()
 
     t = threading.Thread(target=commit_later)
     t.start()
-    rc, r, _ = replay(capsys, write_lines(tmp_path / "day.txt", MESSAGES), state_dir)
+    rc, r, _ = replay(capsys, write_lines(tmp_path / "day.txt", MESSAGES), loc)
     t.join()
     service.close()
     assert released.is_set() and rc == 0 and sum(r["added"].values()) == 8
-    s = state(state_dir)
+    s = state(loc)
     assert s.counts()["messages"] == 9
     s.close()
 
 
-def test_replay_interleaves_with_live_ingest(tmp_path, state_dir, capsys):
+def test_replay_interleaves_with_live_ingest(tmp_path, loc, capsys):
     live_msgs = [result(100 + k, NOW + k * 60, 80.0) for k in range(150)]
     day = [result(300 + k, T0 + k * 60, 80.0) for k in range(150)] + MESSAGES
     path = write_lines(tmp_path / "day.txt", day + live_msgs[:20])    # some overlap with live
     errors = []
 
     def service():
-        s = state(state_dir)
+        s = state(loc)
         ing = Ingest(s, NhsDetector())
         try:
             for m in live_msgs:
@@ -300,12 +332,12 @@ def test_replay_interleaves_with_live_ingest(tmp_path, state_dir, capsys):
 
     t = threading.Thread(target=service)
     t.start()
-    rc, r, _ = replay(capsys, path, state_dir)
+    rc, r, _ = replay(capsys, path, loc)
     t.join()
     assert errors == [] and rc == 0 and r["missing"] == []
     assert sum(r["added"].values()) + r["skipped"] == len(day) + 20
-    s = state(state_dir)
+    s = state(loc)
     c = s.counts()
     s.close()
     assert c["messages"] == len(day) + len(live_msgs)
-    assert main(["state", "check", "--state-dir", state_dir]) == 0
+    assert main(["state", "check", *loc.argv]) == 0

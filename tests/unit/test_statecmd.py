@@ -1,4 +1,5 @@
-"""`aki-alert state status|check|backup|restore|reset` against real SQLite files."""
+"""`aki-alert state status|check|migrate|backup|restore|reset` against real SQLite files and
+real PostgreSQL databases (the `loc` tests run on both)."""
 
 import json
 import os
@@ -8,10 +9,12 @@ import sys
 import time
 
 import pytest
+from state_locations import location
 
 from aki_alert.cli import main
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.ingest import Ingest
+from aki_alert.store.admin import SCHEMA_VERSION
 from aki_alert.store.sqlite import SqliteStore
 from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_time
 
@@ -29,13 +32,9 @@ def admit(mrn):
             f"PID|1||{mrn}||ANN SMITH||19600101|F\r").encode()
 
 
-@pytest.fixture
-def state_dir(tmp_path):
+def fill(s):
     """A state like one the service built: provenance, history, an admission, two results
     (the second an AKI, so one pending page) and a dead letter."""
-    d = tmp_path / "state"
-    d.mkdir()
-    s = SqliteStore(str(d / "state.db"))
     with s.transaction():
         s.set_meta(environment="ward-test", history_path="/data/history.csv",
                    history_sha256="ab" * 32, created_at="1700000000",
@@ -47,7 +46,22 @@ def state_dir(tmp_path):
     ing.handle(result(7, T0 + DAY, 250.0), 0.0)
     ing.handle(b"garbage", 0.0)
     s.close()
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    d = tmp_path / "state"
+    d.mkdir()
+    fill(SqliteStore(str(d / "state.db")))
     return str(d)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def loc(request, tmp_path):
+    """The same state in SQLite or in PostgreSQL."""
+    where = location(request, tmp_path)
+    fill(where.open())
+    return where
 
 
 def run(capsys, *argv):
@@ -56,10 +70,10 @@ def run(capsys, *argv):
     return rc, out, err
 
 
-def cli(*argv):
+def cli(*argv, env=None):
     """The command in its own process, as an operator runs it."""
     return subprocess.run([sys.executable, "-m", "aki_alert", *argv], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 def counts(path):
@@ -71,19 +85,42 @@ def counts(path):
         db.close()
 
 
+def store_counts(store):
+    """(messages, results) of an open store, which is closed."""
+    try:
+        c = store.counts()
+        return c["messages"], c["results"]
+    finally:
+        store.close()
+
+
+def change(loc, sql, *args):
+    """Edit the state behind the service's back (what the checks must find)."""
+    s = loc.open()
+    with s.transaction():
+        s.query(sql, *args)
+    s.close()
+
+
+def problems(out):
+    """The lines of `state check` naming problems (PostgreSQL adds a note first)."""
+    return [line for line in out.splitlines() if not line.startswith("note:")]
+
+
 def archives(state_dir):
     return sorted(f for f in os.listdir(state_dir) if ".archived-" in f)
 
 
 # --- status ---------------------------------------------------------------------------------
 
-def test_status_json_reports_provenance_and_counts(state_dir, capsys):
-    rc, out, _ = run(capsys, "state", "status", "--state-dir", state_dir, "--json")
+def test_status_json_reports_provenance_and_counts(loc, capsys):
+    rc, out, _ = run(capsys, "state", "status", *loc.argv, "--json")
     assert rc == 0
     s = json.loads(out)
     p, c = s["provenance"], s["counts"]
+    assert s["state"]["backend"] == loc.backend
     assert p["environment"] == "ward-test" and p["history_sha256"] == "ab" * 32
-    assert p["history_path"] == "/data/history.csv" and p["schema_version"] == 1
+    assert p["history_path"] == "/data/history.csv" and p["schema_version"] == SCHEMA_VERSION
     assert p["created_at"] == "2023-11-14T22:13:20Z"
     assert c["patients"] == 2 and c["patients_admitted"] == 1
     assert c["results"] == {"history": 2, "feed": 2}
@@ -93,18 +130,20 @@ def test_status_json_reports_provenance_and_counts(state_dir, capsys):
     assert s["latest"]["feed_result"] == format_hl7_time(T0 + DAY)
 
 
-def test_status_text_in_a_subprocess(state_dir):
-    p = cli("state", "status", "--state-dir", state_dir)
+def test_status_text_in_a_subprocess(loc):
+    p = cli("state", "status", *loc.argv)
     assert p.returncode == 0, p.stderr
     assert "environment  ward-test" in p.stdout
     assert "results      feed 2, history 2" in p.stdout
     assert "pages        pending 1" in p.stdout
+    first = p.stdout.splitlines()[0]
+    assert ("WAL" in first) == (loc.backend == "sqlite")
+    assert "password" not in first
 
 
-def test_status_takes_state_dir_from_the_environment(state_dir):
+def test_status_takes_the_state_from_the_environment(loc):
     p = subprocess.run([sys.executable, "-m", "aki_alert", "state", "status", "--json"],
-                       capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "STATE_DIR": state_dir})
+                       capture_output=True, text=True, timeout=60, env={**os.environ, **loc.env})
     assert p.returncode == 0 and json.loads(p.stdout)["provenance"]["environment"] == "ward-test"
 
 
@@ -114,49 +153,59 @@ def test_status_of_a_missing_state_is_refused_and_creates_nothing(tmp_path, caps
     assert os.listdir(tmp_path) == []
 
 
+def test_status_of_an_empty_database_is_refused_and_creates_nothing(postgres_url, capsys):
+    rc, _, err = run(capsys, "state", "status", "--state-url", postgres_url)
+    assert rc == 2 and "no state in" in err
+    rc, _, err = run(capsys, "state", "migrate", "--state-url", postgres_url)
+    assert rc == 2 and "no state in" in err
+    import psycopg
+    with psycopg.connect(postgres_url) as db:
+        assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                          ).fetchone()[0] == 0
+
+
 # --- check ----------------------------------------------------------------------------------
 
-def test_check_healthy_state(state_dir):
-    p = cli("state", "check", "--state-dir", state_dir)
+def test_check_healthy_state(loc):
+    p = cli("state", "check", *loc.argv)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert p.stdout.startswith("ok:")
+    if loc.backend == "sqlite":
+        assert p.stdout.startswith("ok:")
+    else:        # no integrity_check on PostgreSQL: it says so rather than pretend
+        note, ok = p.stdout.splitlines()
+        assert note.startswith("note: SQLite's integrity_check has no PostgreSQL equivalent")
+        assert ok.startswith("ok: ") and ok.endswith(" is consistent")
 
 
-def test_check_names_an_outbox_row_whose_journal_row_is_gone(state_dir, capsys):
-    db = sqlite3.connect(os.path.join(state_dir, "state.db"))
-    oid, jid, body = db.execute("SELECT id, journal_id, body FROM outbox").fetchone()
-    db.execute("DELETE FROM journal WHERE id = ?", (jid,))
-    db.commit()
-    db.close()
-    rc, out, _ = run(capsys, "state", "check", "--state-dir", state_dir)
+def test_check_names_an_outbox_row_whose_journal_row_is_gone(loc, capsys):
+    s = loc.open()
+    oid, jid, body = s.query("SELECT id, journal_id, body FROM outbox").fetchone()
+    s.close()
+    change(loc, "DELETE FROM journal WHERE id = ?", jid)
+    rc, out, _ = run(capsys, "state", "check", *loc.argv)
     assert rc == 1
-    assert out.splitlines() == [f"error: outbox row {oid} (page {body}) refers to journal row "
-                                f"{jid}, which does not exist"]
+    assert problems(out) == [f"error: outbox row {oid} (page {body}) refers to journal row "
+                             f"{jid}, which does not exist"]
 
 
-def test_check_names_an_applied_result_without_its_result_row(state_dir, capsys):
-    db = sqlite3.connect(os.path.join(state_dir, "state.db"))
-    db.execute("DELETE FROM results WHERE mrn = '7' AND time = ?", (T0,))
-    db.commit()
-    db.close()
-    rc, out, _ = run(capsys, "state", "check", "--state-dir", state_dir)
+def test_check_names_an_applied_result_without_its_result_row(loc, capsys):
+    change(loc, "DELETE FROM results WHERE mrn = '7' AND time = ?", T0)
+    rc, out, _ = run(capsys, "state", "check", *loc.argv)
     assert rc == 1
-    assert len(out.splitlines()) == 1
+    assert len(problems(out)) == 1
     assert f"(result MRN 7 at {format_hl7_time(T0)}) is applied but its result row is missing" \
         in out
 
 
-def test_check_warns_of_a_page_pending_too_long(state_dir, capsys):
-    db = sqlite3.connect(os.path.join(state_dir, "state.db"))
-    db.execute("UPDATE outbox SET created_at = ?, attempts = 4, last_error = 'timeout'",
-               (time.time() - 3600,))
-    db.commit()
-    db.close()
-    rc, out, _ = run(capsys, "state", "check", "--state-dir", state_dir)
+def test_check_warns_of_a_page_pending_too_long(loc, capsys):
+    change(loc, "UPDATE outbox SET created_at = ?, attempts = 4, last_error = 'timeout'",
+           time.time() - 3600)
+    rc, out, _ = run(capsys, "state", "check", *loc.argv)
     assert rc == 1
-    assert out.startswith(f"warning: page 7,{format_hl7_time(T0 + DAY)} (outbox row 1) pending "
-                          "for 60 min, 4 attempt(s), last error: timeout")
-    rc, _, _ = run(capsys, "state", "check", "--state-dir", state_dir, "--pending-minutes", "90")
+    assert problems(out)[0].startswith(
+        f"warning: page 7,{format_hl7_time(T0 + DAY)} (outbox row 1) pending for 60 min, "
+        "4 attempt(s), last error: timeout")
+    rc, _, _ = run(capsys, "state", "check", *loc.argv, "--pending-minutes", "90")
     assert rc == 0
 
 
@@ -168,6 +217,7 @@ def test_check_fails_on_a_corrupt_file(state_dir, capsys):
         f.write(b"\xff" * (size - 4096))
     rc, out, err = run(capsys, "state", "check", "--state-dir", state_dir)
     assert rc == 1 and (out + err).strip()
+    assert "Traceback" not in err
 
 
 # --- backup ---------------------------------------------------------------------------------
@@ -333,3 +383,241 @@ def test_reset_takes_the_message_log_of_a_killed_service_with_the_archive(tmp_pa
     archived = archive_locked(lock_exclusive(path), path)
     assert os.path.exists(archived + ".messages.log")
     assert not (tmp_path / "messages.log").exists()
+
+
+
+def dump(store):
+    """The schema version and every row of every table of an open store (closed after)."""
+    from aki_alert.store.admin import DATA_TABLES
+
+    try:
+        rows = {t: sorted(tuple(r) for r in store.query(f"SELECT * FROM {t}").fetchall())
+                for t in DATA_TABLES}
+        return store.schema_version(), rows
+    finally:
+        store.close()
+
+
+# --- migrate ----------------------------------------------------------------------------------
+
+def fill_v1(store):
+    """The state as release v1 left it, holding data."""
+    store.migrate(target=1)
+    fill(store)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def v1_loc(request, tmp_path):
+    where = location(request, tmp_path)
+    fill_v1(where.open(migrate=False))
+    return where
+
+
+def test_migrate_reports_lists_and_applies_with_the_data_intact(v1_loc, capsys):
+    version, before = dump(v1_loc.open(migrate=False))
+    assert version == 1
+
+    rc, out, _ = run(capsys, "state", "migrate", *v1_loc.argv, "--dry-run")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].endswith(f": schema v1, this release v{SCHEMA_VERSION}")
+    assert lines[1:] == ["would apply (dry run, nothing changed):",
+                         "  v2  index outbox (result_time), read every minute by the quality "
+                         "monitor (pages_since)"]
+    assert dump(v1_loc.open(migrate=False)) == (1, before)          # the dry run changed nothing
+
+    rc, out, _ = run(capsys, "state", "migrate", *v1_loc.argv)
+    assert rc == 0
+    assert out.splitlines()[1:] == ["applied, in one transaction:",
+                                    "  v2  index outbox (result_time), read every minute by the "
+                                    "quality monitor (pages_since)",
+                                    f"schema now v{SCHEMA_VERSION}"]
+    assert dump(v1_loc.open(migrate=False)) == (SCHEMA_VERSION, before)
+    s = v1_loc.open(migrate=False)
+    assert "outbox_result_time" in s.tables()
+    s.close()
+
+    rc, out, _ = run(capsys, "state", "migrate", *v1_loc.argv)       # idempotent
+    assert rc == 0 and out.splitlines()[1:] == ["up to date: nothing to do"]
+    rc, out, _ = run(capsys, "state", "status", *v1_loc.argv, "--json")
+    assert json.loads(out)["provenance"]["schema_version"] == SCHEMA_VERSION
+
+
+def test_check_says_when_a_state_awaits_its_migration(v1_loc, capsys):
+    rc, out, _ = run(capsys, "state", "check", *v1_loc.argv)
+    assert rc == 1
+    assert problems(out) == [f"warning: schema version 1, this release's is {SCHEMA_VERSION}: "
+                             "run `aki-alert state migrate` (the service migrates at its start)"]
+
+
+def test_migrate_refuses_a_newer_state_and_leaves_it_alone(loc):
+    s = loc.open()
+    with s.transaction():
+        s._set_schema_version(SCHEMA_VERSION + 1)
+    s.close()
+    for args in ((), ("--dry-run",)):
+        p = cli("state", "migrate", *args, env=loc.env)
+        assert p.returncode == 2
+        assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+        assert f"schema version {SCHEMA_VERSION + 1}, newer than this release's " \
+               f"{SCHEMA_VERSION}" in p.stderr
+    assert loc.open(readonly=True).schema_version() == SCHEMA_VERSION + 1
+
+
+# --- bad input: one line, no traceback --------------------------------------------------------
+
+@pytest.mark.parametrize("url, says", [
+    ("mysql://db/aki", "STATE_URL must be a postgresql:// URL"),
+    ("postgresql://127.0.0.1:1/aki?connect_timeout=2", "cannot open state database"),
+    ("postgresql://db:notaport/aki", "cannot open state database"),
+])
+def test_a_bad_or_unreachable_url_is_one_line(url, says, capsys):
+    for command in ("status", "check", "migrate", "reset"):
+        rc, out, err = run(capsys, "state", command, "--state-url", url)
+        assert rc == 1 and out == ""
+        assert err.startswith(f"aki-alert state {command}: ") and says in err
+        assert err.count("\n") == 1
+
+
+# --- PostgreSQL: backup, restore, reset -------------------------------------------------------
+
+@pytest.fixture
+def pg(postgres_url, tmp_path):
+    """The state in PostgreSQL, as `loc` (postgres) builds it."""
+    from state_locations import Location
+
+    from aki_alert.store.postgres import PostgresStore
+
+    fill(PostgresStore(postgres_url))
+    return Location("postgres", ["--state-url", postgres_url], {"STATE_URL": postgres_url},
+                    lambda **kw: PostgresStore(postgres_url, **kw))
+
+
+def test_postgres_backup_is_a_snapshot_in_a_sqlite_file(pg, tmp_path, capsys):
+    writer = pg.open()
+    writer.begin_batch()                                   # the service, mid-batch
+    writer.journal(b"x" * 16, "result", "9", "applied", None, b"uncommitted")
+    out_file = str(tmp_path / "backup.db")
+    rc, out, err = run(capsys, "state", "backup", *pg.argv, "--out", out_file)
+    writer.commit_batch()
+    writer.close()
+    assert rc == 0, err
+    assert out.startswith(f"backup {out_file} (") and "integrity ok" in out
+    assert counts(out_file) == (4, 4)                      # the committed snapshot only
+    assert store_counts(pg.open()) == (5, 4)
+    assert not os.path.exists(out_file + "-wal") and not os.path.exists(out_file + ".partial")
+    db = sqlite3.connect(out_file)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
+    # Byte for byte the same rows, in a file the SQLite backend opens as it is.
+    assert dump(SqliteStore(out_file, readonly=True))[1] == _committed(pg)
+    rc, _, err = run(capsys, "state", "backup", *pg.argv, "--out", out_file)
+    assert rc == 2 and "exists" in err
+
+
+def _committed(pg):
+    """The PostgreSQL state's rows without the message journaled after the backup."""
+    rows = dump(pg.open())[1]
+    rows["journal"] = [r for r in rows["journal"] if r[7] != b"uncommitted"]
+    return rows
+
+
+def test_postgres_restore_without_yes_changes_nothing(pg, state_dir, tmp_path, capsys):
+    backup_file = str(tmp_path / "b.db")
+    assert run(capsys, "state", "backup", "--state-dir", state_dir, "--out", backup_file)[0] == 0
+    before = dump(pg.open())
+    rc, out, _ = run(capsys, "state", "restore", *pg.argv, "--from", backup_file)
+    assert rc == 2 and out.startswith("would restore") and "archived_<time>" in out
+    assert dump(pg.open()) == before
+
+
+def test_postgres_restore_and_reset_are_refused_while_a_replica_holds_the_lease(pg, tmp_path,
+                                                                                capsys):
+    from aki_alert.leader import Lease
+
+    backup_file = str(tmp_path / "b.db")
+    assert run(capsys, "state", "backup", *pg.argv, "--out", backup_file)[0] == 0
+    before = dump(pg.open())
+    leader = Lease(pg.env["STATE_URL"], 30, holder="replica-a")
+    assert leader.try_acquire()
+    try:
+        for argv in (("restore", "--from", backup_file), ("reset",)):
+            rc, _, err = run(capsys, "state", *argv, *pg.argv, "--yes")
+            assert rc == 2 and "replica-a holds the leader lease" in err
+            assert "the service is running" in err
+        assert dump(pg.open()) == before
+        assert leader.renew()                        # the replica still leads
+    finally:
+        leader.release()
+    rc, _, err = run(capsys, "state", "reset", *pg.argv, "--yes")
+    assert rc == 0, err
+
+
+def test_postgres_reset_archives_into_a_schema_and_leaves_an_empty_state(pg, capsys):
+    from aki_alert.leader import Lease
+
+    rc, out, _ = run(capsys, "state", "reset", *pg.argv)
+    assert rc == 2 and "would archive" in out and "environment ward-test, 4 messages" in out
+    rc, out, err = run(capsys, "state", "reset", *pg.argv, "--yes")
+    assert rc == 0, err
+    s = pg.open()
+    [archived] = s.storage()["archives"]
+    assert archived.startswith("archived_") and f"schema {archived}" in out
+    assert s.query(f'SELECT count(*) FROM "{archived}".journal').fetchone()[0] == 4
+    assert s.meta() == {} and store_counts(s) == (0, 0)
+    # The lease is free again: a replica starts at once.
+    replica = Lease(pg.env["STATE_URL"], 5)
+    assert replica.try_acquire()
+    replica.release()
+    rc, _, _ = run(capsys, "state", "reset", *pg.argv, "--yes")
+    assert rc == 0 and len(pg.open(readonly=True).storage()["archives"]) == 2
+
+
+def test_backups_restore_across_backends_both_ways(state_dir, postgres_url, tmp_path, capsys):
+    """SQLite → PostgreSQL → SQLite: the move an operator makes, with the same rows at the end,
+    and each restored state usable by the service."""
+    from aki_alert.store.postgres import PostgresStore
+
+    sqlite_argv, pg_argv = ["--state-dir", state_dir], ["--state-url", postgres_url]
+    original = dump(SqliteStore(os.path.join(state_dir, "state.db")))
+    first, second = str(tmp_path / "from-sqlite.db"), str(tmp_path / "from-postgres.db")
+
+    assert run(capsys, "state", "backup", *sqlite_argv, "--out", first)[0] == 0
+    rc, out, err = run(capsys, "state", "restore", *pg_argv, "--from", first, "--yes")
+    assert rc == 0, err
+    assert "current state archived" not in out             # the database held no state
+    assert dump(PostgresStore(postgres_url)) == original
+    assert run(capsys, "state", "check", *pg_argv)[0] == 0
+
+    # The service goes on in PostgreSQL: new rows are numbered after the restored ones.
+    s = PostgresStore(postgres_url)
+    Ingest(s, NhsDetector()).handle(result(7, T0 + 2 * DAY, 120.0), 0.0)
+    assert s.query("SELECT max(id) FROM journal").fetchone()[0] == 5
+    s.close()
+
+    assert run(capsys, "state", "backup", *pg_argv, "--out", second)[0] == 0
+    rc, out, err = run(capsys, "state", "restore", *sqlite_argv, "--from", second, "--yes")
+    assert rc == 0, err
+    assert out.startswith("current state archived as")
+    version, rows = dump(SqliteStore(os.path.join(state_dir, "state.db")))
+    assert version == SCHEMA_VERSION
+    assert dump(PostgresStore(postgres_url)) == (version, rows)
+    # What SQLite held, and what the service added in PostgreSQL.
+    assert rows["journal"][:4] == original[1]["journal"] and len(rows["journal"]) == 5
+    assert len(rows["results"]) == len(original[1]["results"]) + 1
+    assert run(capsys, "state", "check", *sqlite_argv)[0] == 0
+
+
+def test_a_v1_backup_restores_into_postgres_at_v1_then_migrates(postgres_url, tmp_path, capsys):
+    fill_v1(SqliteStore(str(tmp_path / "state.db"), migrate=False))
+    backup_file = str(tmp_path / "v1.db")
+    assert main(["state", "backup", "--state-dir", str(tmp_path), "--out", backup_file]) == 0
+    pg_argv = ["--state-url", postgres_url]
+    rc, _, err = run(capsys, "state", "restore", *pg_argv, "--from", backup_file, "--yes")
+    assert rc == 0, err
+    rc, out, _ = run(capsys, "state", "status", *pg_argv, "--json")
+    assert json.loads(out)["provenance"]["schema_version"] == 1
+    rc, out, _ = run(capsys, "state", "migrate", *pg_argv)
+    assert rc == 0 and out.splitlines()[-1] == f"schema now v{SCHEMA_VERSION}"
+    assert run(capsys, "state", "check", *pg_argv)[0] == 0

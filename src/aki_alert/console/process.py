@@ -2,8 +2,9 @@
 
 The child prints one line once its port is bound, so the parent can report a port in use at
 start-up; it exits when its parent does (it watches its parent's pid), so a killed service
-never leaves a console serving a state nobody writes any more. The token travels in the
-environment, never on a command line other users could read.
+never leaves a console serving a state nobody writes any more. The token and the state (a
+postgresql:// URL may hold a password) travel in the environment, never on a command line
+other users could read.
 """
 
 from __future__ import annotations
@@ -22,21 +23,22 @@ log = logging.getLogger(__name__)
 
 READY = "console listening on "
 START_TIMEOUT = 10.0
+STATE_ENV = "CONSOLE_STATE"      # the state when --state is not given (how spawn passes it)
 
 
 class ConsoleStartError(OSError):
     pass
 
 
-def spawn(host: str, port: int, token: str, state_path: str,
+def spawn(host: str, port: int, token: str, state: str,
           metrics_port: int) -> tuple[subprocess.Popen, str]:
-    """Start the console beside this process; returns it and its URL. Raises ConsoleStartError
-    if it cannot serve."""
-    cmd = [sys.executable, "-m", "aki_alert", "console", "--state", state_path, "--host", host,
-           "--port", str(port), "--parent-pid", str(os.getpid())]
+    """Start the console of `state` (a SQLite file's path or a postgresql:// URL) beside this
+    process; returns it and its URL. Raises ConsoleStartError if it cannot serve."""
+    cmd = [sys.executable, "-m", "aki_alert", "console", "--host", host, "--port", str(port),
+           "--parent-pid", str(os.getpid())]
     if metrics_port:
         cmd += ["--metrics-url", f"http://127.0.0.1:{metrics_port}/metrics"]
-    child = subprocess.Popen(cmd, env=dict(os.environ, CONSOLE_TOKEN=token),
+    child = subprocess.Popen(cmd, env=dict(os.environ, CONSOLE_TOKEN=token, **{STATE_ENV: state}),
                              stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -57,9 +59,11 @@ def spawn(host: str, port: int, token: str, state_path: str,
 def register(sub) -> None:
     p = sub.add_parser("console", help="serve the read-only alert console (serve starts it "
                        "itself when CONSOLE_PORT is set)",
-                       description="Serve the alert console for a state file. The token is "
-                                   "read from CONSOLE_TOKEN.")
-    p.add_argument("--state", required=True, help="the state database (STATE_DIR/state.db)")
+                       description="Serve the alert console for a state. The token is read "
+                                   "from CONSOLE_TOKEN.")
+    p.add_argument("--state", help="the state: its SQLite file (STATE_DIR/state.db) or its "
+                   f"postgresql:// URL (default: {STATE_ENV}, which keeps a password off the "
+                   "command line)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--metrics-url", help="the service's /metrics, for its live figures")
@@ -73,8 +77,13 @@ def run(args: argparse.Namespace) -> int:
         print("aki-alert console: CONSOLE_TOKEN is not set; example: CONSOLE_TOKEN=s3cret-token",
               file=sys.stderr)
         return 2
+    state = args.state or os.environ.get(STATE_ENV, "")
+    if not state:
+        print(f"aki-alert console: no state; give --state or {STATE_ENV}, example: "
+              "--state /var/lib/aki-alert/state.db", file=sys.stderr)
+        return 2
     try:
-        server = start(args.host, args.port, token, args.state, args.metrics_url)
+        server = start(args.host, args.port, token, state, args.metrics_url)
     except OSError as e:
         print(f"aki-alert console: {args.host}:{args.port} cannot be opened: {e.strerror or e}",
               file=sys.stderr)

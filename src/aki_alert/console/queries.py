@@ -1,16 +1,27 @@
 """Read-only SQL against the service's state, returning plain dataclasses (no HTML here).
 
-Every query is short, bounded by a LIMIT or an indexed range, and runs on a connection of its
-own opened read-only (`mode=ro`, `PRAGMA query_only`): in WAL mode a reader sees the last
-committed transaction and never blocks the writer. Indexes used (all created by
-store/sqlite.py, none added here):
+The state is a SQLite file or a PostgreSQL database (`connect(state)` takes the file's path or
+a postgresql:// URL); the queries are written once, with `?` placeholders, and run through a
+`Reader`, which translates them for psycopg as store/postgres.py does. Every query is short,
+bounded by a LIMIT or an indexed range, and runs on a connection of its own, read-only:
 
-- outbox newest-first: the rowid (`ORDER BY id DESC LIMIT n`); a patient's pages: the UNIQUE
+- SQLite: `mode=ro` (never creates the file) and `PRAGMA query_only`; in WAL mode a reader sees
+  the last committed transaction and never blocks the writer.
+- PostgreSQL: autocommit, `default_transaction_read_only = on` and a `statement_timeout`; MVCC
+  readers never block the writer either. One connection per request, as with SQLite: opening
+  it costs ~6 ms on loopback (measured; a page takes 9–20 ms in all, 1.6 ms on SQLite), which
+  nobody notices on a page a human asks for. In exchange no server connection is held between
+  requests, none needs reconnecting after a server restart or a failover, and none is shared
+  between the request threads (at most server.MAX_BUSY connections at once).
+
+Indexes used (all created by the stores, none added here; PostgreSQL has the same ones):
+
+- outbox newest-first: the id (`ORDER BY id DESC LIMIT n`); a patient's pages: the UNIQUE
   index on `body` ('MRN,YYYYMMDDHHMMSS' starts with the MRN and a comma, so a range on
-  `body` finds them without scanning the outbox); pending pages: the partial index
-  `outbox_pending`.
+  `body` finds them without scanning the outbox; on PostgreSQL a scan, see `patient()`);
+  pending pages: the partial index `outbox_pending`.
 - results: the primary key (mrn, time); admissions: `admissions_mrn`; patients: the key.
-- journal: the rowid only. `received_at` has no index, but it grows with the id, so the first
+- journal: the id only. `received_at` has no index, but it grows with the id, so the first
   message received after an instant is found by a binary search over ids (a few dozen point
   reads), and dead letters are searched among the latest `JOURNAL_WINDOW` messages only.
 """
@@ -21,8 +32,14 @@ import json
 import sqlite3
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ..store import is_postgres_url
 
 ALERTS_LIMIT = 200
 RESULTS_LIMIT = 5_000
@@ -30,26 +47,88 @@ DEAD_LETTERS_LIMIT = 50
 OUTBOX_ERRORS_LIMIT = 20
 JOURNAL_WINDOW = 100_000      # dead letters are looked for among this many latest messages
 RATE_MINUTES = 5
+CONNECT_TIMEOUT = 2           # seconds (libpq's least), unless the URL says otherwise
+STATEMENT_TIMEOUT_MS = 2_000  # PostgreSQL: no query of a page may take longer
 
 
 class StateUnavailable(Exception):
-    """The state file cannot be opened or read (not created yet, being rebuilt, locked)."""
+    """The state cannot be opened or read (not created yet, being rebuilt, locked, server
+    down). Its message never holds a password."""
 
 
-def connect(state_path: str) -> sqlite3.Connection:
-    """A new read-only connection to the state (one per request: cheap, and it follows a state
-    file replaced by a rebuild)."""
-    path = Path(state_path)
-    if not path.exists():
-        raise StateUnavailable(f"state {state_path} does not exist")
-    uri = path.resolve().as_uri() + "?mode=ro"
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """A read-only connection to the state, either backend. `execute(sql, params)` takes the
+    shared SQL with `?` placeholders and returns the backend's cursor (fetchone, fetchall,
+    iteration)."""
+
+    db: Any                       # sqlite3.Connection or psycopg.Connection
+    name: str                     # the state in messages: a path, or a URL without password
+    errors: type[Exception]       # the backend's database error (sqlite3.Error, psycopg.Error)
+    placeholder: str = "?"        # psycopg's is %s
+    bytewise: str = ""            # appended to a text operand to compare it byte by byte
+
+    def execute(self, sql: str, params: tuple = ()):
+        return self.db.execute(sql.replace("?", self.placeholder), params)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def connect(state: str) -> Reader:
+    """A new read-only connection to the state: a SQLite file's path or a postgresql:// URL."""
+    return _connect_postgres(state) if is_postgres_url(state) else _connect_sqlite(state)
+
+
+@contextmanager
+def reading(state: str) -> Iterator[Reader]:
+    """A read-only connection for one request, closed after it. The backend's errors while
+    reading (locked, connection lost, statement timeout, tables not created yet) are raised
+    as StateUnavailable."""
+    db = connect(state)
+    try:
+        yield db
+    except db.errors as e:
+        raise StateUnavailable(f"state {db.name} cannot be read: {e}") from e
+    finally:
+        db.close()
+
+
+def _connect_sqlite(path: str) -> Reader:
+    if not Path(path).exists():
+        raise StateUnavailable(f"state {path} does not exist")
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
     try:
         db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA query_only=1")
         db.execute("PRAGMA busy_timeout=1000")
     except sqlite3.Error as e:
-        raise StateUnavailable(f"state {state_path} cannot be opened read-only: {e}") from e
-    return db
+        raise StateUnavailable(f"state {path} cannot be opened read-only: {e}") from e
+    return Reader(db, path, sqlite3.Error)
+
+
+def _connect_postgres(url: str) -> Reader:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from ..store.postgres import PostgresStore
+
+    # The store's password-less rendering of a URL (it reads nothing but `.url`).
+    name = PostgresStore._safe_url(SimpleNamespace(url=url))
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        # libpq's parse errors may quote the URL, password included: not passed on.
+        raise StateUnavailable("the state's URL is not a valid PostgreSQL URL") from None
+    read_only = f"-c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    params["options"] = f"{params.get('options', '')} {read_only}".strip()
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    params.setdefault("application_name", "aki-alert-console")
+    try:
+        db = psycopg.connect(autocommit=True, **params)
+    except psycopg.Error as e:
+        raise StateUnavailable(f"state {name} cannot be opened: {e}") from e
+    return Reader(db, name, psycopg.Error, placeholder="%s", bytewise=' COLLATE "C"')
 
 
 # --- alerts ---------------------------------------------------------------------------------
@@ -123,7 +202,7 @@ class AlertList:
     older_than: int | None           # `before` for the next (older) page, None at the end
 
 
-def _outbox_by_status(db: sqlite3.Connection) -> dict[str, int]:
+def _outbox_by_status(db: Reader) -> dict[str, int]:
     """Pages by delivery status, pending ones that failed at least once as "retrying"."""
     by_status: dict[str, int] = {}
     for status, retrying, n in db.execute(
@@ -134,7 +213,7 @@ def _outbox_by_status(db: sqlite3.Connection) -> dict[str, int]:
     return by_status
 
 
-def alerts(db: sqlite3.Connection, limit: int = ALERTS_LIMIT,
+def alerts(db: Reader, limit: int = ALERTS_LIMIT,
            before: int | None = None) -> AlertList:
     """The latest pages, newest first; `before` an outbox id to page back in time."""
     if before is None:
@@ -178,7 +257,7 @@ class PatientView:
     truncated: bool = False     # more than RESULTS_LIMIT results: the earliest are left out
 
 
-def patient(db: sqlite3.Connection, mrn: str) -> PatientView | None:
+def patient(db: Reader, mrn: str) -> PatientView | None:
     """Everything the console shows of one patient; None when the MRN is unknown."""
     demo = db.execute("SELECT name, birth, sex, admitted, episode_start FROM patients "
                       "WHERE mrn = ?", (mrn,)).fetchone()
@@ -193,8 +272,13 @@ def patient(db: sqlite3.Connection, mrn: str) -> PatientView | None:
     view.stays = _stays(db.execute("SELECT event, time FROM admissions WHERE mrn = ? "
                                    "ORDER BY time, id", (mrn,)).fetchall())
     # ',' < '-': every body of this MRN lies in ['MRN,', 'MRN-'), a range of the UNIQUE index.
+    # Byte order only: PostgreSQL compares in the database's collation, where English ignores
+    # punctuation and '7,2024…' falls outside ['7,', '7-'). Its `COLLATE "C"` is not the
+    # index's collation, so there the range is a scan of the outbox (a few thousand pages a
+    # year; ~1.5 ms per 20,000 measured).
+    body = f"o.body{db.bytewise}"
     view.pages = [_alert(r) for r in db.execute(
-        f"SELECT {_ALERT_COLUMNS} FROM outbox o WHERE o.body >= ? AND o.body < ? AND o.mrn = ? "
+        f"SELECT {_ALERT_COLUMNS} FROM outbox o WHERE {body} >= ? AND {body} < ? AND o.mrn = ? "
         "ORDER BY o.result_time LIMIT ?", (f"{mrn},", f"{mrn}-", mrn, ALERTS_LIMIT))]
     return view
 
@@ -255,7 +339,7 @@ class ServiceView:
     outbox_errors: list[OutboxError]
 
 
-def _first_id_from(db: sqlite3.Connection, lo: int, hi: int, t: float) -> int:
+def _first_id_from(db: Reader, lo: int, hi: int, t: float) -> int:
     """Smallest journal id in [lo, hi] received at or after `t` (hi + 1 when none), by binary
     search: received_at grows with the id."""
     while lo <= hi:
@@ -269,7 +353,7 @@ def _first_id_from(db: sqlite3.Connection, lo: int, hi: int, t: float) -> int:
     return lo
 
 
-def service(db: sqlite3.Connection, now: float | None = None,
+def service(db: Reader, now: float | None = None,
             minutes: int = RATE_MINUTES) -> ServiceView:
     now = time.time() if now is None else now
     meta = dict(db.execute("SELECT key, value FROM meta"))

@@ -2,9 +2,10 @@
 
 `http.server.ThreadingHTTPServer` in a daemon thread, a thread per connection (at most
 `MAX_BUSY` of them reading the state and rendering at once; more wait briefly, then get 503).
-It never touches the service's own SQLite connection: each request opens its own read-only
-one (`queries.connect`), so the console cannot block or slow the ingest transaction beyond
-sharing the CPU.
+It never touches the service's own connection: each request opens its own read-only one to
+the SQLite file or the PostgreSQL database (`queries.reading`), so the console cannot block or
+slow the ingest transaction beyond sharing the CPU (and, on PostgreSQL, the server). A state
+that cannot be read is a 503 whose page and log line never show a password.
 
 Access: every path, even an unknown one, needs `Authorization: Bearer <token>` or HTTP basic
 auth whose password is the token (any user name), so a browser can log in with its own
@@ -22,7 +23,6 @@ import hashlib
 import hmac
 import logging
 import socket
-import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,14 +77,14 @@ class ConsoleServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 16
 
-    def __init__(self, address: tuple[str, int], token: str, state_path: str,
+    def __init__(self, address: tuple[str, int], token: str, state: str,
                  metrics_url: str | None = None) -> None:
         if not token:
             raise ValueError("the console needs a token")
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.token_digest = hashlib.sha256(token.encode("utf-8")).digest()
-        self.state_path = state_path
+        self.state = state            # a SQLite file's path or a postgresql:// URL
         self.metrics_url = metrics_url
         self.busy = threading.BoundedSemaphore(MAX_BUSY)
         self._thread: threading.Thread | None = None
@@ -199,7 +199,7 @@ class Handler(BaseHTTPRequestHandler):
     def _not_found(self, message: str) -> None:
         self._send(404, render.error_page(404, "Not found", message))
 
-    def _patient(self, db: sqlite3.Connection, mrn: str) -> str | None:
+    def _patient(self, db: queries.Reader, mrn: str) -> str | None:
         view = queries.patient(db, mrn)
         return None if view is None else render.patient_page(view)
 
@@ -211,14 +211,10 @@ class Handler(BaseHTTPRequestHandler):
                        (("Retry-After", "1"),))
             return
         try:
-            db = queries.connect(self.server.state_path)
-            try:
+            with queries.reading(self.server.state) as db:
                 page = build(db)
-            finally:
-                db.close()
-        except (queries.StateUnavailable, sqlite3.Error) as e:
+        except queries.StateUnavailable as e:
             log.warning("console cannot read the state: %s", e)
-            page = None
             self._send(503, render.error_page(503, "State unavailable",
                                               "The service's state cannot be read right now."),
                        (("Retry-After", "2"),))

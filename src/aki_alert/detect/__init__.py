@@ -31,7 +31,7 @@ class Judgement:
     threshold: float    # positive when score >= threshold
     detector: str       # "nhs" or "model"
     version: str        # algorithm or model version
-    stage: int          # NHS stage 0–3 of this result (always computed, for the explanation)
+    stage: int | None   # NHS stage 0–3, to explain a page (the model: its positives only)
     baseline: float | None  # the NHS baseline used (RV1 or RV2), None without one
     ratio: float | None     # value / baseline
 

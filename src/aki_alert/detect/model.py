@@ -258,14 +258,16 @@ class ModelDetector:
     def judge(self, patient: Patient, time: int, value: float) -> Judgement:
         age = age_years(patient.birth, time) if patient.birth is not None else None
         p = self.probability(patient.times, patient.values, time, value, age, patient.sex)
-        nhs = nhs_stage(patient.times, patient.values, time, value)
+        positive = p >= self.threshold
+        # The NHS view explains a page; computing it for every result cost a quarter of judge.
+        nhs = nhs_stage(patient.times, patient.values, time, value) if positive else None
         return Judgement(
-            positive=p >= self.threshold,
+            positive=positive,
             score=p,
             threshold=self.threshold,
             detector=self.name,
             version=self.version,
-            stage=nhs.stage,
-            baseline=nhs.baseline,
-            ratio=nhs.ratio,
+            stage=nhs.stage if nhs else None,
+            baseline=nhs.baseline if nhs else None,
+            ratio=nhs.ratio if nhs else None,
         )

@@ -11,7 +11,8 @@ import sqlite3
 import sys
 from typing import TYPE_CHECKING, Union
 
-from .sqlite import SqliteStore, StateError
+from .admin import NewerSchemaError, StateError
+from .sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 else:
     Store = SqliteStore
 
-__all__ = ["open_store", "is_postgres_url", "is_storage_failure", "Store", "StateError"]
+__all__ = ["open_store", "is_postgres_url", "is_storage_failure", "is_database_error", "Store",
+           "StateError", "NewerSchemaError"]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -29,20 +31,24 @@ def is_postgres_url(state_url: str | None) -> bool:
     return bool(state_url) and state_url.startswith(_POSTGRES_SCHEMES)
 
 
-def open_store(state_dir: str, state_url: str | None, durability: str) -> Store:
+def open_store(state_dir: str, state_url: str | None, durability: str, *, migrate: bool = True,
+               readonly: bool = False) -> Store:
     """PostgresStore for a `postgresql://…` (or `postgres://…`) URL, otherwise the SQLite file
-    STATE_DIR/state.db. Raises StateError when the state cannot be opened."""
+    STATE_DIR/state.db. Raises StateError when the state cannot be opened. `migrate=False`
+    leaves migrating to an explicit `store.migrate()`; `readonly` neither writes nor migrates
+    (see the stores)."""
     if is_postgres_url(state_url):
         try:
             from .postgres import PostgresStore
         except ImportError as e:
             raise StateError(f"STATE_URL is a PostgreSQL URL but psycopg is not installed: {e}"
                              ) from e
-        return PostgresStore(state_url, durability)
+        return PostgresStore(state_url, durability, migrate=migrate, readonly=readonly)
     if state_url:
         raise StateError("STATE_URL must be a postgresql:// URL (or unset for SQLite in "
                          "STATE_DIR)")
-    return SqliteStore(os.path.join(state_dir, "state.db"), durability)
+    return SqliteStore(os.path.join(state_dir, "state.db"), durability, migrate=migrate,
+                       readonly=readonly)
 
 
 def is_storage_failure(e: BaseException) -> bool:
@@ -55,4 +61,14 @@ def is_storage_failure(e: BaseException) -> bool:
     if "psycopg" in sys.modules:          # only when a PostgresStore was opened
         from .postgres import is_storage_failure as postgres_failure
         return postgres_failure(e)
+    return False
+
+
+def is_database_error(e: BaseException) -> bool:
+    """An error raised by either backend's driver (what the operator's commands report as one
+    line rather than a traceback)."""
+    if isinstance(e, sqlite3.Error):
+        return True
+    if "psycopg" in sys.modules:
+        return isinstance(e, sys.modules["psycopg"].Error)
     return False

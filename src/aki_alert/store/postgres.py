@@ -31,13 +31,18 @@ a power cut) also needs the server's `fsync = on`, checked at open (a warning if
 Synchronous replication (`remote_apply`) belongs to the HA part (docs/postgres.md).
 
 Schema version: the single-row table `schema_version` (SQLite keeps it in PRAGMA
-user_version); the numbers are the same (SCHEMA_VERSION in sqlite.py). Migrations take a
+user_version); the numbers and the steps after v1 are the same (admin.py). Migrations take a
 transaction-scoped advisory lock, so two processes starting at once migrate once.
 
 `archive(suffix)` moves every table (and the dead_letters view) into a new schema
 `archived_<suffix>` and creates empty ones in their place, in one transaction (PostgreSQL DDL
 is transactional: a failure leaves the state as it was). The archive is never overwritten:
 `archived_<suffix>-2`, -3… when the name is taken. Drop it with `DROP SCHEMA "…" CASCADE`.
+
+Backend-neutral copies (`aki-alert state backup` / `restore`): `backup_to(path)` writes the
+state, as of one read-only snapshot, into a new SQLite state file of the same schema version;
+`restore_from(path, suffix)` archives the state and loads such a file in its place, in one
+transaction. So a backup of either backend restores into either.
 """
 
 from __future__ import annotations
@@ -51,8 +56,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
+from .admin import (
+    COMMON_MIGRATIONS,
+    DATA_TABLES,
+    SCHEMA_VERSION,
+    StateAdmin,
+    StateError,
+    plan,
+)
 from .rows import PendingPage, RowOps
-from .sqlite import SCHEMA_VERSION, StateError
 
 __all__ = ["PostgresStore", "PendingPage", "StateError", "SCHEMA_VERSION"]
 
@@ -62,7 +74,7 @@ CONNECT_TIMEOUT = 5            # seconds, unless the URL says otherwise
 _MIGRATE_LOCK = 0x616B6931     # advisory lock key ("aki1") held while migrating
 
 # The tables a state is made of, moved together by archive() (the view goes with them).
-_TABLES = ("schema_version", "meta", "patients", "admissions", "results", "journal", "outbox")
+_TABLES = ("schema_version", *DATA_TABLES)
 
 _MIGRATIONS = {
     1: """
@@ -122,6 +134,7 @@ _MIGRATIONS = {
     CREATE INDEX outbox_pending ON outbox (status) WHERE status = 'pending';
     INSERT INTO schema_version (version) VALUES (1)
     """,
+    **COMMON_MIGRATIONS,
 }
 
 
@@ -147,14 +160,22 @@ def is_storage_failure(e: BaseException) -> bool:
     return isinstance(e, psycopg.Error)
 
 
-class PostgresStore(RowOps):
-    _idle_ms = IDLE_IN_TRANSACTION_MS
+class PostgresStore(RowOps, StateAdmin):
+    """`readonly`: a session that cannot write and does not migrate; `migrate=False`: writable,
+    migrated only by an explicit `migrate()` (`aki-alert state migrate`)."""
 
-    def __init__(self, url: str, durability: str = "process") -> None:
+    _idle_ms = IDLE_IN_TRANSACTION_MS
+    _MIGRATIONS = _MIGRATIONS
+
+    def __init__(self, url: str, durability: str = "process", *, migrate: bool = True,
+                 readonly: bool = False) -> None:
         self.url = url
         self.durability = durability
+        self.readonly = readonly
+        self.location = self._safe_url()
         self.db: psycopg.Connection = self._connect()
-        self._migrate()
+        if migrate and not readonly:
+            self.migrate()
 
     # --- connection ---------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection:
@@ -168,6 +189,8 @@ class PostgresStore(RowOps):
             # and block the replica that takes over; the server ends such a session instead.
             # The service never waits inside a transaction: a message is one short one.
             db.execute(f"SET idle_in_transaction_session_timeout = {self._idle_ms}")
+            if self.readonly:
+                db.execute("SET default_transaction_read_only = on")
             if self.durability == "machine":
                 fsync = db.execute("SHOW fsync").fetchone()[0]
                 if fsync != "on":
@@ -196,46 +219,145 @@ class PostgresStore(RowOps):
         return self.db.info.transaction_status in (TransactionStatus.INTRANS,
                                                    TransactionStatus.INERROR)
 
-    def _migrate(self) -> None:
-        db = self.db
+    # --- schema (admin.py plans and applies the migrations) -------------------------------
+    def schema_version(self) -> int:
+        """0 for an empty schema; StateError for tables that are not an aki-alert state."""
+        schema = self._schema()
+        tables = self.tables()
+        if "schema_version" in tables:
+            return self.db.execute("SELECT version FROM schema_version").fetchone()[0]
+        if "journal" in tables:
+            raise StateError(f"schema {schema} of {self.location} holds tables but no "
+                             "schema_version: not an aki-alert state")
+        return 0
+
+    def _set_schema_version(self, version: int) -> None:
+        self.db.execute("UPDATE schema_version SET version = %s", (version,))
+
+    @contextmanager
+    def _migrating(self) -> Iterator[None]:
         try:
-            db.execute("BEGIN")
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
-            schema = db.execute("SELECT current_schema()").fetchone()[0]
-            if schema is None:
-                raise StateError(f"state {self._safe_url()}: no schema in the search_path exists")
-            version = 0
-            if self._has_table(schema, "schema_version"):
-                version = db.execute(sql.SQL("SELECT version FROM {}").format(
-                    sql.Identifier(schema, "schema_version"))).fetchone()[0]
-            elif self._has_table(schema, "journal"):
-                raise StateError(f"schema {schema} of {self._safe_url()} holds tables but no "
-                                 "schema_version: not an aki-alert state")
-            if version > SCHEMA_VERSION:
-                raise StateError(
-                    f"state {self._safe_url()} has schema version {version}, newer than this "
-                    f"release's {SCHEMA_VERSION}: run the newer release or restore a backup"
-                )
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                self._run_script(_MIGRATIONS[v])
-                db.execute("UPDATE schema_version SET version = %s", (v,))
-            db.execute("COMMIT")
-        except BaseException as e:
-            if not db.closed and self.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(e, psycopg.Error):
-                raise StateError(f"cannot migrate state {self._safe_url()}: {e}") from e
+            with self._exclusive():
+                yield
+        except psycopg.Error as e:
+            raise StateError(f"cannot migrate state {self.location}: {e}") from e
+
+    @contextmanager
+    def _own_transaction(self, begin: str, end: str) -> Iterator[None]:
+        """A transaction of its own (an open batch is rolled back first, as SqliteStore.archive
+        closes its connection), ended with `end`, rolled back on an exception."""
+        self.rollback_batch()
+        self._ensure_connected()
+        self.db.execute(begin)
+        try:
+            yield
+        except BaseException:
+            if not self.db.broken and self.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
+        self.db.execute(end)
 
-    def _has_table(self, schema: str, name: str) -> bool:
-        return self.db.execute("SELECT 1 FROM pg_class c JOIN pg_namespace n ON "
-                               "n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-                               (schema, name)).fetchone() is not None
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """A transaction holding the advisory lock that migrations and archives take."""
+        with self._own_transaction("BEGIN", "COMMIT"):
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+            yield
 
-    def _run_script(self, script: str) -> None:
-        for statement in script.split(";"):
-            if statement.strip():
-                self.db.execute(statement)
+    def _schema(self) -> str:
+        schema = self.db.execute("SELECT current_schema()").fetchone()[0]
+        if schema is None:
+            raise StateError(f"state {self.location}: no schema in the search_path exists")
+        return schema
+
+    # --- the whole state (statecmd.py) ----------------------------------------------------
+    def tables(self) -> set[str]:
+        """Names of the tables, views, indexes and sequences in the state's schema."""
+        return {r[0] for r in self.db.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema()")}
+
+    def integrity(self) -> None:
+        """SQLite's integrity_check has no PostgreSQL equivalent (the server checks its own
+        pages: data checksums, amcheck): None, "not run"."""
+        return None
+
+    def storage(self) -> dict:
+        """Where the state is and how big, and its archive schemas (`state status`)."""
+        size = self.db.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind = 'r'").fetchone()[0]
+        archives = [r[0] for r in self.db.execute(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'archived_') "
+            "ORDER BY nspname")]
+        return {"backend": "postgres", "path": self.location, "size_bytes": int(size),
+                "wal_bytes": None, "archives": archives}
+
+    def backup_to(self, path: str) -> None:
+        """Write the state, as of one read-only snapshot (safe while the service writes), into
+        a new SQLite state file at `path` of the same schema version."""
+        from .sqlite import SqliteStore
+
+        with self._own_transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                                   "ROLLBACK"):
+            version = plan(self.schema_version(), self.location).current
+            dst = SqliteStore(path, migrate=False)
+            try:
+                dst.migrate(target=version)
+                with dst.transaction():
+                    for table in DATA_TABLES:
+                        columns = dst.columns(table)
+                        dst.write_table(table, columns, self._read_table(table, columns))
+            finally:
+                dst.close()
+
+    def restore_from(self, path: str, suffix: str) -> str | None:
+        """Replace the state with the SQLite state file at `path`, in one transaction: the
+        current state is archived first (its schema's name is returned; None when there was
+        none), tables are created at the file's schema version (the next open migrates them, as
+        for a restored SQLite file) and the file's rows are loaded."""
+        from .sqlite import SqliteStore
+
+        src = SqliteStore(path, readonly=True)
+        try:
+            version = plan(src.schema_version(), path).current
+            with self._exclusive():
+                archived = self._archive_tables(suffix) if "journal" in self.tables() else None
+                self._apply(range(1, version + 1))
+                for table in DATA_TABLES:
+                    columns = src.columns(table)
+                    self._write_table(table, columns, src.read_table(table, columns))
+                self._continue_identities()
+        finally:
+            src.close()
+        return archived
+
+    def _read_table(self, table: str, columns: list[str]) -> Iterator[tuple]:
+        """Stream a table's rows through a server-side cursor (inside a transaction)."""
+        query = sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table))
+        with self.db.cursor(name=f"read_{table}") as cur:
+            cur.itersize = 2000
+            cur.execute(query)
+            yield from cur
+
+    def _write_table(self, table: str, columns: list[str], rows: Iterable[tuple]) -> None:
+        query = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+        with self.db.cursor() as cur, cur.copy(query) as copy:
+            for row in rows:
+                copy.write_row(tuple(_t(v) if isinstance(v, str) else v for v in row))
+
+    def _continue_identities(self) -> None:
+        """After rows were loaded with their ids, new rows are numbered after them."""
+        for table, column in self.db.execute(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND is_identity = 'YES'").fetchall():
+            self.db.execute(sql.SQL(
+                "SELECT setval(pg_get_serial_sequence(%s, %s), coalesce(max({}), 0) + 1, false) "
+                "FROM {}").format(sql.Identifier(column), sql.Identifier(table)),
+                (sql.Identifier(table).as_string(self.db), column))
 
     def _x(self, sql: str, params: tuple = ()) -> psycopg.Cursor:
         """Execute the shared `?`-placeholder SQL (rows.py) as psycopg's `%s`, text without NULs."""
@@ -338,32 +460,26 @@ class PostgresStore(RowOps):
         """Move the state's tables into a new schema `archived_<suffix>` and start empty ones in
         their place; returns the archive schema's name. Like SqliteStore.archive (which closes
         its connection), an open batch is rolled back first."""
-        self.rollback_batch()
-        self._ensure_connected()
+        with self._exclusive():
+            archived = self._archive_tables(suffix)
+            self._apply(range(1, SCHEMA_VERSION + 1))
+        return archived
+
+    def _archive_tables(self, suffix: str) -> str:
+        """Move the state's tables (and view) into a new schema, inside the caller's
+        transaction; an earlier archive is never overwritten."""
         db = self.db
-        try:
-            db.execute("BEGIN")
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
-            schema = db.execute("SELECT current_schema()").fetchone()[0]
-            base = f"archived_{suffix}"[:59]      # identifiers are at most 63 bytes
-            archived, n = base, 1
-            while db.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
-                             (archived,)).fetchone():   # never overwrite an earlier archive
-                n += 1
-                archived = f"{base}-{n}"
-            target = sql.Identifier(archived)
-            db.execute(sql.SQL("CREATE SCHEMA {}").format(target))
-            for name in (*_TABLES, "dead_letters"):
-                kind = "VIEW" if name == "dead_letters" else "TABLE"
-                db.execute(sql.SQL("ALTER {} {} SET SCHEMA {}").format(
-                    sql.SQL(kind), sql.Identifier(schema, name), target))
-            self._run_script(_MIGRATIONS[1])
-            for v in range(2, SCHEMA_VERSION + 1):
-                self._run_script(_MIGRATIONS[v])
-                db.execute("UPDATE schema_version SET version = %s", (v,))
-            db.execute("COMMIT")
-        except BaseException:
-            if not db.broken and self.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        schema = self._schema()
+        base = f"archived_{suffix}"[:59]      # identifiers are at most 63 bytes
+        archived, n = base, 1
+        while db.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                         (archived,)).fetchone():
+            n += 1
+            archived = f"{base}-{n}"
+        target = sql.Identifier(archived)
+        db.execute(sql.SQL("CREATE SCHEMA {}").format(target))
+        for name in (*_TABLES, "dead_letters"):
+            kind = "VIEW" if name == "dead_letters" else "TABLE"
+            db.execute(sql.SQL("ALTER {} {} SET SCHEMA {}").format(
+                sql.SQL(kind), sql.Identifier(schema, name), target))
         return archived

@@ -26,6 +26,11 @@ class RowOps:
     def _x(self, sql: str, params: tuple = ()):  # pragma: no cover - each backend has its own
         raise NotImplementedError
 
+    def _insert_id(self, sql: str, params: tuple) -> int | None:
+        """Run an `INSERT … ON CONFLICT DO NOTHING`; the new row's id, None when it did nothing."""
+        row = self._x(sql + " RETURNING id", params).fetchone()
+        return None if row is None else row[0]
+
     # --- provenance ---------------------------------------------------------------------
     def meta(self) -> dict[str, str]:
         return dict(self._x("SELECT key, value FROM meta").fetchall())
@@ -39,12 +44,10 @@ class RowOps:
     def journal(self, digest: bytes, kind: str, mrn: str | None, status: str,
                 reason: str | None, raw: bytes) -> int | None:
         """Record a message; None when these exact bytes were journaled before (a re-delivery)."""
-        row = self._x(
+        return self._insert_id(
             "INSERT INTO journal (digest, received_at, kind, mrn, status, reason, raw) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-            (digest, time.time(), kind, mrn, status, reason, raw),
-        ).fetchone()
-        return None if row is None else row[0]
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (digest, time.time(), kind, mrn, status, reason, raw))
 
     def set_journal_status(self, journal_id: int, status: str, reason: str | None = None) -> None:
         self._x("UPDATE journal SET status = ?, reason = ? WHERE id = ?",
@@ -90,12 +93,10 @@ class RowOps:
     def add_page(self, mrn: str, result_time: int, body: str, explanation: str,
                  journal_id: int, status: str = "pending") -> int | None:
         """Queue a page in the outbox; None when this exact page was queued before."""
-        row = self._x(
+        return self._insert_id(
             "INSERT INTO outbox (mrn, result_time, body, created_at, status, explanation, "
-            "journal_id) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-            (mrn, result_time, body, time.time(), status, explanation, journal_id),
-        ).fetchone()
-        return None if row is None else row[0]
+            "journal_id) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (mrn, result_time, body, time.time(), status, explanation, journal_id))
 
     # --- outbox (the dispatcher's side) -------------------------------------------------
     def pending_pages(self) -> list[PendingPage]:

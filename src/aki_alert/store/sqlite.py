@@ -5,6 +5,9 @@ change and any page decision are committed together or not at all. WAL mode with
 `synchronous=NORMAL` (durability "process") survives a crash of the process at any instant;
 `synchronous=FULL` (durability "machine") also survives a power cut, at the cost of an fsync
 per message.
+
+Schema version: PRAGMA user_version; the migrations after v1 and the logic applying them are
+shared with PostgreSQL (admin.py).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+from .admin import COMMON_MIGRATIONS, SCHEMA_VERSION, StateAdmin, StateError
 from .rows import RowOps
 
-SCHEMA_VERSION = 1
+__all__ = ["SqliteStore", "StateError", "SCHEMA_VERSION"]
 
 _MIGRATIONS = {
     1: """
@@ -71,46 +76,102 @@ _MIGRATIONS = {
     );
     CREATE INDEX outbox_pending ON outbox (status) WHERE status = 'pending';
     """,
+    **COMMON_MIGRATIONS,
 }
 
 
-class StateError(Exception):
-    """The state cannot be opened or is not one this version understands."""
+class SqliteStore(RowOps, StateAdmin):
+    """`readonly`: a read-only connection that never creates the file and never migrates
+    (safe beside the running service); `migrate=False`: writable, migrated only by an explicit
+    `migrate()` (`aki-alert state migrate`)."""
 
+    _MIGRATIONS = _MIGRATIONS
 
-class SqliteStore(RowOps):
-    def __init__(self, path: str, durability: str = "process") -> None:
-        self.path = path
+    def __init__(self, path: str, durability: str = "process", *, migrate: bool = True,
+                 readonly: bool = False) -> None:
+        self.path = self.location = path
         self.durability = durability
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            if readonly:
+                self.db = sqlite3.connect(Path(path).absolute().as_uri() + "?mode=ro", uri=True,
+                                          isolation_level=None, check_same_thread=False)
+            else:
+                self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                self.db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as e:
             raise StateError(f"cannot open state database {path}: {e}") from e
         self.db.execute("PRAGMA synchronous=" + ("FULL" if durability == "machine" else "NORMAL"))
         self.db.execute("PRAGMA foreign_keys=OFF")
         self.db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
+        if migrate and not readonly:
+            self.migrate()
 
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StateError(
-                f"state {self.path} has schema version {version}, newer than this release's "
-                f"{SCHEMA_VERSION}: run the newer release or restore a backup"
-            )
-        for v in range(version + 1, SCHEMA_VERSION + 1):
+    # --- schema (admin.py plans and applies the migrations) -------------------------------
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _set_schema_version(self, version: int) -> None:
+        self.db.execute(f"PRAGMA user_version={int(version)}")
+
+    @contextmanager
+    def _migrating(self) -> Iterator[None]:
+        try:
             with self.transaction():
-                self._run_script(_MIGRATIONS[v])
-                self.db.execute(f"PRAGMA user_version={v}")
+                yield
+        except sqlite3.Error as e:
+            raise StateError(f"cannot migrate state {self.path}: {e}") from e
 
-    def _run_script(self, script: str) -> None:
-        for statement in script.split(";"):
-            if statement.strip():
-                self.db.execute(statement)
+    # --- the whole state (statecmd.py) ----------------------------------------------------
+    def tables(self) -> set[str]:
+        """Names of the tables, views and indexes."""
+        return {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+
+    def integrity(self) -> list[str]:
+        """SQLite's integrity_check: one line per problem, [] when the file is sound."""
+        rows = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
+        return [] if rows == ["ok"] else rows
+
+    def storage(self) -> dict:
+        """Where the state is and how big, and the archives beside it (`state status`)."""
+        wal = self.path + "-wal"
+        return {
+            "backend": "sqlite",
+            "path": self.path,
+            "size_bytes": os.path.getsize(self.path),
+            "wal_bytes": os.path.getsize(wal) if os.path.exists(wal) else 0,
+            "archives": sorted(f.name for f in
+                               Path(self.path).parent.glob(Path(self.path).name + ".archived-*")),
+        }
+
+    def columns(self, table: str) -> list[str]:
+        return [r[1] for r in self.db.execute(f'PRAGMA table_info("{table}")')]
+
+    def read_table(self, table: str, columns: list[str]) -> Iterator[tuple]:
+        names = ", ".join(f'"{c}"' for c in columns)
+        return iter(self.db.execute(f'SELECT {names} FROM "{table}"'))
+
+    def write_table(self, table: str, columns: list[str], rows: Iterable[tuple]) -> None:
+        names = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join("?" * len(columns))
+        self.db.executemany(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', rows)
+
+    def backup_to(self, path: str) -> None:
+        """Copy the state into a new file at `path` with SQLite's backup API: one committed
+        snapshot (safe while the service writes)."""
+        dst = sqlite3.connect(path)
+        try:
+            self.db.backup(dst)
+        finally:
+            dst.close()
 
     def _x(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         return self.db.execute(sql, params)
+
+    def _insert_id(self, sql: str, params: tuple) -> int | None:
+        # Not RETURNING: SQLite materialises its result, which took longer than the insert
+        # itself (docs/performance.md); rowcount and lastrowid say the same.
+        cur = self.db.execute(sql, params)
+        return cur.lastrowid if cur.rowcount == 1 else None
 
     def close(self) -> None:
         self.db.close()
