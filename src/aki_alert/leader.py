@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 import time
 import uuid
 
@@ -40,6 +41,8 @@ class Lease:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.epoch: int | None = None
         self.valid_until = 0.0
+        self.lost = threading.Event()
+        self.on_lost: Callable[[], None] = lambda: None
         import psycopg  # only replicas on PostgreSQL need it
 
         self._error = psycopg.Error
@@ -97,15 +100,17 @@ class Lease:
             time.sleep(self.ttl / 4)
         log.info("leader: lease epoch %d held by %s", self.epoch, self.holder)
 
-    def keep_renewing(self, on_lost) -> None:
-        """Renew in a thread of its own (its own connection), so a leader whose feed is busy or
-        blocked keeps its lease; `on_lost()` is called once if a renewal fails."""
+    def keep_renewing(self) -> None:
+        """Renew in a thread of its own (its own connection), from the moment this replica
+        leads: through a long start-up (a history import) and while its feed is busy or
+        blocked. If a renewal fails, `lost` is set and `on_lost()` called, once."""
         self._stop = threading.Event()
 
         def run() -> None:
             while not self._stop.wait(self.ttl / 4):
                 if not self.renew():
-                    on_lost()
+                    self.lost.set()
+                    self.on_lost()
                     return
 
         self._renewer = threading.Thread(target=run, name="lease", daemon=True)

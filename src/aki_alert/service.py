@@ -114,7 +114,9 @@ class Service:
         background = [asyncio.create_task(self._commit_idle_batches()),
                       asyncio.create_task(self._housekeeping())]
         if self.lease is not None:
-            self.lease.keep_renewing(lambda: loop.call_soon_threadsafe(self._step_down))
+            self.lease.on_lost = lambda: loop.call_soon_threadsafe(self._step_down)
+            if self.lease.lost.is_set():          # lost during start-up
+                self._step_down()
         if self.cfg.labels_path:
             monitor = LabelsMonitor(self.cfg.labels_path, self.store)
             background.append(asyncio.create_task(self._score_quality(monitor)))
@@ -125,8 +127,6 @@ class Service:
         log.info("stopped reading; waiting up to %.0fs for %d page(s) in flight",
                  DRAIN_SECONDS, self.dispatcher.in_flight)
         await self.dispatcher.drain(DRAIN_SECONDS)
-        if self.lease is not None:
-            self.lease.release()
         self.durable.msglog.close()
         self.store.close()
         log.info("shut down cleanly")
@@ -200,15 +200,27 @@ def serve(cfg: Config) -> None:
         except OSError as e:
             raise StartupError(f"METRICS_PORT {cfg.metrics_port} cannot be opened: "
                                f"{e.strerror or e}") from e
-    lease = None
-    if cfg.state_url:
-        from .leader import Lease
+    lease = _lead(cfg) if cfg.state_url else None
+    try:
+        _serve(cfg, readiness, lease)
+    finally:
+        if lease is not None:
+            lease.release()        # a clean stop, or a failed start-up: hand over at once
 
-        try:
-            lease = Lease(cfg.state_url, cfg.lease_seconds)
-        except Exception as e:  # noqa: BLE001 - psycopg's errors, reported as one line
-            raise StartupError(f"STATE_URL: cannot reach the database: {e}") from e
-        lease.wait()
+
+def _lead(cfg: Config) -> Lease:
+    """Wait until this replica leads, then keep the lease renewed from its own thread, through
+    the start-up (which may import a large history) as well as the service's run."""
+    try:
+        lease = Lease(cfg.state_url, cfg.lease_seconds)
+    except Exception as e:  # noqa: BLE001 - psycopg's errors, reported as one line
+        raise StartupError(f"STATE_URL: cannot reach the database: {e}") from e
+    lease.wait()
+    lease.keep_renewing()
+    return lease
+
+
+def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> None:
     store = open_state(cfg)
     if lease is not None:
         # A predecessor paused inside a transaction must not block us past our own lease.

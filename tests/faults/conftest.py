@@ -1,5 +1,6 @@
 """Fixtures of the fault-injection suite: generated streams, their uninterrupted score, and a
-harness that stops every hospital and service process it started, even when a test fails."""
+harness that stops every hospital and service process it started, even when a test fails.
+Every test that uses `harness` runs on both state backends."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ def small_stream(tmp_path_factory):
 
 
 @pytest.fixture
-def harness():
-    h = Harness()
+def harness(backend):
+    """On both backends (the `backend` fixture of tests/conftest.py): test ids end in
+    [sqlite] or [postgresql]."""
+    h = Harness(backend)
     try:
         yield h
     finally:

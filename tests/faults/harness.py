@@ -1,13 +1,13 @@
 """What every fault test shares: a generated stream with its uninterrupted (offline) score, a
-harness that starts the built-in hospital and the real `aki-alert serve` process and stops them
-all at the end, and read-only queries of the service's state."""
+harness that starts the built-in hospital and the real `aki-alert serve` process (on the test's
+state backend) and stops them all at the end, and read-only queries of the service's state
+(`State.value`, the same SQL for SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from aki_alert.hospital.scoring import Score, Scorer
 from aki_alert.hospital.simulator import HospitalThread
 from aki_alert.offline import offline_pages
 from aki_alert.timeutil import parse_hl7_time
-from integration.service_process import log_text, start, wait_for
+from integration.service_process import SQLITE, Backend, State, log_text, start, wait_for
 
 
 def score_pages(rows: list[AkiRow], pages: list[str]) -> Score:
@@ -76,9 +76,11 @@ def free_port() -> int:
 
 
 class Harness:
-    """Starts hospitals (`HospitalThread`) and service processes; `close()` stops them all."""
+    """Starts hospitals (`HospitalThread`) and service processes on `backend`; `close()` stops
+    them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend = SQLITE) -> None:
+        self.backend = backend
         self.hospitals: list[HospitalThread] = []
         self.procs: list[subprocess.Popen] = []
         self.cleanups: list = []
@@ -89,9 +91,13 @@ class Harness:
         h.start()
         return h
 
-    def serve(self, h: HospitalThread, state_dir: Path, history: Path,
+    def state(self, directory: Path) -> State:
+        """The state of this test's services: `directory` as STATE_DIR, on the backend."""
+        return self.backend.state(directory)
+
+    def serve(self, h: HospitalThread, state: State, history: Path,
               **env: str) -> subprocess.Popen:
-        proc = start(h.hospital.mllp_port, h.hospital.pager_port, state_dir, history, **env)
+        proc = start(h.hospital.mllp_port, h.hospital.pager_port, state, history, **env)
         self.procs.append(proc)
         return proc
 
@@ -126,25 +132,21 @@ class Harness:
                 pass
 
 
-def query(state_dir: Path, sql: str, *args) -> int:
-    """One number from the service's state, read-only (safe while the service runs: WAL)."""
-    db = sqlite3.connect(f"file:{state_dir / 'state.db'}?mode=ro", uri=True, timeout=5)
-    try:
-        return db.execute(sql, args).fetchone()[0]
-    finally:
-        db.close()
+def query(state: State, sql: str, *args):
+    """One value from the service's state, read-only (safe while the service runs)."""
+    return state.value(sql, *args)
 
 
-def assert_journal_complete(state_dir: Path, messages: list[bytes]) -> None:
+def assert_journal_complete(state: State, messages: list[bytes]) -> None:
     """Every distinct message the hospital had acknowledged is in the journal: none lost."""
     distinct = len(set(messages))
-    journaled = query(state_dir, "SELECT count(*) FROM journal")
+    journaled = query(state, "SELECT count(*) FROM journal")
     assert journaled == distinct, (f"{distinct - journaled} acknowledged message(s) missing "
                                    f"from the journal ({journaled} of {distinct})")
 
 
-def pending_pages(state_dir: Path) -> int:
-    return query(state_dir, "SELECT count(*) FROM outbox WHERE status = 'pending'")
+def pending_pages(state: State) -> int:
+    return query(state, "SELECT count(*) FROM outbox WHERE status = 'pending'")
 
 
 def reach(h: HospitalThread, proc: subprocess.Popen, position: int,
@@ -156,11 +158,11 @@ def reach(h: HospitalThread, proc: subprocess.Popen, position: int,
     assert proc.poll() is None, "the service exited:\n" + log_text(proc)[-3000:]
 
 
-def finish(h: HospitalThread, proc: subprocess.Popen, state_dir: Path,
+def finish(h: HospitalThread, proc: subprocess.Popen, state: State,
            timeout: float = 60.0) -> None:
     """Wait until the hospital has every message acknowledged and the outbox is empty."""
     n = len(h.hospital.frames)
     assert h.wait_done(timeout), (f"stream stalled at {h.hospital.next}/{n}:\n"
                                   + log_text(proc)[-3000:])
-    assert wait_for(lambda: pending_pages(state_dir) == 0, timeout, interval=0.05), (
-        f"{pending_pages(state_dir)} page(s) still pending:\n" + log_text(proc)[-3000:])
+    assert wait_for(lambda: pending_pages(state) == 0, timeout, interval=0.05), (
+        f"{pending_pages(state)} page(s) still pending:\n" + log_text(proc)[-3000:])

@@ -20,13 +20,17 @@ def test_100_disconnects_same_score_nothing_paged_twice(tmp_path, small_stream, 
     that was not recognised as a duplicate would page again (pages > distinct) or count a result
     twice. Resume mode re-sends nothing: a message ACKed but lost would be missing from the
     journal. Every drop also exercises the reconnect loop (101 connections)."""
+    if mode == "replay" and harness.backend.name == "postgresql":
+        pytest.skip("time: ~70,000 re-deliveries, each its own commit on PostgreSQL (over 60 s); "
+                    "its duplicate detection runs there in test_replay_from_start_pages_nothing"
+                    "_twice[postgresql] and the store contract tests")
     # Replay mode sends ~50 times the stream: a smaller stream keeps it to a few seconds.
     s = small_stream if mode == "replay" else stream
     n = len(s.messages)
     every = (n - 1) // DISCONNECTS
     drops = (n - 1) // every                # a drop after every `every` new ACKs, but the last
     assert drops >= DISCONNECTS
-    state = tmp_path / "state"
+    state = harness.state(tmp_path / "state")
     kwargs = {"resume_state": tmp_path / "resume.json"} if mode == "resume" else {}
     h = harness.hospital(s.messages, s.rows, mllp_faults=MllpFaults(disconnect_every=every),
                          **kwargs)

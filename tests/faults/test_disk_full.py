@@ -59,16 +59,19 @@ def stalled(h, seconds: float) -> bool:
     return h.hospital.next == before
 
 
+# SQLite only: the fault is the SQLite file's filesystem filling up. PostgreSQL's equivalent
+# (the state's database connection lost and refused) is tests/faults/test_state_connection.py.
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_disk_full_stops_acks_loses_nothing_and_recovers(tmp_path, stream, harness):
     """The state lives on a 24 MiB tmpfs. Once it is full the service must not ACK what it
     could not commit: the hospital (resume mode) would never send those messages again, so an
     ACK without a commit shows as a message missing from the journal and a changed score. It
     must not exit either (a crash loop), and once space is freed it must go on by itself."""
-    state = tmp_path / "state"
-    if not mount_tmpfs(state, FS_SIZE):
+    state = harness.state(tmp_path / "state")
+    if not mount_tmpfs(state.dir, FS_SIZE):
         pytest.skip("cannot mount a tmpfs here (needs root and mount permission): "
                     "no way to make SQLite see a full disk")
-    harness.cleanups.append(lambda: subprocess.run(["umount", "-l", str(state)],
+    harness.cleanups.append(lambda: subprocess.run(["umount", "-l", str(state.dir)],
                                                    capture_output=True, timeout=10))
     n = len(stream.messages)
     # Real time, sped up: the stream lasts ~8 s, so there is stream left when the disk fills.
@@ -77,7 +80,7 @@ def test_disk_full_stops_acks_loses_nothing_and_recovers(tmp_path, stream, harne
     proc = harness.serve(h, state, stream.history)
     assert wait_for(lambda: h.hospital.next >= n // 5, 30), log_text(proc)[-3000:]
     filled_at = h.hospital.next
-    fill(state)
+    fill(state.dir)
     # SQLite may still commit into WAL pages already allocated; then it needs a new page.
     assert wait_for(lambda: stalled(h, 1.5), 20), "the service kept ACKing on a full disk"
     stuck_at = h.hospital.next
@@ -89,7 +92,7 @@ def test_disk_full_stops_acks_loses_nothing_and_recovers(tmp_path, stream, harne
     log = log_text(proc)
     assert "cannot store message, not acknowledging it" in log, log[-3000:]
     for name in ("filler", "filler-tail"):
-        os.unlink(state / name)
+        os.unlink(state.dir / name)
     finish(h, proc, state, timeout=60)
     code, _, log = harness.terminate(proc)
     live = h.score()

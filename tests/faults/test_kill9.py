@@ -29,7 +29,7 @@ def test_kill_9_at_20_random_points_loses_nothing_and_pages_once(tmp_path, strea
     # after a (re)start, which can land in the start-up itself (the first history import,
     # the outbox resend, the connect).
     points = sorted(rng.sample(range(20, n - 20), KILLS))
-    state = tmp_path / "state"
+    state = harness.state(tmp_path / "state")
     h = harness.hospital(msgs, stream.rows, resume_state=tmp_path / "resume.json")
     proc = harness.serve(h, state, stream.history)
     positions = []

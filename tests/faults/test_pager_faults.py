@@ -32,7 +32,7 @@ def test_pager_faults_every_page_delivered_once(tmp_path, stream, harness, name)
     one that blocked the feed on the pager would stall the hospital (its 10 s deadline)."""
     faults = SCENARIOS[name]
     speed = 40 * DAY / STREAM_SECONDS if name == "outage" else None
-    state = tmp_path / "state"
+    state = harness.state(tmp_path / "state")
     h = harness.hospital(stream.messages, stream.rows, pager_faults=faults, speed=speed)
     proc = harness.serve(h, state, stream.history)
     finish(h, proc, state, timeout=60)

@@ -82,7 +82,7 @@ def test_poison_messages_are_acked_set_aside_and_change_nothing(tmp_path, stream
     patient's judgement (score differs from the clean run); one not kept would be missing from
     the dead letters."""
     messages, poison, harmless = poisoned(stream)
-    state = tmp_path / "state"
+    state = harness.state(tmp_path / "state")
     h = harness.hospital(messages, stream.rows)
     proc = harness.serve(h, state, stream.history)
     finish(h, proc, state, timeout=60)
@@ -120,7 +120,7 @@ def test_truncated_frames_are_acked_and_never_applied(tmp_path, stream, harness)
     as delivered. (The cut results are lost for good: the hospital moves on after AA.)"""
     delivered, cut = corrupted(stream.messages, CORRUPT_EVERY)
     expected_pages, expected = stream.expect(NhsDetector(), delivered)
-    state = tmp_path / "state"
+    state = harness.state(tmp_path / "state")
     h = harness.hospital(stream.messages, stream.rows,
                          mllp_faults=MllpFaults(corrupt_every=CORRUPT_EVERY))
     proc = harness.serve(h, state, stream.history)
@@ -151,14 +151,14 @@ def test_truncated_results_are_dead_letters(tmp_path, small_stream, harness):
     _, cut = corrupted(s.messages, every)
     extra = (msh("ORU^R01") + "PID|1||1234567\r").encode()     # a result with no OBR, no OBX
     messages = s.messages + [extra]
-    state = tmp_path / "state"
+    state = harness.state(tmp_path / "state")
     h = harness.hospital(messages, s.rows, mllp_faults=MllpFaults(corrupt_every=every))
     proc = harness.serve(h, state, s.history)
     finish(h, proc, state, timeout=60)
     code, _, log = harness.terminate(proc)
     assert code == 0, log[-3000:]
-    kinds = query(state, "SELECT group_concat(DISTINCT kind) FROM journal "
-                         "WHERE status = 'ignored'")
+    kinds = [k for k, in state.rows("SELECT DISTINCT kind FROM journal "
+                                    "WHERE status = 'ignored'")]
     assert query(state, "SELECT count(*) FROM dead_letters") == len(cut) + 1, kinds
 
 
@@ -173,7 +173,7 @@ def test_mrns_and_times_in_non_ascii_digits_are_dead_letters(tmp_path, small_str
               oru("１２３４５６７", "20240411090000", "95.0"),
               oru("1234567", "٢٠٢٤٠٤١١١٠٠٠٠٠", "95.0")]
     messages = s.messages + poison
-    state = tmp_path / "state"
+    state = harness.state(tmp_path / "state")
     h = harness.hospital(messages, s.rows)
     proc = harness.serve(h, state, s.history)
     finish(h, proc, state, timeout=60)

@@ -79,7 +79,7 @@ def test_restart_over_another_environments_state_is_detected_and_scores_as_b(
     assert len(shared) > 10, "B's AKI patients must carry A's MRNs for the test to bite"
     # The same environment name: only the history file tells the two apart, as in the incident.
     env = {"AKI_ENVIRONMENT": "riverside-ward-7"}
-    state = tmp_path / "state"
+    state = harness.state(tmp_path / "state")
     ha = harness.hospital(a.messages, a.rows)
     proc = harness.serve(ha, state, a.history, **env)
     half = len(a.messages) // 2
@@ -99,6 +99,7 @@ def test_restart_over_another_environments_state_is_detected_and_scores_as_b(
     live = hb.score()
     assert code == 0, log[-3000:]
     assert "state provenance mismatch" in log, log[-3000:]
+    assert len(state.archives()) == 1            # A's state set aside, not deleted
     assert re.search(r"^aki_state_provenance_mismatch 1(\.0)?$", text, re.M), text[-2000:]
     assert outcome(live) == outcome(b.expected), live.summary()
     assert live.pages == len(set(b.expected_pages))

@@ -27,7 +27,7 @@ def test_sigterm_in_a_burst_exits_0_within_5s_and_loses_nothing(tmp_path, stream
     n = len(stream.messages)
     rng = random.Random(17)
     points = sorted(rng.sample(range(n // 10, n - n // 10), STOPS))
-    state = tmp_path / "state"
+    state = harness.state(tmp_path / "state")
     h = harness.hospital(stream.messages, stream.rows, resume_state=tmp_path / "resume.json",
                          pager_faults=PagerFaults(hang_rate=0.15, hang_seconds=60.0, seed=5))
     env = {"DETECTOR": "model"}

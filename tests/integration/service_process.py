@@ -1,29 +1,124 @@
-"""Start and stop the real `aki-alert serve` process for end-to-end tests."""
+"""Start and stop the real `aki-alert serve` process for end-to-end tests, on either backend of
+its state, and read that state back (`Backend`, `State`)."""
 
 from __future__ import annotations
 
+import glob
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from aki_alert.hospital.process import terminate
+from aki_alert.store import Store, open_store
+
+# The server tests create their databases on (and drop them from); trust auth, or a password
+# in the URL.
+POSTGRES_ADMIN_URL = os.environ.get("AKI_TEST_POSTGRES_URL",
+                                    "postgresql://postgres@127.0.0.1:5432/postgres")
+# With STATE_URL the service takes a leader lease; a restart after `kill -9` waits until the
+# dead process's lease lapses (at most LEASE_SECONDS), so the shorter the quicker.
+TEST_LEASE_SECONDS = "1"
 
 
-def start(mllp_port: int, pager_port: int, state_dir, history, **extra: str) -> subprocess.Popen:
-    """The service, its log going to a file beside the state (a pipe nobody reads would fill
-    and block it)."""
+@dataclass(frozen=True)
+class Backend:
+    """Where `aki-alert serve` keeps its state in a test: "sqlite" (STATE_DIR/state.db, the
+    default) or "postgresql" (`url`: a fresh database of the test, passed as STATE_URL)."""
+
+    name: str
+    url: str | None = None
+    lease_seconds: str = TEST_LEASE_SECONDS
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The service's extra environment for this backend."""
+        if self.url is None:
+            return {}
+        return {"STATE_URL": self.url, "LEASE_SECONDS": self.lease_seconds}
+
+    def state(self, directory) -> State:
+        return State(Path(directory), self)
+
+
+SQLITE = Backend("sqlite")
+
+
+@dataclass(frozen=True)
+class State:
+    """One service's state: STATE_DIR (always: messages.log lives there) and its backend."""
+
+    dir: Path
+    backend: Backend = SQLITE
+
+    @property
+    def url(self) -> str | None:
+        return self.backend.url
+
+    def rows(self, sql: str, *args) -> list[tuple]:
+        """Rows of a read-only query in the stores' shared dialect (`?` placeholders), safe
+        while the service runs: SQLite opened read-only (WAL), or a read-only PostgreSQL
+        session of its own, named `aki-test` (the service's is `aki-alert`)."""
+        params = args
+        if self.url is None:
+            db = sqlite3.connect(f"file:{self.dir / 'state.db'}?mode=ro", uri=True, timeout=5)
+        else:
+            import psycopg
+
+            db = psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                 application_name="aki-test")
+            db.execute("SET default_transaction_read_only = on")
+            sql, params = sql.replace("?", "%s"), args or None   # no `%` parsing without args
+        try:
+            return db.execute(sql, params).fetchall()
+        finally:
+            db.close()
+
+    def value(self, sql: str, *args):
+        """The first column of the first row of `rows(sql, *args)`."""
+        return self.rows(sql, *args)[0][0]
+
+    @contextmanager
+    def store(self) -> Iterator[Store]:
+        """The state opened as the service opens it (`open_store`), closed afterwards."""
+        store = open_store(str(self.dir), self.url, "process")
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def archives(self) -> list[str]:
+        """The archives `--on-history-change rebuild` made: files beside SQLite's state.db,
+        schemas in PostgreSQL."""
+        if self.url is None:
+            return sorted(glob.glob(str(self.dir / "state.db.archived-*")))
+        return sorted(r[0] for r in self.rows(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, ?)", "archived_"))
+
+
+def start(mllp_port: int, pager_port: int, state: State | Path | str, history,
+          **extra: str) -> subprocess.Popen:
+    """The service on `state` (a `State`, or a directory for SQLite), its log going to a file
+    (a pipe nobody reads would fill and block it)."""
+    if not isinstance(state, State):
+        state = SQLITE.state(state)
     env = dict(os.environ)
     env.update({
         "MLLP_ADDRESS": f"127.0.0.1:{mllp_port}",
         "PAGER_ADDRESS": f"127.0.0.1:{pager_port}",
-        "STATE_DIR": str(state_dir),
+        "STATE_DIR": str(state.dir),
         "HISTORY_PATH": str(history),
         "METRICS_PORT": "0",
         "DETECTOR": "nhs",
         "LOG_LEVEL": "INFO",
     })
+    env.update(state.backend.env)
     env.update(extra)
     log = tempfile.NamedTemporaryFile("w+", prefix="aki-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "aki_alert", "serve"], env=env,

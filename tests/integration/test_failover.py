@@ -16,8 +16,9 @@ from aki_alert.hospital.simulator import HospitalThread
 from aki_alert.offline import offline_pages
 from aki_alert.timeutil import parse_hl7_time
 
-from .service_process import log_text, start, stop, wait_for
+from .service_process import Backend, log_text, start, stop, wait_for
 
+# PostgreSQL only, by nature: replicas share one state, which only STATE_URL provides.
 psycopg = pytest.importorskip("psycopg")
 LEASE = "1"
 
@@ -43,8 +44,8 @@ def leader_pid(url: str) -> int | None:
 
 
 def replica(h, tmp_path, name, paths, url):
-    return start(h.hospital.mllp_port, h.hospital.pager_port, tmp_path / name,
-                 paths["history"], STATE_URL=url, LEASE_SECONDS=LEASE)
+    return start(h.hospital.mllp_port, h.hospital.pager_port,
+                 Backend("postgresql", url, LEASE).state(tmp_path / name), paths["history"])
 
 
 def test_ten_leader_kills_lose_nothing(tmp_path, stream, postgres_url):

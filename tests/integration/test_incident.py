@@ -3,9 +3,6 @@ environment A restarted with environment B's history."""
 
 from __future__ import annotations
 
-import glob
-import sqlite3
-
 from aki_alert.hospital import messages
 from aki_alert.timeutil import parse_hl7_time
 
@@ -24,11 +21,11 @@ def result(mrn, ts, value):
     return messages.result(parse_hl7_time(ts), str(mrn), value)
 
 
-def run(tmp_path, history_text, msgs, name, **extra):
-    history = tmp_path / f"{name}.csv"
+def run(state, history_text, msgs, name, **extra):
+    history = state.dir.parent / f"{name}.csv"
     history.write_text(history_text)
     hospital, pager = MllpHospital(msgs), Pager()
-    proc = start(hospital.port, pager.port, tmp_path / "state", history, **extra)
+    proc = start(hospital.port, pager.port, state, history, **extra)
     try:
         finished = wait_for(lambda: hospital.done.is_set() or proc.poll() is not None, 30)
         wait_for(lambda: len(pager.bodies) >= 1, 2)
@@ -40,40 +37,43 @@ def run(tmp_path, history_text, msgs, name, **extra):
     return code, log, pager.bodies
 
 
-def results_of(tmp_path, mrn):
-    db = sqlite3.connect(tmp_path / "state" / "state.db")
-    rows = db.execute("SELECT value FROM results WHERE mrn = ? ORDER BY time", (mrn,)).fetchall()
-    db.close()
-    return [r[0] for r in rows]
+def results_of(state, mrn):
+    return [r[0] for r in state.rows("SELECT value FROM results WHERE mrn = ? ORDER BY time",
+                                     mrn)]
 
 
-def test_redeploy_over_another_environments_state_rebuilds(tmp_path):
-    code, _, pages = run(tmp_path, HISTORY_A, [result(7, "20240303080000", 110)], "a")
+def test_redeploy_over_another_environments_state_rebuilds(tmp_path, backend):
+    state = backend.state(tmp_path / "state")
+    code, _, pages = run(state, HISTORY_A, [result(7, "20240303080000", 110)], "a")
     assert code == 0 and pages == []
+    assert state.archives() == []
     # Environment B: patient 7's baseline there is ~245. A result of 260 is no AKI in B; judged
     # against A's history (~100) it would page: the incident's false alert.
-    code, log, pages = run(tmp_path, HISTORY_B, [result(7, "20240303090000", 260)], "b")
+    code, log, pages = run(state, HISTORY_B, [result(7, "20240303090000", 260)], "b")
     assert code == 0
     assert pages == []
     assert "state provenance mismatch" in log and "archived" in log
-    assert results_of(tmp_path, "7") == [250.0, 240.0, 260.0]
-    assert results_of(tmp_path, "9") == []          # nothing of A's patients remains
-    assert len(glob.glob(str(tmp_path / "state" / "state.db.archived-*"))) == 1
+    assert results_of(state, "7") == [250.0, 240.0, 260.0]
+    assert results_of(state, "9") == []          # nothing of A's patients remains
+    assert len(state.archives()) == 1            # A's state set aside, not deleted
 
 
-def test_refuse_policy_exits_and_says_what_differs(tmp_path):
-    run(tmp_path, HISTORY_A, [result(7, "20240303080000", 110)], "a")
-    code, log, _ = run(tmp_path, HISTORY_B, [result(7, "20240303090000", 260)], "b",
+def test_refuse_policy_exits_and_says_what_differs(tmp_path, backend):
+    state = backend.state(tmp_path / "state")
+    run(state, HISTORY_A, [result(7, "20240303080000", 110)], "a")
+    code, log, _ = run(state, HISTORY_B, [result(7, "20240303090000", 260)], "b",
                        ON_HISTORY_CHANGE="refuse")
     assert code == 1
     assert "history file changed" in log and "--on-history-change rebuild" in log
-    assert results_of(tmp_path, "9") == [60.0]      # the state was left untouched
+    assert results_of(state, "9") == [60.0]      # the state was left untouched
+    assert state.archives() == []
 
 
-def test_a_newer_export_of_the_same_history_is_merged(tmp_path):
-    run(tmp_path, HISTORY_A, [result(7, "20240303080000", 110)], "a")
+def test_a_newer_export_of_the_same_history_is_merged(tmp_path, backend):
+    state = backend.state(tmp_path / "state")
+    run(state, HISTORY_A, [result(7, "20240303080000", 110)], "a")
     newer = HISTORY_A + "11,2024-03-02 10:00:00,70,,\n"
-    code, log, pages = run(tmp_path, newer, [result(11, "20240303100000", 150)], "a2")
+    code, log, pages = run(state, newer, [result(11, "20240303100000", 150)], "a2")
     assert code == 0 and "provenance mismatch" not in log and "merging" in log
     assert pages == ["11,20240303100000"]                # judged against the merged history
-    assert results_of(tmp_path, "7") == [100.0, 104.0, 110.0]  # live results kept
+    assert results_of(state, "7") == [100.0, 104.0, 110.0]  # live results kept

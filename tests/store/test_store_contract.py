@@ -304,6 +304,23 @@ def test_a_lost_connection_mid_batch_is_restored_from_the_log(backend, tmp_path)
     assert backend.committed("SELECT count(*) FROM outbox") == [(1,)]
 
 
+def test_a_lost_connection_outside_a_transaction_is_reopened(backend):
+    """The dispatcher records deliveries between messages: it must not fail until the next
+    message begins a transaction."""
+    if backend.name != "postgres":
+        pytest.skip("only a PostgreSQL store has a connection to lose")
+    store = backend.open()
+    with store.transaction():
+        jid = store.journal(b"p" * 16, "result", "7", "applied", None, b"raw")
+        store.add_page("7", T0, "7,a", "{}", jid)
+    backend.terminate(store)
+    with pytest.raises(Exception) as failed:              # the first use finds it gone
+        store.page_delivered("7,a", 1)
+    assert is_storage_failure(failed.value)
+    store.page_delivered("7,a", 1)                         # the next reconnects by itself
+    assert store.counts()["pages_delivered"] == 1
+
+
 def test_psycopg_errors_are_storage_failures(backend):
     """A lost connection is our storage's failure (the batch is restored from the log), a
     constraint violation the message's."""

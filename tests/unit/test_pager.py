@@ -9,7 +9,7 @@ from aiohttp import web
 
 from aki_alert import pager as pager_mod
 from aki_alert.pager import Dispatcher, backoff
-from aki_alert.store.sqlite import SqliteStore
+from aki_alert.store import open_store
 
 
 class FakePager:
@@ -42,8 +42,9 @@ class FakePager:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SqliteStore(str(tmp_path / "state.db"))
+def store(tmp_path, backend):
+    """The outbox on both backends (ids end in [sqlite] / [postgresql])."""
+    s = open_store(str(tmp_path), backend.url, "process")
     yield s
     s.close()
 
@@ -59,8 +60,8 @@ def queue(store, body):
 
 
 def status(store, page_id):
-    return store.db.execute("SELECT status, attempts, last_error FROM outbox WHERE id = ?",
-                            (page_id,)).fetchone()
+    return tuple(store._x("SELECT status, attempts, last_error FROM outbox WHERE id = ?",
+                          (page_id,)).fetchone())
 
 
 async def deliver(store, address, pages, timeout=0.5):

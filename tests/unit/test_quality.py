@@ -1,7 +1,7 @@
 import math
 
 from aki_alert.quality import LabelsMonitor, read_labels, score
-from aki_alert.store.sqlite import SqliteStore
+from aki_alert.store import open_store
 from aki_alert.timeutil import DAY, parse_csv_time
 
 
@@ -22,8 +22,8 @@ def test_labels_file_skips_negatives_and_junk(tmp_path):
                                    ("4", parse_csv_time("2024-01-03 10:00:00"))}
 
 
-def test_monitor_scores_the_last_30_days_of_hospital_time(tmp_path):
-    s = SqliteStore(str(tmp_path / "state.db"))
+def test_monitor_scores_the_last_30_days_of_hospital_time(tmp_path, backend):
+    s = open_store(str(tmp_path), backend.url, "process")
     t = parse_csv_time("2024-06-01 10:00:00")
     with s.transaction():
         for mrn, when in (("1", t), ("2", t - 40 * DAY), ("3", t - DAY)):

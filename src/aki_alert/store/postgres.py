@@ -364,6 +364,11 @@ class PostgresStore(RowOps, StateAdmin):
         query = _PG_SQL.get(sql)
         if query is None:
             query = _PG_SQL[sql] = sql.replace("?", "%s")
+        if not self.in_transaction:
+            # Outside a transaction nothing is lost with the old connection: the dispatcher's
+            # record of a delivery and housekeeping get a new one instead of failing until
+            # the next message begins a transaction.
+            self._ensure_connected()
         return self.db.execute(query, tuple(_t(p) if isinstance(p, str) else p for p in params))
 
     def limit_idle_transactions(self, seconds: float) -> None:
