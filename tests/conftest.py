@@ -21,13 +21,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def postgres_url():
-    """A fresh PostgreSQL database for one test, dropped after it (skips without a server)."""
+def _fresh_database(prefix: str):
+    """Create a PostgreSQL database, yield its URL, drop it (skips without a server)."""
     import uuid
 
     psycopg = pytest.importorskip("psycopg")
-    name = f"aki_t_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         conn = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as e:
@@ -38,6 +37,18 @@ def postgres_url():
     finally:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.close()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL database for one test, dropped after it (skips without a server)."""
+    yield from _fresh_database("aki_t")
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url():
+    """The same for a whole module (a state built once, not for every test)."""
+    yield from _fresh_database("aki_m")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

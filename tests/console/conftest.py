@@ -3,35 +3,12 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 from console_testkit import TOKEN, build_state
 
 from aki_alert.console import start
 
 BACKENDS = ("sqlite", "postgresql")
-POSTGRES_ADMIN_URL = os.environ.get("AKI_TEST_POSTGRES_URL",
-                                    "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-@pytest.fixture(scope="module")
-def module_postgres_url():
-    """tests/conftest.py's postgres_url for a whole module: the state is built once (~0.35 s)
-    rather than for every test."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"aki_c_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {e}")
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
