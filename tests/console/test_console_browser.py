@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,6 +27,7 @@ from aki_alert.hospital.process import terminate
 from aki_alert.hospital.datafiles import read_aki, read_messages, read_pages, write_hospital
 from aki_alert.hospital.generator import generate
 from aki_alert.hospital.simulator import HospitalThread
+from integration.service_process import wait_for
 from aki_alert.timeutil import format_hl7_time
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -49,15 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def http_status(url: str, auth: str | None = None) -> int | None:

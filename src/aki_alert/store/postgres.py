@@ -394,15 +394,8 @@ class PostgresStore(RowOps, StateAdmin):
                 raise
             self.db.execute("RELEASE unit")
             return
-        self._ensure_connected()
-        self.db.execute("BEGIN")
-        try:
+        with self._own_transaction("BEGIN", "COMMIT"):
             yield
-        except BaseException:
-            if not self.db.broken and self.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     # A batch: one long transaction holding many messages (see durable.py).
     def begin_batch(self) -> None:
