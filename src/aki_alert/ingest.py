@@ -133,13 +133,12 @@ class Ingest:
                                getattr(event, "mrn", None))
         return None
 
-    def set_aside_frame(self, frame: FrameError) -> bytes:
-        """A frame that could not be read whole: kept as a dead letter; returns its ACK."""
+    def set_aside_frame(self, frame: FrameError) -> None:
+        """A frame that could not be read whole: kept as a dead letter."""
         metrics.FRAME_ERRORS.inc()
         digest = message_digest(frame.reason.encode() + frame.prefix)
         REQUEST_ID.set(digest[-8:].hex())
         self.set_aside(digest, "oversized-frame", frame.reason, frame.prefix)
-        return hl7.ack("AA")
 
     def set_aside(self, digest: bytes, kind: str, reason: str, raw: bytes,
                   mrn: str | None = None) -> None:

@@ -83,6 +83,12 @@ class Lease:
             "WHERE id = 1 AND holder = %s AND epoch = %s RETURNING epoch",
             (self.ttl, self.holder, self.epoch))
 
+    def current(self) -> tuple[str, float]:
+        """Who holds the lease now, and for how many more seconds (negative: lapsed)."""
+        holder, left = self.conn.execute(
+            f"SELECT holder, expires_at - {_NOW} FROM leader_lease WHERE id = 1").fetchone()
+        return holder, left
+
     def valid(self) -> bool:
         return self.epoch is not None and time.monotonic() < self.valid_until
 

@@ -260,7 +260,7 @@ def replay(store, detector, items: list[Item], now: int, cutoff_hours: float | N
            report: Report) -> Report:
     """Feed `items` through Ingest in time order. `now` and the cutoff are on the hospital's
     time axis (timeutil seconds); `cutoff_hours=None` queues every page (--page-missed)."""
-    from .ingest import MAX_ATTEMPTS, Ingest
+    from .ingest import Ingest
     from .timeutil import HOUR
 
     page_from = None if cutoff_hours is None else now - int(cutoff_hours * HOUR)
@@ -269,12 +269,12 @@ def replay(store, detector, items: list[Item], now: int, cutoff_hours: float | N
     for it in in_time_order(items):
         d = digest(it.raw)
         before = store.query("SELECT 1 FROM journal WHERE digest = ?", d).fetchone()
-        for attempt in range(1, max(MAX_ATTEMPTS, STORE_RETRIES) + 1):
+        for attempt in range(1, STORE_RETRIES + 1):
             try:
                 ingest.handle(it.raw, time.perf_counter())
                 break
-            except Exception as e:  # noqa: BLE001 - Ingest dead-letters its own after 3 tries
-                if attempt >= max(MAX_ATTEMPTS, STORE_RETRIES):
+            except Exception as e:  # noqa: BLE001 - the storage's: Ingest retries the rest itself
+                if attempt >= STORE_RETRIES:
                     raise RuntimeError(f"{it.where}: cannot be stored ({e}); stopped after "
                                        f"{report_progress(report)}. Re-running is safe") from e
                 time.sleep(0.2 * attempt)

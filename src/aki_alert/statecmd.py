@@ -153,9 +153,7 @@ def holding_lease(url: str) -> Iterator[None]:
                                           f"{os.getpid()})")
     try:
         if not lease.try_acquire():
-            holder, left = lease.conn.execute(
-                "SELECT holder, expires_at - extract(epoch from clock_timestamp()) "
-                "FROM leader_lease WHERE id = 1").fetchone()
+            holder, left = lease.current()
             raise Refused(f"{holder} holds the leader lease (for {left:.0f} s more): the service "
                           "is running. Stop it first, e.g. `kubectl scale deploy/aki-alert "
                           "--replicas=0`, then retry")

@@ -11,7 +11,7 @@ import aki_alert.ingest as ingest_mod
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.durable import Durable
 from aki_alert.hospital import messages
-from aki_alert.ingest import Ingest
+from aki_alert.ingest import Ingest, acknowledgement
 from aki_alert.mllp import FrameError
 from aki_alert.store import StateError, is_storage_failure, open_store
 from aki_alert.store.msglog import MessageLog
@@ -162,7 +162,9 @@ def test_dead_letters_keep_the_message_and_its_reason(backend, store):
     ing = Ingest(store, NhsDetector())
     ack, page = ing.handle(result("abc", T0, 100.0), 0.0)
     assert msa(ack) == b"MSA|AA" and page is None
-    assert msa(ing.set_aside_frame(FrameError("frame too big", b"MSH|x"))) == b"MSA|AA"
+    frame = FrameError("frame too big", b"MSH|x")
+    ing.set_aside_frame(frame)
+    assert msa(acknowledgement(frame)) == b"MSA|AA"
     rows = backend.rows(store, "SELECT kind, reason, raw FROM dead_letters ORDER BY id")
     assert [r[0] for r in rows] == ["unparseable", "oversized-frame"]
     assert "MRN" in rows[0][1] and rows[1][1] == "frame too big"
