@@ -8,7 +8,8 @@ the ACK and sending the next message, instead of adding to every round trip. The
 durable record of an acknowledged message: the transaction commits, and the log is emptied,
 every BATCH_MAX messages or BATCH_SECONDS after the first uncommitted one. A crash loses the
 uncommitted batch from the database but not from the log: `recover()` applies the log again
-at the next start, and the journal's keys skip what was committed.
+at the next start, and the journal's keys skip what was committed. The log also records each
+page the pager accepted (`delivered()`), so a page decided again by a recovery is not resent.
 
 Any storage failure while applying (disk full, read-only) rolls the whole batch back, forgets
 the patients held in memory and marks the batch broken; the next `accept()` or `flush()`
@@ -28,7 +29,7 @@ import time
 from . import metrics
 from .ingest import Ingest, Page, acknowledgement
 from .mllp import FrameError
-from .store.msglog import FRAME_ERROR, MESSAGE, MessageLog
+from .store.msglog import DELIVERED, FRAME_ERROR, MESSAGE, MessageLog
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,14 @@ class Durable:
             pages.append(page)
         return pages
 
+    def delivered(self, body: str, attempts: int) -> None:
+        """The pager accepted a page, and its outbox row says so in the open batch. The log
+        keeps that fact until the batch commits, so that a crash before then does not send the
+        page again (a commit after every delivery would cost the reader its batch). Raises
+        when the log cannot take it (the page may then be sent once more after a crash)."""
+        if not self.commit_each:              # there, the row's update is its own commit
+            self.msglog.append(DELIVERED, f"{body}\0{attempts}".encode())
+
     def _apply(self, item: Frame, received: float) -> Page | None:
         if isinstance(item, FrameError):
             self.ingest.set_aside_frame(item)
@@ -143,7 +152,7 @@ class Durable:
         if torn:
             log.warning("message log: %d torn trailing byte(s) dropped (never acknowledged)",
                         torn)
-        pages = []
+        pages, delivered = [], set()
         self.store.begin_batch()
         try:
             for kind, payload in records:
@@ -151,6 +160,10 @@ class Durable:
                     page = self.ingest.apply(payload, time.perf_counter())
                     if page is not None:
                         pages.append(page)
+                elif kind == DELIVERED:
+                    body, _, attempts = payload.decode().partition("\0")
+                    self.store.page_delivered(body, int(attempts))
+                    delivered.add(body)
                 else:
                     reason, _, prefix = payload.partition(b"\0")
                     self.ingest.set_aside_frame(FrameError(reason.decode(), prefix))
@@ -165,7 +178,7 @@ class Durable:
         self.uncommitted = 0
         if records:
             log.info("message log: %d record(s) applied again and committed", len(records))
-        return pages
+        return [p for p in pages if p.body not in delivered]
 
     def _restore(self) -> None:
         """After a storage failure: drop the batch and the memory built on it."""

@@ -41,11 +41,12 @@ class Dispatcher:
                  timeout: float = REQUEST_TIMEOUT,
                  may_send: Callable[[], bool] = lambda: True,
                  lock: AbstractContextManager | None = None,
-                 delivered: Callable[[], None] = lambda: None) -> None:
+                 delivered: Callable[[str, int], None] = lambda body, attempts: None) -> None:
         """`may_send`: checked before every attempt (fencing: only the leader pages).
         `lock`: held around every use of the store (shared with the MLLP reader thread).
-        `delivered`: called once a delivery is recorded (the service commits its batch then, so
-        that a crash soon after does not send the page again)."""
+        `delivered(body, attempts)`: called, under `lock`, once a delivery is recorded in the
+        store (the service logs it durably, so that a crash before its batch commits does not
+        send the page again)."""
         self.store = store
         self.lock = lock or nullcontext()
         self.delivered = delivered
@@ -98,7 +99,7 @@ class Dispatcher:
                 try:
                     with self.lock:
                         self.store.page_delivered(body, attempts)
-                    self.delivered()
+                        self.delivered(body, attempts)
                 except Exception as e:  # noqa: BLE001 - resent once after a restart: harmless
                     log.error("page %s delivered but not recorded: %s", body, e)
                 if received is not None:

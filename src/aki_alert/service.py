@@ -53,7 +53,7 @@ class Service:
         self.lost_leadership = False
         self.dispatcher = Dispatcher(store, cfg.pager_address, lock=self.lock,
                                      may_send=lease.valid if lease else lambda: True,
-                                     delivered=self._flush)
+                                     delivered=durable.delivered)
         self.client = MllpClient(cfg.mllp_host, cfg.mllp_port, self.on_frame, self.after_ack,
                                  may_connect=self._may_lead)
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -77,6 +77,40 @@ def test_a_crash_before_commit_is_recovered_from_the_log(tmp_path):
     assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
 
 
+def deliver(d, body, attempts=1):
+    """What the dispatcher does once the pager answered 200."""
+    d.store.page_delivered(body, attempts)
+    d.delivered(body, attempts)
+
+
+def test_a_page_delivered_before_a_crash_is_not_sent_again(tmp_path):
+    d = open_service(tmp_path)
+    assert [b for m in stream() for b in bodies(handle(d, m))] == ["7,20240302080000"]
+    deliver(d, "7,20240302080000", attempts=2)
+    d.store.db.close()                     # kill -9 before the batch commits
+    d.msglog.close()
+    d = open_service(tmp_path)
+    assert d.recover() == []               # decided again, and found delivered
+    assert committed(tmp_path, "SELECT status || ' ' || attempts FROM outbox") == "delivered 2"
+
+
+def test_a_page_delivered_in_a_broken_batch_stays_delivered(tmp_path):
+    d = open_service(tmp_path)
+    msgs = list(stream())
+    for m in msgs:
+        handle(d, m)
+    deliver(d, "7,20240302080000")
+    real = d.ingest.apply
+    d.ingest.apply = _fail_apply           # a storage failure: the batch is rolled back
+    d.accept(messages.result(T0 + 2 * DAY, "500", 80.0), 0.0)
+    assert d.settle() == [] and d.broken
+    d.ingest.apply = real
+    assert handle(d, messages.result(T0 + 2 * DAY, "501", 80.0)) == []    # rebuilt: no resend
+    d.flush()
+    assert committed(tmp_path, "SELECT status FROM outbox") == "delivered"
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 44
+
+
 def test_recovery_is_idempotent_after_a_commit_that_kept_its_log(tmp_path):
     d = open_service(tmp_path)
     for m in stream():

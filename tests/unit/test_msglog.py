@@ -1,10 +1,10 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aki_alert.store.msglog import FRAME_ERROR, MESSAGE, MessageLog, decode, encode
+from aki_alert.store.msglog import DELIVERED, FRAME_ERROR, MESSAGE, MessageLog, decode, encode
 
-records = st.lists(st.tuples(st.sampled_from([MESSAGE, FRAME_ERROR]), st.binary(max_size=300)),
-                   max_size=20)
+records = st.lists(st.tuples(st.sampled_from([MESSAGE, FRAME_ERROR, DELIVERED]),
+                             st.binary(max_size=300)), max_size=20)
 
 
 @given(records)

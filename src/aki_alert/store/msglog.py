@@ -7,8 +7,9 @@ process (durability "process"); with durability "machine" it is also `fdatasync`
 ACK. After each batch commit the log is emptied; at start, whatever it still holds is applied
 again (the journal's digests make that idempotent).
 
-A record is a kind byte (`M` a message, `F` a frame set aside), a 4-byte big-endian length and
-the payload. A torn last record (a machine crash mid-append) was never acknowledged and is
+A record is a kind byte (`M` a message, `F` a frame set aside, `D` a page the pager accepted), a
+4-byte big-endian length and the payload. A `D` record stands in for a commit after each
+delivery: a recovery that decides a page again finds it delivered and does not resend it. A torn last record (a machine crash mid-append) was never acknowledged and is
 dropped.
 """
 
@@ -20,6 +21,8 @@ import struct
 _HEADER = struct.Struct(">cI")
 MESSAGE = b"M"
 FRAME_ERROR = b"F"
+DELIVERED = b"D"
+_KINDS = (MESSAGE, FRAME_ERROR, DELIVERED)
 
 
 def encode(kind: bytes, payload: bytes) -> bytes:
@@ -33,7 +36,7 @@ def decode(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
     while pos + _HEADER.size <= n:
         kind, length = _HEADER.unpack_from(data, pos)
         end = pos + _HEADER.size + length
-        if end > n or kind not in (MESSAGE, FRAME_ERROR):
+        if end > n or kind not in _KINDS:
             break
         records.append((kind, data[pos + _HEADER.size:end]))
         pos = end
