@@ -9,7 +9,6 @@ reading at once, finishes the message in hand, gives in-flight pages a moment, a
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import signal
@@ -21,7 +20,7 @@ from . import health, metrics
 from .config import Config
 from .connection import MllpClient
 from .durable import BATCH_SECONDS, Durable
-from .ingest import Ingest, Page
+from .ingest import Ingest
 from .leader import Lease, LeadershipLost
 from .mllp import FrameError
 from .pager import Dispatcher
@@ -39,9 +38,10 @@ HOUSEKEEPING_INTERVAL = 5.0
 
 
 class Service:
-    """The reader thread (connection.py) accepts, acknowledges and applies messages; the main
-    thread's event loop delivers pages, commits idle batches and keeps house. `lock` makes
-    their uses of the state (one connection) take turns."""
+    """The reader thread (connection.py) accepts, acknowledges and applies messages and sends
+    their pages at once; the main thread's event loop retries pages the pager did not take,
+    commits idle batches and keeps house. `lock` makes their uses of the state (one
+    connection) take turns."""
 
     def __init__(self, cfg: Config, store: Store, durable: Durable,
                  lease: Lease | None = None) -> None:
@@ -56,7 +56,6 @@ class Service:
                                      delivered=durable.delivered)
         self.client = MllpClient(cfg.mllp_host, cfg.mllp_port, self.on_frame, self.after_ack,
                                  may_connect=self._may_lead)
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     def _may_lead(self) -> bool:
         if self.lease is None or self.lease.valid():
@@ -97,17 +96,13 @@ class Service:
             pages = self.durable.settle()
             if self.durable.due:
                 pages += self.durable.flush()
-        self._send(pages)
-
-    def _send(self, pages: list[Page]) -> None:
+            self.dispatcher.claim(p.body for p in pages)
         for page in pages:
-            # The page task keeps the message's request id (logs.py).
-            self.loop.call_soon_threadsafe(self.dispatcher.submit, page.body, page.received,
-                                           context=contextvars.copy_context())
+            self.dispatcher.send_now(page.body, page.received)
 
     # --- the main thread --------------------------------------------------------------------
     async def run(self) -> None:
-        self.loop = loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         await self.dispatcher.start()
@@ -132,9 +127,11 @@ class Service:
         log.info("shut down cleanly")
 
     def _flush(self) -> None:
+        """On the event loop: commit the batch; send the pages a recovery decided."""
         with self.lock:
             pages = self.durable.flush()
-        self._send(pages)
+        for page in pages:
+            self.dispatcher.submit(page.body, page.received)
 
     async def _commit_idle_batches(self) -> None:
         """A batch that stopped growing is committed BATCH_SECONDS after its first message."""

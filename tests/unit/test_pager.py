@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aiohttp import web
@@ -15,9 +16,10 @@ from aki_alert.store import open_store
 class FakePager:
     """A real HTTP server whose answers are scripted per request."""
 
-    def __init__(self, script):
+    def __init__(self, script, keepalive_timeout=75.0):
         self.script = list(script)   # statuses, then 200 forever; "hang" sleeps past the timeout
         self.received: list[str] = []
+        self.keepalive_timeout = keepalive_timeout
 
     async def handle(self, request):
         self.received.append(await request.text())
@@ -30,7 +32,7 @@ class FakePager:
     async def __aenter__(self):
         app = web.Application()
         app.router.add_post("/page", self.handle)
-        self.runner = web.AppRunner(app)
+        self.runner = web.AppRunner(app, keepalive_timeout=self.keepalive_timeout)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
@@ -117,6 +119,87 @@ def test_refused_connection_is_retried_and_pending_pages_resent_at_start(store):
     p = asyncio.run(restarted())
     assert p.received == ["8,20240101000000"]
     assert status(store, pid)[0] == "delivered"
+
+
+async def send_now(store, address, bodies, *, between=0.0):
+    """What the reader thread does with each page it decides: queue and claim it, then
+    send_now from a thread of its own; then the event loop finishes what was handed to it.
+    Returns the dispatcher and the pages' ids."""
+    d = Dispatcher(store, address, timeout=0.5)
+    await d.start()
+    ids = []
+    for body in bodies:
+        ids.append(queue(store, body))
+        d.claim([body])
+        await asyncio.to_thread(d.send_now, body, time.perf_counter())
+        await asyncio.sleep(between)
+    await settle(d)
+    return d, ids
+
+
+async def settle(d):
+    for _ in range(500):
+        if not d.in_flight:
+            break
+        await asyncio.sleep(0.01)
+    await d.drain(0.1)
+
+
+def test_send_now_delivers_from_the_reader_thread_without_the_event_loop(store):
+    async def go():
+        async with FakePager([]) as p:
+            d, ids = await send_now(store, p.address, ["1,20240101000000", "2,20240101000000"])
+            return p, ids, d
+    p, ids, d = asyncio.run(go())
+    assert p.received == ["1,20240101000000", "2,20240101000000"]
+    assert [status(store, i) for i in ids] == [("delivered", 1, None)] * 2
+    assert d.tasks_started == 0 and not d._created
+
+
+def test_a_failed_inline_attempt_is_retried_by_the_event_loop_and_pauses_inline_sending(store):
+    async def go():
+        async with FakePager([503, 503]) as p:
+            d, ids = await send_now(store, p.address, ["1,20240101000000", "2,20240101000000"])
+            return p, ids, d
+    p, ids, d = asyncio.run(go())
+    # Page 1: inline 503, then the event loop's 503 and 200. Page 2 went straight to the
+    # event loop (inline sending paused), which delivered it at its first attempt.
+    assert p.received.count("1,20240101000000") == 3
+    assert p.received.count("2,20240101000000") == 1
+    assert status(store, ids[0])[:2] == ("delivered", 3)
+    assert status(store, ids[1])[:2] == ("delivered", 1)
+    assert d.tasks_started == 2
+
+
+def test_a_hung_pager_stalls_the_reader_only_for_the_inline_timeout(store, monkeypatch):
+    monkeypatch.setattr(pager_mod, "INLINE_TIMEOUT", 0.2)
+
+    async def go():
+        async with FakePager(["hang"]) as p:
+            d = Dispatcher(store, p.address, timeout=0.5)
+            await d.start()
+            pid = queue(store, "1,20240101000000")
+            d.claim(["1,20240101000000"])
+            started = time.monotonic()
+            await asyncio.to_thread(d.send_now, "1,20240101000000", time.perf_counter())
+            stalled = time.monotonic() - started
+            await settle(d)
+            return pid, stalled
+    pid, stalled = asyncio.run(go())
+    assert 0.2 <= stalled < 1.0
+    assert status(store, pid)[:2] == ("delivered", 2)
+
+
+def test_a_kept_alive_connection_the_pager_closed_is_reopened_without_a_failure(store):
+    async def go():
+        # The pager closes idle connections after 50 ms; pages come 300 ms apart.
+        async with FakePager([], keepalive_timeout=0.05) as p:
+            d, ids = await send_now(store, p.address,
+                                    [f"{i},20240101000000" for i in (1, 2, 3)], between=0.3)
+            return p, ids, d
+    p, ids, d = asyncio.run(go())
+    assert [status(store, i) for i in ids] == [("delivered", 1, None)] * 3
+    assert d.tasks_started == 0
 
 
 def test_backoff_is_capped_and_jittered():

@@ -9,8 +9,8 @@ again (the journal's digests make that idempotent).
 
 A record is a kind byte (`M` a message, `F` a frame set aside, `D` a page the pager accepted), a
 4-byte big-endian length and the payload. A `D` record stands in for a commit after each
-delivery: a recovery that decides a page again finds it delivered and does not resend it. A torn last record (a machine crash mid-append) was never acknowledged and is
-dropped.
+delivery: a recovery that decides a page again finds it delivered and does not resend it. A
+torn last record (a machine crash mid-append) was never acknowledged and is dropped.
 """
 
 from __future__ import annotations
