@@ -151,15 +151,17 @@ def _admission(pid: list[str] | None, when: int | None) -> Admission:
 def _result(segs: list[list[str]], pid: list[str] | None) -> Result | None:
     obr_time = ""
     value_text = None
-    if not any(seg[0].strip() == "OBX" for seg in segs):
-        raise HL7Error("ORU^R01 without an OBX segment: an incomplete (truncated?) result")
+    any_obx = False
     for seg in segs[1:]:
         name = seg[0].strip()
         if name == "OBR" and not obr_time:
             obr_time = _ts_digits(_first(_field(seg, 7)))
-        elif (name == "OBX" and value_text is None
-              and _first(_field(seg, 3)).upper() == "CREATININE"):
-            value_text = _first(_field(seg, 5))
+        elif name == "OBX":
+            any_obx = True
+            if value_text is None and _first(_field(seg, 3)).upper() == "CREATININE":
+                value_text = _first(_field(seg, 5))
+    if not any_obx:
+        raise HL7Error("ORU^R01 without an OBX segment: an incomplete (truncated?) result")
     if value_text is None:
         return None  # a result for another test: not ours
     mrn = _mrn(pid)

@@ -120,7 +120,7 @@ class Ingest:
         metrics.child(metrics.MESSAGES, kind).inc()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                return self._apply(digest, event, raw, received)
+                return self._apply(digest, event, kind, raw, received)
             except Exception as e:  # noqa: BLE001 - classified below
                 if is_storage_failure(e):
                     raise
@@ -149,9 +149,9 @@ class Ingest:
             metrics.DEAD_LETTERS.labels(reason=kind if kind in _DEAD_KINDS else "processing").inc()
             log.warning("dead letter (journal %s): %s", new, reason)
 
-    def _apply(self, digest: bytes, event: hl7.Event, raw: bytes, received: float) -> Page | None:
+    def _apply(self, digest: bytes, event: hl7.Event, kind: str, raw: bytes,
+               received: float) -> Page | None:
         store = self.store
-        kind = type(event).__name__.lower()
         mrn = getattr(event, "mrn", None)
         page: Page | None = None
         commit_memory = None

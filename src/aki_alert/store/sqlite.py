@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from .admin import COMMON_MIGRATIONS, SCHEMA_VERSION, StateAdmin, StateError
@@ -91,6 +91,7 @@ class SqliteStore(RowOps, StateAdmin):
                  readonly: bool = False) -> None:
         self.path = self.location = path
         self.durability = durability
+        self._savepoint = _Savepoint(self)
         try:
             if readonly:
                 self.db = sqlite3.connect(Path(path).absolute().as_uri() + "?mode=ro", uri=True,
@@ -176,21 +177,15 @@ class SqliteStore(RowOps, StateAdmin):
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """One unit of change: its own transaction, or, inside a batch, a savepoint of it (so
         a failing message rolls back alone and the batch goes on)."""
         if self.db.in_transaction:
-            self.db.execute("SAVEPOINT unit")
-            try:
-                yield
-            except BaseException:
-                if self.db.in_transaction:   # SQLite may have rolled back all (disk full)
-                    self.db.execute("ROLLBACK TO unit")
-                    self.db.execute("RELEASE unit")
-                raise
-            self.db.execute("RELEASE unit")
-            return
+            return self._savepoint
+        return self._own_transaction()
+
+    @contextmanager
+    def _own_transaction(self) -> Iterator[None]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -258,3 +253,25 @@ class SqliteStore(RowOps, StateAdmin):
                 os.remove(self.path + ext)
         self.__init__(self.path, self.durability)
         return archived
+
+
+class _Savepoint:
+    """A savepoint of the open batch. A class rather than a generator context manager because
+    it wraps every message: ~1.5 µs less each (docs/performance.md)."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        self.store.db.execute("SAVEPOINT unit")
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        db = self.store.db
+        if exc_type is None:
+            db.execute("RELEASE unit")
+        elif db.in_transaction:               # SQLite may have rolled back all (disk full)
+            db.execute("ROLLBACK TO unit")
+            db.execute("RELEASE unit")
+        return False
