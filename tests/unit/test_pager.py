@@ -66,16 +66,21 @@ def status(store, page_id):
                           (page_id,)).fetchone())
 
 
-async def deliver(store, address, pages, timeout=0.5):
-    d = Dispatcher(store, address, timeout=timeout)
-    await d.start()
-    for _, body in pages:
-        d.submit(body, None)
+async def settle(d):
+    """Let the event loop finish the deliveries handed to it, then stop the dispatcher."""
     for _ in range(500):
         if not d.in_flight:
             break
         await asyncio.sleep(0.01)
     await d.drain(0.1)
+
+
+async def deliver(store, address, pages, timeout=0.5):
+    d = Dispatcher(store, address, timeout=timeout)
+    await d.start()
+    for _, body in pages:
+        d.submit(body, None)
+    await settle(d)
 
 
 def test_transient_failures_are_retried_until_delivered(store):
@@ -136,13 +141,6 @@ async def send_now(store, address, bodies, *, between=0.0):
     await settle(d)
     return d, ids
 
-
-async def settle(d):
-    for _ in range(500):
-        if not d.in_flight:
-            break
-        await asyncio.sleep(0.01)
-    await d.drain(0.1)
 
 
 def test_send_now_delivers_from_the_reader_thread_without_the_event_loop(store):
