@@ -92,7 +92,7 @@ def run_once(template: Path, work: Path, msgs: list[bytes], mrns: list[str],
     started = perf()
     for m in msgs:
         t = perf()
-        ingest.handle(m, t)
+        ingest.apply(m, t)
         costs.append(perf() - t)
     elapsed = perf() - started
     rate = None

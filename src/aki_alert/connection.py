@@ -9,8 +9,8 @@ resends that message.
 
 Why not asyncio: the hospital is one peer, stop-and-wait; there is nothing to multiplex, and
 an event loop's callback machinery cost more per message than everything else the service
-does for it (measured in docs/performance.md). The pager keeps its asyncio loop in the main
-thread; this thread hands it pages.
+does for it (measured in docs/performance.md). `after_ack` also sends the message's page, if
+any; the pager's retries keep their asyncio loop in the main thread.
 """
 
 from __future__ import annotations

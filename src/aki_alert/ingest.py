@@ -100,10 +100,6 @@ class Ingest:
         """Drop the in-memory patients (after the state changed underneath, e.g. a replay)."""
         self._patients.clear()
 
-    def handle(self, raw: bytes, received: float) -> tuple[bytes, Page | None]:
-        """Apply one message; return its ACK and the page to dispatch, if any."""
-        return acknowledgement(raw), self.apply(raw, received)
-
     def apply(self, raw: bytes, received: float) -> Page | None:
         """Apply one message; returns the page to dispatch, if any. Raises only for failures
         of our storage; a message that fails otherwise MAX_ATTEMPTS times is a dead letter."""

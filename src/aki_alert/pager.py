@@ -125,11 +125,11 @@ class Dispatcher:
             attempts = 1
             error = self._post_now(body)
             if error is None:
-                self._delivered(body, attempts, received)
+                self._record_delivery(body, attempts, received)
                 self._created.pop(body, None)
                 return
             self._inline_paused_until = time.monotonic() + INLINE_PAUSE
-            if self._failed(body, attempts, error):
+            if self._record_failure(body, attempts, error):
                 self._created.pop(body, None)
                 return
             log.warning("page %s not delivered at once (%s): retried from the event loop, "
@@ -166,9 +166,9 @@ class Dispatcher:
             attempts += 1
             error = await self._post(body)
             if error is None:
-                self._delivered(body, attempts, received)
+                self._record_delivery(body, attempts, received)
                 break
-            if self._failed(body, attempts, error):
+            if self._record_failure(body, attempts, error):
                 break
             delay = backoff(attempts)
             log.warning("page %s not delivered (attempt %d: %s); retrying in %.2fs",
@@ -176,7 +176,7 @@ class Dispatcher:
             await asyncio.sleep(delay)
         self._created.pop(body, None)
 
-    def _delivered(self, body: str, attempts: int, received: float | None) -> None:
+    def _record_delivery(self, body: str, attempts: int, received: float | None) -> None:
         metrics.PAGES.labels(outcome="delivered").inc()
         try:
             with self.lock:
@@ -187,7 +187,7 @@ class Dispatcher:
         if received is not None:
             metrics.PAGE_LATENCY.observe(time.perf_counter() - received)
 
-    def _failed(self, body: str, attempts: int, error: str) -> bool:
+    def _record_failure(self, body: str, attempts: int, error: str) -> bool:
         """Record a failed attempt; True when the page is dead (the pager refused it)."""
         dead = error.startswith("400")
         try:

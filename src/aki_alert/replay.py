@@ -271,7 +271,7 @@ def replay(store, detector, items: list[Item], now: int, cutoff_hours: float | N
         before = store.query("SELECT 1 FROM journal WHERE digest = ?", d).fetchone()
         for attempt in range(1, STORE_RETRIES + 1):
             try:
-                ingest.handle(it.raw, time.perf_counter())
+                ingest.apply(it.raw, time.perf_counter())
                 break
             except Exception as e:  # noqa: BLE001 - the storage's: Ingest retries the rest itself
                 if attempt >= STORE_RETRIES:
@@ -283,7 +283,7 @@ def replay(store, detector, items: list[Item], now: int, cutoff_hours: float | N
             continue
         row = store.query("SELECT id, kind, status, reason FROM journal WHERE digest = ?",
                           d).fetchone()
-        if row is None:         # cannot happen: handle() returned, so it was journaled
+        if row is None:         # cannot happen: apply() returned, so it was journaled
             continue
         jid, kind, status, reason = row
         if status == "dead":

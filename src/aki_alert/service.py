@@ -96,7 +96,8 @@ class Service:
             pages = self.durable.settle()
             if self.durable.due:
                 pages += self.durable.flush()
-            self.dispatcher.claim(p.body for p in pages)
+            if pages:
+                self.dispatcher.claim(p.body for p in pages)
         for page in pages:
             self.dispatcher.send_now(page.body, page.received)
 

@@ -77,10 +77,10 @@ def build_state(state: str) -> dict:
         b"this is not HL7 at all",
     ]
     for m in msgs:
-        ingest.handle(m, 0.0)
+        ingest.apply(m, 0.0)
     replay = Ingest(store, NhsDetector(), page_from=T0 + 365 * DAY)   # 74: a replayed page
     for m in (result(74, T0 + 4 * DAY, 70.0), result(74, T0 + 5 * DAY, 160.0)):
-        replay.handle(m, 0.0)
+        replay.apply(m, 0.0)
     ids = dict(store.db.execute("SELECT mrn, id FROM outbox"))
     bodies = dict(store.db.execute("SELECT mrn, body FROM outbox"))
     with store.transaction():

@@ -23,11 +23,11 @@ def build_v1(backend):
     opened.migrate(target=1)
     opened.import_results([("8", T0 - 30 * DAY, 80.0)])
     ing = Ingest(opened, NhsDetector())
-    ing.handle(messages.admission(T0 - DAY, "7", "ANN SMITH", parse_hl7_date("19600101"), "F"),
+    ing.apply(messages.admission(T0 - DAY, "7", "ANN SMITH", parse_hl7_date("19600101"), "F"),
                0.0)
-    ing.handle(messages.result(T0, "7", 100.0), 0.0)
-    ing.handle(messages.result(T0 + DAY, "7", 250.0), 0.0)
-    ing.handle(b"garbage", 0.0)
+    ing.apply(messages.result(T0, "7", 100.0), 0.0)
+    ing.apply(messages.result(T0 + DAY, "7", 250.0), 0.0)
+    ing.apply(b"garbage", 0.0)
     return opened
 
 
@@ -67,7 +67,7 @@ def test_a_v1_state_is_migrated_with_its_data_intact(backend):
     assert again.pending_pages()[0].body.startswith("7,")
     # The per-message path goes on where it was.
     ing = Ingest(again, NhsDetector())
-    ing.handle(messages.result(T0 + 2 * DAY, "8", 90.0), 0.0)
+    ing.apply(messages.result(T0 + 2 * DAY, "8", 90.0), 0.0)
     assert again.counts()["messages"] == 5
 
 

@@ -24,6 +24,11 @@ EMPTY = {"patients": 0, "results": 0, "messages": 0, "dead_letters": 0, "pages_p
          "pages_delivered": 0, "pages_dead": 0}
 
 
+def handle(ing, raw, received):
+    """What the service does with one message: its ACK (`Durable.accept`), then applying it."""
+    return acknowledgement(raw), ing.apply(raw, received)
+
+
 def result(mrn, t, value):
     return messages.result(t, str(mrn), value)
 
@@ -82,8 +87,8 @@ def pages_of(d: Durable, msg) -> list[str]:
 
 def test_a_rise_is_paged_once_with_its_explanation(backend, store):
     ing = Ingest(store, NhsDetector())
-    assert ing.handle(result(7, T0, 100.0), 0.0)[1] is None
-    ack, page = ing.handle(result(7, T0 + DAY, 250.0), 0.0)
+    assert handle(ing, result(7, T0, 100.0), 0.0)[1] is None
+    ack, page = handle(ing, result(7, T0 + DAY, 250.0), 0.0)
     assert msa(ack) == b"MSA|AA"
     assert page is not None and page.body == body(7, T0 + DAY)
     assert [p.body for p in store.pending_pages()] == [page.body]
@@ -91,7 +96,7 @@ def test_a_rise_is_paged_once_with_its_explanation(backend, store):
     exp = json.loads(text)
     assert exp["detector"] == "nhs" and exp["stage"] == 2 and exp["baseline"] == 100.0
     # Still rising, same episode: not paged again.
-    assert ing.handle(result(7, T0 + 2 * DAY, 400.0), 0.0)[1] is None
+    assert handle(ing, result(7, T0 + 2 * DAY, 400.0), 0.0)[1] is None
     assert store.counts()["pages_pending"] == 1
     assert store.load_patient("7")[1] == T0 + DAY
 
@@ -99,12 +104,12 @@ def test_a_rise_is_paged_once_with_its_explanation(backend, store):
 def test_a_redelivered_message_changes_nothing(backend, store):
     ing = Ingest(store, NhsDetector())
     msgs = [admit(7), result(7, T0, 100.0), result(7, T0 + DAY, 250.0)]
-    pages = [ing.handle(m, 0.0)[1] for m in msgs]
+    pages = [handle(ing, m, 0.0)[1] for m in msgs]
     assert pages[2] is not None
     before = store.counts()
     again = Ingest(store, NhsDetector())           # after a restart, too
     for m in msgs:
-        ack, page = again.handle(m, 0.0)
+        ack, page = handle(again, m, 0.0)
         assert msa(ack) == b"MSA|AA" and page is None
     assert store.counts() == before
     assert backend.rows(store, "SELECT count(*) FROM admissions") == [(1,)]
@@ -129,8 +134,8 @@ def test_results_are_unique_per_patient_and_sample_time(backend, store):
     p, episode = store.load_patient("7")
     assert (p.mrn, p.times, p.values, episode) == ("7", [T0 - 60, T0], [90.0, 100.0], None)
     ing = Ingest(store, NhsDetector())
-    assert ing.handle(result(7, T0 + DAY, 250.0), 0.0)[1] is not None
-    _, page = ing.handle(result(7, T0 + DAY, 260.0), 0.0)        # other bytes, same time
+    assert handle(ing, result(7, T0 + DAY, 250.0), 0.0)[1] is not None
+    _, page = handle(ing, result(7, T0 + DAY, 260.0), 0.0)        # other bytes, same time
     assert page is None
     assert backend.rows(store, "SELECT status FROM journal ORDER BY id DESC")[0] == (
         "duplicate-result",)
@@ -139,10 +144,10 @@ def test_results_are_unique_per_patient_and_sample_time(backend, store):
 
 def test_demographics_and_episode_are_kept(store):
     ing = Ingest(store, NhsDetector())
-    ing.handle(admit(7), 0.0)
-    ing.handle(result(7, T0, 100.0), 0.0)
-    ing.handle(result(7, T0 + DAY, 250.0), 0.0)
-    ing.handle(messages.discharge(T0 + 2 * DAY, "7"), 0.0)
+    handle(ing, admit(7), 0.0)
+    handle(ing, result(7, T0, 100.0), 0.0)
+    handle(ing, result(7, T0 + DAY, 250.0), 0.0)
+    handle(ing, messages.discharge(T0 + 2 * DAY, "7"), 0.0)
     p, episode = store.load_patient("7")
     assert p.birth == parse_hl7_date("19600101") and p.sex == "F" and episode == T0 + DAY
     assert store.load_patient("404") == (store.load_patient("404")[0], None)
@@ -151,7 +156,7 @@ def test_demographics_and_episode_are_kept(store):
 
 def test_a_nul_in_a_text_field_does_not_stall_the_feed(store):
     ing = Ingest(store, NhsDetector())
-    ack, _ = ing.handle(admit(7, name="ANN\x00SMITH"), 0.0)
+    ack, _ = handle(ing, admit(7, name="ANN\x00SMITH"), 0.0)
     assert msa(ack) == b"MSA|AA"
     assert store.counts()["messages"] == 1 and store.counts()["dead_letters"] == 0
 
@@ -160,7 +165,7 @@ def test_a_nul_in_a_text_field_does_not_stall_the_feed(store):
 
 def test_dead_letters_keep_the_message_and_its_reason(backend, store):
     ing = Ingest(store, NhsDetector())
-    ack, page = ing.handle(result("abc", T0, 100.0), 0.0)
+    ack, page = handle(ing, result("abc", T0, 100.0), 0.0)
     assert msa(ack) == b"MSA|AA" and page is None
     frame = FrameError("frame too big", b"MSH|x")
     ing.set_aside_frame(frame)
@@ -171,13 +176,13 @@ def test_dead_letters_keep_the_message_and_its_reason(backend, store):
     assert bytes(rows[1][2]) == b"MSH|x"
     before = store.counts()
     assert before["dead_letters"] == 2 and before["messages"] == 2
-    ing.handle(result("abc", T0, 100.0), 0.0)                    # re-delivered: no new row
+    handle(ing, result("abc", T0, 100.0), 0.0)                    # re-delivered: no new row
     assert store.counts() == before
 
 
 def test_a_message_failing_every_time_becomes_a_dead_letter(backend, store, caplog):
     ing = Ingest(store, FailsFor("13"))
-    ack, page = ing.handle(result(13, T0, 100.0), 0.0)
+    ack, page = handle(ing, result(13, T0, 100.0), 0.0)
     assert caplog.text.count("processing failed") == ingest_mod.MAX_ATTEMPTS - 1
     assert msa(ack) == b"MSA|AA" and page is None
     (reason,), = backend.rows(store, "SELECT reason FROM dead_letters")
@@ -251,10 +256,10 @@ def test_a_failing_message_in_a_batch_keeps_the_others(backend, store, tmp_path)
 
 def test_batch_rollback_discards_everything_since_begin_batch(backend, store):
     ing = Ingest(store, NhsDetector())
-    ing.handle(result(7, T0, 100.0), 0.0)                         # committed on its own
+    handle(ing, result(7, T0, 100.0), 0.0)                         # committed on its own
     store.begin_batch()
-    assert ing.handle(result(7, T0 + DAY, 250.0), 0.0)[1] is not None
-    ing.handle(admit(8), 0.0)
+    assert handle(ing, result(7, T0 + DAY, 250.0), 0.0)[1] is not None
+    handle(ing, admit(8), 0.0)
     with store.transaction():
         store.set_meta(note="in the batch")
     store.rollback_batch()
@@ -264,7 +269,7 @@ def test_batch_rollback_discards_everything_since_begin_batch(backend, store):
     # The journal forgot them: the same messages apply again, paged once.
     ing.forget()
     store.begin_batch()
-    assert ing.handle(result(7, T0 + DAY, 250.0), 0.0)[1] is not None
+    assert handle(ing, result(7, T0 + DAY, 250.0), 0.0)[1] is not None
     store.commit_batch()
     assert backend.committed("SELECT body FROM outbox") == [(body(7, T0 + DAY),)]
 
@@ -401,7 +406,7 @@ def test_import_results_is_idempotent_and_counts_what_it_adds(store):
 
 def test_history_overlap_counts_shared_and_conflicting_rows(store):
     store.import_results([("1", T0, 100.0), ("1", T0 + 60, 110.0), ("2", T0, 80.0)])
-    Ingest(store, NhsDetector()).handle(result(1, T0 + 120, 120.0), 0.0)   # feed: not history
+    handle(Ingest(store, NhsDetector()), result(1, T0 + 120, 120.0), 0.0)   # feed: not history
     before = store.counts()
     incoming = [("1", T0, 100.0), ("1", T0 + 60, 111.0), ("3", T0, 1.0), ("1", T0 + 120, 120.0)]
     assert store.history_overlap(iter(incoming)) == (3, 1, 1)
@@ -411,11 +416,11 @@ def test_history_overlap_counts_shared_and_conflicting_rows(store):
 
 def test_counts(store):
     ing = Ingest(store, NhsDetector())
-    ing.handle(admit(7), 0.0)
-    ing.handle(result(7, T0, 100.0), 0.0)
-    ing.handle(result(8, T0, 100.0), 0.0)
-    ing.handle(result(7, T0 + DAY, 250.0), 0.0)
-    ing.handle(result("x", T0, 1.0), 0.0)
+    handle(ing, admit(7), 0.0)
+    handle(ing, result(7, T0, 100.0), 0.0)
+    handle(ing, result(8, T0, 100.0), 0.0)
+    handle(ing, result(7, T0 + DAY, 250.0), 0.0)
+    handle(ing, result("x", T0, 1.0), 0.0)
     assert store.counts() == {**EMPTY, "patients": 2, "results": 3, "messages": 5,
                               "dead_letters": 1, "pages_pending": 1}
 
@@ -425,7 +430,7 @@ def test_counts(store):
 def test_archive_leaves_an_empty_usable_state(backend, store):
     ing = Ingest(store, NhsDetector())
     for m in (admit(7), result(7, T0, 100.0), result(7, T0 + DAY, 250.0)):
-        ing.handle(m, 0.0)
+        handle(ing, m, 0.0)
     with store.transaction():
         store.set_meta(created_at="1")
     archived = store.archive("archived-20240301T000000Z")
@@ -433,8 +438,8 @@ def test_archive_leaves_an_empty_usable_state(backend, store):
     assert backend.archived_rows(archived, "journal") == 3
     # Usable at once, and after reopening.
     ing = Ingest(store, NhsDetector())
-    ing.handle(result(7, T0, 100.0), 0.0)
-    assert ing.handle(result(7, T0 + DAY, 250.0), 0.0)[1] is not None
+    handle(ing, result(7, T0, 100.0), 0.0)
+    assert handle(ing, result(7, T0 + DAY, 250.0), 0.0)[1] is not None
     assert backend.open().counts()["messages"] == 2
     # An archive is never overwritten.
     again = store.archive("archived-20240301T000000Z")
@@ -446,8 +451,8 @@ def test_archive_leaves_an_empty_usable_state(backend, store):
 
 def test_the_state_survives_reopening_and_a_newer_schema_is_refused(backend, store):
     ing = Ingest(store, NhsDetector())
-    ing.handle(admit(7), 0.0)
-    ing.handle(result(7, T0, 100.0), 0.0)
+    handle(ing, admit(7), 0.0)
+    handle(ing, result(7, T0, 100.0), 0.0)
     before = store.counts()
     store.close()
     again = backend.open()

@@ -80,6 +80,27 @@ def test_each_frame_is_acked_then_settled_in_order(hospital):
     conn.close()
 
 
+def test_a_frame_whose_ack_cannot_be_written_is_still_settled(hospital):
+    """Accepted means durable: the message is applied even if its ACK never left (the
+    hospital resends it, and the journal makes the resend a no-op)."""
+    events: list[str] = []
+
+    def on_frame(item, received):
+        events.append(f"accept {item.decode()}")
+        client.stop()                      # the link goes down between accept and the ACK
+        return b"ACK " + item
+
+    client = MllpClient("127.0.0.1", hospital.port, on_frame,
+                        after_ack=lambda: events.append("settle"))
+    reader = run_client(client)
+    conn = hospital.accept()
+    assert hospital.exchange(conn, b"one") is None         # no ACK arrived
+    reader.join(TIMEOUT)
+    assert not reader.is_alive()
+    assert events == ["accept one", "settle"]
+    conn.close()
+
+
 def test_our_failure_closes_without_an_ack_and_reconnects(hospital, monkeypatch):
     monkeypatch.setattr(connection, "RECONNECT_FIRST", 0.01)
     calls = []

@@ -7,11 +7,16 @@ import pytest
 
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.hospital import messages
-from aki_alert.ingest import MAX_ATTEMPTS, Ingest
+from aki_alert.ingest import MAX_ATTEMPTS, Ingest, acknowledgement
 from aki_alert.store.sqlite import SqliteStore
 from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_date, parse_hl7_time
 
 T0 = parse_hl7_time("20240301080000")
+
+
+def handle(ing, raw, received):
+    """What the service does with one message: its ACK (`Durable.accept`), then applying it."""
+    return acknowledgement(raw), ing.apply(raw, received)
 
 
 def result(mrn, t, value):
@@ -39,9 +44,9 @@ def pages(store):
 
 
 def test_a_rise_is_paged_once_with_its_explanation(ingest, store):
-    ack, page = ingest.handle(result(7, T0, 100.0), 0.0)
+    ack, page = handle(ingest, result(7, T0, 100.0), 0.0)
     assert ack.split(b"\r")[1] == b"MSA|AA" and page is None
-    ack, page = ingest.handle(result(7, T0 + DAY, 250.0), 0.0)
+    ack, page = handle(ingest, result(7, T0 + DAY, 250.0), 0.0)
     assert page is not None and page.body == f"7,{format_hl7_time(T0 + DAY)}"
     assert pages(store) == [page.body]
     exp = json.loads(store.db.execute("SELECT explanation FROM outbox").fetchone()[0])
@@ -50,33 +55,33 @@ def test_a_rise_is_paged_once_with_its_explanation(ingest, store):
 
 
 def test_redelivered_message_changes_nothing(ingest, store):
-    ingest.handle(result(7, T0, 100.0), 0.0)
+    handle(ingest, result(7, T0, 100.0), 0.0)
     msg = result(7, T0 + DAY, 250.0)
-    assert ingest.handle(msg, 0.0)[1] is not None
+    assert handle(ingest, msg, 0.0)[1] is not None
     before = store.counts()
-    ack, page = ingest.handle(msg, 0.0)
+    ack, page = handle(ingest, msg, 0.0)
     assert page is None and ack.split(b"\r")[1] == b"MSA|AA"
     assert store.counts() == before
 
 
 def test_later_positives_of_the_same_episode_are_not_paged(ingest, store):
-    ingest.handle(result(7, T0, 100.0), 0.0)
-    assert ingest.handle(result(7, T0 + DAY, 250.0), 0.0)[1] is not None
-    assert ingest.handle(result(7, T0 + 2 * DAY, 400.0), 0.0)[1] is None
-    assert ingest.handle(result(7, T0 + 100 * DAY, 90.0), 0.0)[1] is None
-    assert ingest.handle(result(7, T0 + 101 * DAY, 300.0), 0.0)[1] is not None  # a new episode
+    handle(ingest, result(7, T0, 100.0), 0.0)
+    assert handle(ingest, result(7, T0 + DAY, 250.0), 0.0)[1] is not None
+    assert handle(ingest, result(7, T0 + 2 * DAY, 400.0), 0.0)[1] is None
+    assert handle(ingest, result(7, T0 + 100 * DAY, 90.0), 0.0)[1] is None
+    assert handle(ingest, result(7, T0 + 101 * DAY, 300.0), 0.0)[1] is not None  # a new episode
     assert len(pages(store)) == 2
 
 
 def test_state_survives_reopening(tmp_path):
     path = str(tmp_path / "state.db")
     s = SqliteStore(path)
-    Ingest(s, NhsDetector()).handle(admit(7), 0.0)
-    Ingest(s, NhsDetector()).handle(result(7, T0, 100.0), 0.0)
+    handle(Ingest(s, NhsDetector()), admit(7), 0.0)
+    handle(Ingest(s, NhsDetector()), result(7, T0, 100.0), 0.0)
     s.close()
     s = SqliteStore(path)
     ing = Ingest(s, NhsDetector())
-    _, page = ing.handle(result(7, T0 + DAY, 250.0), 0.0)
+    _, page = handle(ing, result(7, T0 + DAY, 250.0), 0.0)
     assert page is not None
     p, episode = s.load_patient("7")
     assert p.times == [T0, T0 + DAY] and p.sex == "F" and episode == T0 + DAY
@@ -84,14 +89,14 @@ def test_state_survives_reopening(tmp_path):
 
 
 def test_unparseable_message_is_dead_lettered_and_acknowledged(ingest, store):
-    ack, page = ingest.handle(result("abc", T0, 100.0), 0.0)
+    ack, page = handle(ingest, result("abc", T0, 100.0), 0.0)
     assert ack.split(b"\r")[1] == b"MSA|AA" and page is None
     reason, = store.db.execute("SELECT reason FROM dead_letters").fetchone()
     assert "MRN" in reason
 
 
 def test_full_disk_is_not_acknowledged_and_loses_nothing(ingest, store):
-    ingest.handle(result(7, T0, 100.0), 0.0)
+    handle(ingest, result(7, T0, 100.0), 0.0)
     msg = result(7, T0 + DAY, 250.0)
     pages_used = store.db.execute("PRAGMA page_count").fetchone()[0]
     store.db.execute(f"PRAGMA max_page_count={pages_used}")
@@ -99,13 +104,13 @@ def test_full_disk_is_not_acknowledged_and_loses_nothing(ingest, store):
     # Fill the remaining room so the next insert cannot fit.
     with pytest.raises(sqlite3.OperationalError, match="full"):
         for i in range(10_000):
-            ingest.handle(result(8, T0 + i, 100.0 + i % 7), 0.0)
+            handle(ingest, result(8, T0 + i, 100.0 + i % 7), 0.0)
     stuck = store.counts()
     with pytest.raises(sqlite3.OperationalError, match="full"):
-        ingest.handle(msg, 0.0)
+        handle(ingest, msg, 0.0)
     assert store.counts() == stuck
     store.db.execute("PRAGMA max_page_count=1073741823")
-    _, page = ingest.handle(msg, 0.0)   # the hospital resends: now it goes through, once
+    _, page = handle(ingest, msg, 0.0)   # the hospital resends: now it goes through, once
     assert page is not None and pages(store) == [page.body]
     assert store.counts()["messages"] > before["messages"]
 
@@ -125,7 +130,7 @@ class FailsTimes:
 
 def test_a_message_that_always_fails_is_dead_lettered_after_retries(store):
     detector = FailsTimes(MAX_ATTEMPTS)
-    ack, page = Ingest(store, detector).handle(result(7, T0, 100.0), 0.0)
+    ack, page = handle(Ingest(store, detector), result(7, T0, 100.0), 0.0)
     assert ack.split(b"\r")[1] == b"MSA|AA" and page is None
     assert detector.left == 0
     assert "RuntimeError" in store.db.execute("SELECT reason FROM dead_letters").fetchone()[0]
@@ -134,42 +139,42 @@ def test_a_message_that_always_fails_is_dead_lettered_after_retries(store):
 
 def test_a_message_that_fails_once_is_applied_on_the_retry(store):
     ing = Ingest(store, FailsTimes(MAX_ATTEMPTS - 1))
-    ing.handle(result(7, T0, 100.0), 0.0)
+    handle(ing, result(7, T0, 100.0), 0.0)
     assert store.db.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
     assert store.counts()["results"] == 1 and store.counts()["messages"] == 1
 
 
 def test_same_sample_time_with_other_bytes_is_a_duplicate_result(ingest, store):
-    ingest.handle(result(7, T0, 100.0), 0.0)
-    ingest.handle(result(7, T0 + DAY, 250.0), 0.0)
-    _, page = ingest.handle(result(7, T0 + DAY, 260.0), 0.0)
+    handle(ingest, result(7, T0, 100.0), 0.0)
+    handle(ingest, result(7, T0 + DAY, 250.0), 0.0)
+    _, page = handle(ingest, result(7, T0 + DAY, 260.0), 0.0)
     assert page is None and len(pages(store)) == 1
     status, = store.db.execute("SELECT status FROM journal ORDER BY id DESC").fetchone()
     assert status == "duplicate-result"
 
 
 def test_other_message_types_are_journaled_as_ignored(ingest, store):
-    ingest.handle(admit(7).replace(b"ADT^A01", b"ADT^A08"), 0.0)
+    handle(ingest, admit(7).replace(b"ADT^A01", b"ADT^A08"), 0.0)
     assert store.db.execute("SELECT status, reason FROM journal").fetchone() == (
         "ignored", "message type ADT^A08")
 
 
 def test_results_before_page_from_open_their_episode_but_are_not_sent(store):
     ing = Ingest(store, NhsDetector(), page_from=T0 + 5 * DAY)
-    ing.handle(result(7, T0, 100.0), 0.0)
-    assert ing.handle(result(7, T0 + DAY, 250.0), 0.0)[1] is None
+    handle(ing, result(7, T0, 100.0), 0.0)
+    assert handle(ing, result(7, T0 + DAY, 250.0), 0.0)[1] is None
     assert store.db.execute("SELECT status FROM outbox").fetchall() == [("suppressed",)]
     assert store.pending_pages() == []
-    assert ing.handle(result(7, T0 + 6 * DAY, 400.0), 0.0)[1] is None   # same episode
-    ing.handle(result(9, T0, 100.0), 0.0)
-    assert ing.handle(result(9, T0 + 6 * DAY, 250.0), 0.0)[1] is not None
+    assert handle(ing, result(7, T0 + 6 * DAY, 400.0), 0.0)[1] is None   # same episode
+    handle(ing, result(9, T0, 100.0), 0.0)
+    assert handle(ing, result(9, T0 + 6 * DAY, 250.0), 0.0)[1] is not None
 
 
 def test_a_late_older_positive_stays_in_the_episode_and_never_moves_it_back(ingest, store):
-    ingest.handle(result(7, T0, 100.0), 0.0)
-    assert ingest.handle(result(7, T0 + 3 * DAY, 300.0), 0.0)[1] is not None
+    handle(ingest, result(7, T0, 100.0), 0.0)
+    assert handle(ingest, result(7, T0 + 3 * DAY, 300.0), 0.0)[1] is not None
     # A result sampled earlier, arriving late (a replay): same injury, not paged.
-    assert ingest.handle(result(7, T0 + 2 * DAY, 250.0), 0.0)[1] is None
+    assert handle(ingest, result(7, T0 + 2 * DAY, 250.0), 0.0)[1] is None
     assert store.load_patient("7")[1] == T0 + 3 * DAY
 
 
@@ -178,15 +183,15 @@ def test_evicted_patients_come_back_from_the_state_unchanged(store, monkeypatch)
 
     monkeypatch.setattr(ingest_mod, "MAX_PATIENTS_IN_MEMORY", 2)
     ing = Ingest(store, NhsDetector())
-    ing.handle(admit(7), 0.0)
-    ing.handle(result(7, T0, 100.0), 0.0)
+    handle(ing, admit(7), 0.0)
+    handle(ing, result(7, T0, 100.0), 0.0)
     for mrn in (8, 9, 10):                       # push 7 out of memory
-        ing.handle(result(mrn, T0, 90.0), 0.0)
+        handle(ing, result(mrn, T0, 90.0), 0.0)
     assert "7" not in ing._patients and len(ing._patients) == 2
-    _, page = ing.handle(result(7, T0 + DAY, 250.0), 0.0)   # judged on its reloaded history
+    _, page = handle(ing, result(7, T0 + DAY, 250.0), 0.0)   # judged on its reloaded history
     assert page is not None
     assert ing._patients["7"].patient.sex == "F"
     for mrn in (11, 12):                         # out again, with its open episode
-        ing.handle(result(mrn, T0, 90.0), 0.0)
+        handle(ing, result(mrn, T0, 90.0), 0.0)
     assert "7" not in ing._patients
-    assert ing.handle(result(7, T0 + 2 * DAY, 300.0), 0.0)[1] is None   # same episode: no page
+    assert handle(ing, result(7, T0 + 2 * DAY, 300.0), 0.0)[1] is None   # same episode: no page

@@ -154,6 +154,22 @@ def test_send_now_delivers_from_the_reader_thread_without_the_event_loop(store):
     assert d.tasks_started == 0 and not d._created
 
 
+def test_a_claimed_page_is_not_resent_by_housekeeping_while_the_reader_sends_it(store):
+    async def go():
+        async with FakePager([]) as p:
+            d = Dispatcher(store, p.address, timeout=0.5)
+            await d.start()
+            pid = queue(store, "1,20240101000000")     # decided, pending in the outbox ...
+            d.claim(["1,20240101000000"])              # ... and claimed in the same hold
+            d.resubmit_pending()                       # housekeeping runs before the send
+            await asyncio.to_thread(d.send_now, "1,20240101000000", time.perf_counter())
+            await settle(d)
+            return p, pid
+    p, pid = asyncio.run(go())
+    assert p.received == ["1,20240101000000"]
+    assert status(store, pid) == ("delivered", 1, None)
+
+
 def test_a_failed_inline_attempt_is_retried_by_the_event_loop_and_pauses_inline_sending(store):
     async def go():
         async with FakePager([503, 503]) as p:

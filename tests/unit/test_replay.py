@@ -77,7 +77,7 @@ def live(loc, messages):
     s = state(loc)
     ing = Ingest(s, NhsDetector())
     for m in messages:
-        ing.handle(m, 0.0)
+        ing.apply(m, 0.0)
     s.close()
 
 
@@ -324,7 +324,7 @@ def test_replay_interleaves_with_live_ingest(tmp_path, loc, capsys):
         ing = Ingest(s, NhsDetector())
         try:
             for m in live_msgs:
-                ing.handle(m, 0.0)
+                ing.apply(m, 0.0)
         except Exception as e:  # noqa: BLE001
             errors.append(e)
         finally:

@@ -41,10 +41,10 @@ def fill(s):
                    history_imported_at="1700000001")
     s.import_results([("8", T0 - 30 * DAY, 80.0), ("8", T0 - 20 * DAY, 82.0)])
     ing = Ingest(s, NhsDetector())
-    ing.handle(admit(7), 0.0)
-    ing.handle(result(7, T0, 100.0), 0.0)
-    ing.handle(result(7, T0 + DAY, 250.0), 0.0)
-    ing.handle(b"garbage", 0.0)
+    ing.apply(admit(7), 0.0)
+    ing.apply(result(7, T0, 100.0), 0.0)
+    ing.apply(result(7, T0 + DAY, 250.0), 0.0)
+    ing.apply(b"garbage", 0.0)
     s.close()
 
 
@@ -261,7 +261,7 @@ def backup_file(state_dir, tmp_path, capsys):
     capsys.readouterr()
     # the state moves on after the backup
     s = SqliteStore(os.path.join(state_dir, "state.db"))
-    Ingest(s, NhsDetector()).handle(result(7, T0 + 2 * DAY, 120.0), 0.0)
+    Ingest(s, NhsDetector()).apply(result(7, T0 + 2 * DAY, 120.0), 0.0)
     s.close()
     return out
 
@@ -592,7 +592,7 @@ def test_backups_restore_across_backends_both_ways(state_dir, postgres_url, tmp_
 
     # The service goes on in PostgreSQL: new rows are numbered after the restored ones.
     s = PostgresStore(postgres_url)
-    Ingest(s, NhsDetector()).handle(result(7, T0 + 2 * DAY, 120.0), 0.0)
+    Ingest(s, NhsDetector()).apply(result(7, T0 + 2 * DAY, 120.0), 0.0)
     assert s.query("SELECT max(id) FROM journal").fetchone()[0] == 5
     s.close()
 
