@@ -132,7 +132,8 @@ def test_results_are_unique_per_patient_and_sample_time(backend, store):
         assert store.add_result("7", T0 - 60, 90.0) is True
         assert store.add_result("8", T0, 120.0) is True
     p, episode = store.load_patient("7")
-    assert (p.mrn, p.times, p.values, episode) == ("7", [T0 - 60, T0], [90.0, 100.0], None)
+    assert (p.mrn, list(p.times), list(p.values), episode) == ("7", [T0 - 60, T0], [90.0, 100.0],
+                                                              None)
     ing = Ingest(store, NhsDetector())
     assert handle(ing, result(7, T0 + DAY, 250.0), 0.0)[1] is not None
     _, page = handle(ing, result(7, T0 + DAY, 260.0), 0.0)        # other bytes, same time
@@ -151,7 +152,7 @@ def test_demographics_and_episode_are_kept(store):
     p, episode = store.load_patient("7")
     assert p.birth == parse_hl7_date("19600101") and p.sex == "F" and episode == T0 + DAY
     assert store.load_patient("404") == (store.load_patient("404")[0], None)
-    assert store.load_patient("404")[0].times == []
+    assert list(store.load_patient("404")[0].times) == []
 
 
 def test_a_nul_in_a_text_field_does_not_stall_the_feed(store):
@@ -393,7 +394,7 @@ def test_import_results_is_idempotent_and_counts_what_it_adds(store):
     assert store.import_results([("2", T0, 1.0), ("3", T0, 90.0)]) == 1
     assert store.import_results([]) == 0
     assert store.counts() == {**EMPTY, "patients": 3, "results": 4}
-    assert store.load_patient("1")[0].values == [100.0, 110.0]          # the first row wins
+    assert list(store.load_patient("1")[0].values) == [100.0, 110.0]         # the first row wins
 
     def broken():
         yield ("4", T0, 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 
 import pytest
 from hypothesis import given, settings
@@ -94,3 +95,14 @@ def test_always_finite_and_consistent_with_nhs(hist, value, age, sex):
         assert x["nhs_ratio"] == pytest.approx(nhs.ratio)
     else:
         assert x["has_prev"] == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(history, st.floats(1.0, 2000.0), st.none() | st.floats(0.0, 120.0))
+def test_typed_arrays_give_the_same_features_and_stage_as_lists(hist, value, age):
+    # The service holds its patients' results in typed arrays (store.rows.load_patient).
+    times = [T - DAY + d // 2 for d, _ in hist]
+    values = [v for _, v in hist]
+    compact = array("q", times), array("d", values)
+    assert features(*compact, T, value, age, "F") == features(times, values, T, value, age, "F")
+    assert nhs_stage(*compact, T, value) == nhs_stage(times, values, T, value)

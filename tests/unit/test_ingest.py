@@ -84,7 +84,7 @@ def test_state_survives_reopening(tmp_path):
     _, page = handle(ing, result(7, T0 + DAY, 250.0), 0.0)
     assert page is not None
     p, episode = s.load_patient("7")
-    assert p.times == [T0, T0 + DAY] and p.sex == "F" and episode == T0 + DAY
+    assert list(p.times) == [T0, T0 + DAY] and p.sex == "F" and episode == T0 + DAY
     s.close()
 
 

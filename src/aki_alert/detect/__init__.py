@@ -7,17 +7,19 @@ results at or after `time` must be ignored by the detector (the caller may hold 
 
 from __future__ import annotations
 
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 
 @dataclass(slots=True)
 class Patient:
-    """What the service knows of one patient: results in time order, demographics if admitted."""
+    """What the service knows of one patient: results in time order, demographics if admitted.
+    The results are lists, or typed arrays where many patients are held (the service's)."""
 
     mrn: str
-    times: list[int] = field(default_factory=list)    # seconds, ascending
-    values: list[float] = field(default_factory=list)  # µmol/L, same order
+    times: MutableSequence[int] = field(default_factory=list)    # seconds, ascending
+    values: MutableSequence[float] = field(default_factory=list)  # µmol/L, same order
     birth: int | None = None                          # seconds at midnight of the date of birth
     sex: str | None = None                            # "M" or "F"
 

@@ -12,6 +12,7 @@ Pure Python, no numpy: this runs once per result on the service's hot path.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Sequence
 
 from ..timeutil import DAY, HOUR
 from .nhs import median
@@ -49,8 +50,8 @@ def _ratio(value: float, base: float | None) -> float:
 
 
 def features(
-    times: list[int],
-    values: list[float],
+    times: Sequence[int],
+    values: Sequence[float],
     time: int,
     value: float,
     age: float | None,

@@ -11,6 +11,7 @@ stage 1. No result in the previous 365 days: no ratio, no alert (reference-range
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..timeutil import DAY, HOUR
@@ -26,14 +27,15 @@ class NhsResult:
     ratio: float | None
 
 
-def median(xs: list[float]) -> float:
+def median(xs: Iterable[float]) -> float:
     s = sorted(xs)
     n = len(s)
     mid = n // 2
     return s[mid] if n % 2 else (s[mid - 1] + s[mid]) / 2.0
 
 
-def nhs_stage(times: list[int], values: list[float], time: int, value: float) -> NhsResult:
+def nhs_stage(times: Sequence[int], values: Sequence[float], time: int,
+              value: float) -> NhsResult:
     """Stage of a result at `time` given earlier results (ascending; later ones are ignored)."""
     end = bisect_left(times, time)
     start = bisect_left(times, time - 365 * DAY, 0, end)

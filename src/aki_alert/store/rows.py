@@ -8,6 +8,7 @@ connection, transactions, migrations, bulk import and archiving — stays in eac
 from __future__ import annotations
 
 import time
+from array import array
 from dataclasses import dataclass
 
 from ..detect import Patient
@@ -54,10 +55,14 @@ class RowOps:
                 (status, reason, journal_id))
 
     def load_patient(self, mrn: str) -> tuple[Patient, int | None]:
-        """A patient's results in time order, demographics and current episode start."""
+        """A patient's results in time order, demographics and current episode start.
+
+        The results come as typed arrays: the service keeps thousands of patients in memory,
+        and an array holds a result in 16 bytes where lists of int and float objects take 72
+        (docs/performance.md, round 4)."""
         rows = self._x("SELECT time, value FROM results WHERE mrn = ? ORDER BY time",
                        (mrn,)).fetchall()
-        p = Patient(mrn, [r[0] for r in rows], [r[1] for r in rows])
+        p = Patient(mrn, array("q", [r[0] for r in rows]), array("d", [r[1] for r in rows]))
         demo = self._x("SELECT birth, sex, episode_start FROM patients WHERE mrn = ?",
                        (mrn,)).fetchone()
         if demo is None:
