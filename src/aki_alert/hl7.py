@@ -58,6 +58,8 @@ Event = Admission | Discharge | Result | Other
 
 def _first(field: str) -> str:
     """First component of the first repetition."""
+    if "^" not in field and "~" not in field:     # the usual case, without the two splits
+        return field.strip()
     return field.split("~", 1)[0].split("^", 1)[0].strip()
 
 
@@ -120,19 +122,23 @@ def parse(raw: bytes) -> Event:
     if not _field(msh, 11).strip():
         raise HL7Error("MSH has no MSH-12 version: an incomplete (truncated?) message")
     kind = message_type(msh)
-    by_name: dict[str, list[str]] = {}
-    for seg in segs[1:]:
-        by_name.setdefault(seg[0].strip(), seg)
-    pid = by_name.get("PID")
     if kind == "ORU^R01":
-        return _result(segs, pid) or Other(kind, _field(msh, 9))
+        return _result(segs) or Other(kind, _field(msh, 9))
     if kind == "ADT^A01":
-        return _admission(pid, _msh_time(msh))
+        return _admission(_pid(segs), _msh_time(msh))
     if kind == "ADT^A03":
-        return Discharge(_mrn(pid), _msh_time(msh))
+        return Discharge(_mrn(_pid(segs)), _msh_time(msh))
     if not kind:
         raise HL7Error("MSH-9 message type is empty")
     return Other(kind, _field(msh, 9))
+
+
+def _pid(segs: list[list[str]]) -> list[str] | None:
+    """The first PID segment."""
+    for seg in segs[1:]:
+        if seg[0].strip() == "PID":
+            return seg
+    return None
 
 
 def _admission(pid: list[str] | None, when: int | None) -> Admission:
@@ -148,13 +154,18 @@ def _admission(pid: list[str] | None, when: int | None) -> Admission:
     return Admission(mrn, name, birth, sex if sex in ("M", "F") else None, when)
 
 
-def _result(segs: list[list[str]], pid: list[str] | None) -> Result | None:
+def _result(segs: list[list[str]]) -> Result | None:
+    """One pass over the segments: the first PID, the first OBR's time, the first creatinine."""
+    pid = None
     obr_time = ""
     value_text = None
     any_obx = False
     for seg in segs[1:]:
         name = seg[0].strip()
-        if name == "OBR" and not obr_time:
+        if name == "PID":
+            if pid is None:
+                pid = seg
+        elif name == "OBR" and not obr_time:
             obr_time = _ts_digits(_first(_field(seg, 7)))
         elif name == "OBX":
             any_obx = True

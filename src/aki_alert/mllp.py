@@ -47,6 +47,9 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[bytes | FrameError]:
         """Add `data`; return what every frame it completes holds, in order."""
+        if (not self._buf and not self._skipped and data[:1] == START
+                and 0 < data.find(END) == len(data) - 2 and data.find(START, 1) < 0):
+            return [data[1:-2]]               # the usual read: exactly one whole frame
         buf = self._buf
         buf += data
         out: list[bytes | FrameError] = []
