@@ -44,11 +44,15 @@ class RowOps:
     # --- per message (call inside transaction()) ----------------------------------------
     def journal(self, digest: bytes, kind: str, mrn: str | None, status: str,
                 reason: str | None, raw: bytes) -> int | None:
-        """Record a message; None when these exact bytes were journaled before (a re-delivery)."""
+        """Record a message; None when these exact bytes were journaled before (a re-delivery).
+
+        The blobs go as bytearrays: Python's sqlite3 looks for an adapter for every `bytes`
+        parameter and raises and swallows two AttributeErrors doing so, ~0.25 µs each; a
+        bytearray is bound directly (both drivers store either as a blob)."""
         return self._insert_id(
             "INSERT INTO journal (digest, received_at, kind, mrn, status, reason, raw) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (digest, time.time(), kind, mrn, status, reason, raw))
+            (bytearray(digest), time.time(), kind, mrn, status, reason, bytearray(raw)))
 
     def set_journal_status(self, journal_id: int, status: str, reason: str | None = None) -> None:
         self._x("UPDATE journal SET status = ?, reason = ? WHERE id = ?",
