@@ -109,7 +109,7 @@ class Ingest:
         try:
             event = hl7.parse(raw)
         except hl7.HL7Error as e:
-            metrics.MESSAGES.labels(type="unparseable").inc()
+            metrics.child(metrics.MESSAGES, "unparseable").inc()
             self.set_aside(digest, "unparseable", str(e), raw)
             return None
         kind = type(event).__name__.lower()

@@ -47,14 +47,18 @@ def exported() -> tuple[set[str], dict[str, set[str]]]:
         names.update(sample.name for sample in family.samples)
     labels: dict[str, set[str]] = {}
     for obj in vars(metrics).values():
-        if not isinstance(obj, MetricWrapperBase):
+        if isinstance(obj, MetricWrapperBase):
+            labelnames = obj._labelnames
+        elif isinstance(obj, metrics.HotMetric):
+            labelnames = obj.labelnames
+        else:
             continue
         (family,) = obj.describe()
         if family.type == "info":
             continue  # an Info's labels are its values: any label is possible
         for suffix in _SUFFIXES[family.type]:
             extra = {"le"} if suffix == "_bucket" else set()
-            labels[family.name + suffix] = set(obj._labelnames) | extra
+            labels[family.name + suffix] = set(labelnames) | extra
     return names, labels
 
 

@@ -1,13 +1,14 @@
-"""metrics.HotHistogram exports exactly what prometheus-client's own Histogram would."""
+"""metrics.HotHistogram and HotCounter export exactly what prometheus-client's own Histogram and
+Counter would."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from aki_alert import metrics
-from aki_alert.metrics import HotHistogram
+from aki_alert.metrics import HotCounter, HotHistogram
 
 BUCKETS = (0.01, 0.5, 1, 3, 100)
 values = st.lists(st.one_of(st.sampled_from(BUCKETS),
@@ -51,3 +52,28 @@ def test_the_services_hot_histograms_are_in_the_default_registry():
     after = generate_latest().decode()
     assert "aki_message_processing_seconds_bucket{le=\"0.00025\"}" in text
     assert after != text
+
+
+counts = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]),
+                            st.floats(min_value=0, max_value=1e6, allow_nan=False)), max_size=50)
+
+
+@given(counts)
+def test_same_series_as_prometheus_clients_counter(incs):
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    hot = HotCounter("x_total", "help text", ("kind",), registry=ours)
+    ref = Counter("x_total", "help text", ["kind"], registry=theirs)
+    for kind, amount in incs:
+        hot.labels(kind).inc(amount)
+        ref.labels(kind).inc(amount)
+    assert exposition(ours) == exposition(theirs)
+
+
+def test_unlabelled_counter_is_exported_from_the_start():
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    hot = HotCounter("y_total", "h", registry=ours)
+    ref = Counter("y_total", "h", registry=theirs)
+    assert exposition(ours) == exposition(theirs)
+    hot.inc()
+    ref.inc()
+    assert exposition(ours) == exposition(theirs)
