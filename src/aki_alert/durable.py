@@ -2,8 +2,7 @@
 
 `accept()` appends a frame to the message log (one `write()`, `fdatasync`ed too with durability
 "machine") and returns its ACK; the caller sends the ACK, then calls `settle()`, which applies
-the frame to the state inside a long transaction (its own SAVEPOINT) and returns the page to
-send, if any. Applying a message (parse, state, detector) overlaps with the hospital reading
+the frame to the state inside a long transaction and returns the page to send, if any. Applying a message (parse, state, detector) overlaps with the hospital reading
 the ACK and sending the next message, instead of adding to every round trip. The log is the
 durable record of an acknowledged message: the transaction commits, and the log is emptied,
 every BATCH_MAX messages or BATCH_SECONDS after the first uncommitted one. A crash loses the
@@ -13,7 +12,10 @@ page the pager accepted (`delivered()`), so a page decided again by a recovery i
 
 Any storage failure while applying (disk full, read-only) rolls the whole batch back, forgets
 the patients held in memory and marks the batch broken; the next `accept()` or `flush()`
-re-applies the log first, so the database, the memory and the log agree again. A frame that
+re-applies the log first, so the database, the memory and the log agree again. A message is
+applied without a savepoint of its own (two statements fewer each); when one fails midway for
+another reason (a bug, a poison message), the batch is rebuilt from the log the same way, with
+each message in a savepoint, so that it is retried and set aside alone (ingest.py). A frame that
 cannot be appended to the log is not acknowledged: the hospital resends it.
 
 With `commit_each` (replicas sharing a PostgreSQL state) there is no log: a standby taking
@@ -27,7 +29,7 @@ import logging
 import time
 
 from . import metrics
-from .ingest import Ingest, Page, acknowledgement
+from .ingest import Ingest, Page, Unisolated, acknowledgement
 from .mllp import FrameError
 from .store.msglog import DELIVERED, FRAME_ERROR, MESSAGE, MessageLog
 from .store import Store
@@ -63,7 +65,7 @@ class Durable:
         if self.broken:
             self._recovered += self.recover()
         if self.commit_each:
-            page = self._apply(item, received)
+            page = self._apply(item, received, isolated=True)
             if page is not None:
                 self._recovered.append(page)
         else:
@@ -87,7 +89,12 @@ class Durable:
             self.batch_started = time.monotonic()
         try:
             self.store.begin_batch()
-            page = self._apply(item, received)
+            page = self._apply(item, received, isolated=False)
+        except Unisolated as e:
+            log.warning("a message failed midway (%r): the batch is applied again from the "
+                        "message log, each message in a savepoint of its own", e.__cause__)
+            self._restore(storage=False)
+            return pages
         except Exception as e:  # noqa: BLE001 - only our storage's failures reach here
             log.error("cannot apply an acknowledged message yet (%s): it stays in the message "
                       "log and is applied again before the next one", e)
@@ -106,11 +113,11 @@ class Durable:
         if not self.commit_each:              # there, the row's update is its own commit
             self.msglog.append(DELIVERED, f"{body}\0{attempts}".encode())
 
-    def _apply(self, item: Frame, received: float) -> Page | None:
+    def _apply(self, item: Frame, received: float, isolated: bool) -> Page | None:
         if isinstance(item, FrameError):
             self.ingest.set_aside_frame(item)
             return None
-        return self.ingest.apply(item, received)
+        return self.ingest.apply(item, received, isolated)
 
     @property
     def due(self) -> bool:
@@ -180,9 +187,11 @@ class Durable:
             log.info("message log: %d record(s) applied again and committed", len(records))
         return [p for p in pages if p.body not in delivered]
 
-    def _restore(self) -> None:
-        """After a storage failure: drop the batch and the memory built on it."""
-        metrics.STORAGE_FAILURES.inc()
+    def _restore(self, storage: bool = True) -> None:
+        """After a failure (of the storage, or of a message applied without a savepoint):
+        drop the batch and the memory built on it."""
+        if storage:
+            metrics.STORAGE_FAILURES.inc()
         try:
             self.store.rollback_batch()
         except Exception as e:  # noqa: BLE001 - the connection may be gone; recover() retries

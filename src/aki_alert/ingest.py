@@ -35,6 +35,11 @@ MAX_PATIENTS_IN_MEMORY = 5_000
 _DEAD_KINDS = ("unparseable", "oversized-frame")
 
 
+class Unisolated(Exception):
+    """A message applied without a savepoint failed midway: the batch holds part of it and
+    must be rolled back and applied again, each message isolated."""
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     body: str         # 'MRN,YYYYMMDDHHMMSS': the page's name in the outbox and to the pager
@@ -100,9 +105,12 @@ class Ingest:
         """Drop the in-memory patients (after the state changed underneath, e.g. a replay)."""
         self._patients.clear()
 
-    def apply(self, raw: bytes, received: float) -> Page | None:
+    def apply(self, raw: bytes, received: float, isolated: bool = True) -> Page | None:
         """Apply one message; returns the page to dispatch, if any. Raises only for failures
-        of our storage; a message that fails otherwise MAX_ATTEMPTS times is a dead letter."""
+        of our storage; a message that fails otherwise MAX_ATTEMPTS times is a dead letter.
+        `isolated=False` (inside a batch): no savepoint around the message, and a failure of
+        any kind raises `Unisolated`: the caller rolls the batch back and applies it again
+        isolated (durable.py), where the retries and the dead letter happen."""
         digest = message_digest(raw)
         # Not reset: the page task started for this message inherits it (see logs.py).
         REQUEST_ID.set(digest[-8:].hex())
@@ -116,10 +124,12 @@ class Ingest:
         metrics.child(metrics.MESSAGES, kind).inc()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                return self._apply(digest, event, kind, raw, received)
+                return self._apply(digest, event, kind, raw, received, isolated)
             except Exception as e:  # noqa: BLE001 - classified below
                 if is_storage_failure(e):
                     raise
+                if not isolated:
+                    raise Unisolated(e) from e
                 if attempt < MAX_ATTEMPTS:
                     log.warning("processing failed (attempt %d of %d): %r", attempt,
                                 MAX_ATTEMPTS, e)
@@ -146,12 +156,12 @@ class Ingest:
             log.warning("dead letter (journal %s): %s", new, reason)
 
     def _apply(self, digest: bytes, event: hl7.Event, kind: str, raw: bytes,
-               received: float) -> Page | None:
+               received: float, isolated: bool) -> Page | None:
         store = self.store
         mrn = getattr(event, "mrn", None)
         page: Page | None = None
         commit_memory = None
-        with store.transaction():
+        with store.transaction(isolated):
             jid = store.journal(digest, kind, mrn, "applied", None, raw)
             if jid is None:
                 metrics.DUPLICATES.inc()

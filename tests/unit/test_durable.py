@@ -4,6 +4,7 @@ failure mid-batch loses no acknowledged message and pages nothing twice."""
 import sqlite3
 
 import pytest
+from prometheus_client import REGISTRY
 
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.durable import BATCH_MAX, Durable
@@ -157,8 +158,40 @@ def test_a_storage_failure_after_the_ack_is_repaired_from_the_log_and_still_page
     assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
 
 
-def _fail_apply(raw, received):
+def _fail_apply(raw, received, isolated=True):
     raise sqlite3.OperationalError("database or disk is full")
+
+
+class FailsOnce(NhsDetector):
+    """Raises (a bug of ours) the first time it judges patient 7's second result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def judge(self, patient, time, value):
+        if patient.mrn == "7" and len(patient.times) == 1 and not self.failed:
+            self.failed = True
+            raise RuntimeError("bug")
+        return super().judge(patient, time, value)
+
+
+def test_a_message_failing_midway_is_applied_once_when_the_batch_is_rebuilt(tmp_path):
+    store = SqliteStore(str(tmp_path / "state.db"))
+    d = Durable(store, Ingest(store, FailsOnce()), MessageLog(str(tmp_path / "messages.log")))
+    failures = REGISTRY.get_sample_value("aki_storage_failures_total")
+    msgs = list(stream())
+    for m in msgs[:-1]:
+        handle(d, m)
+    # Its journal row and result were written, without a savepoint, before the detector
+    # failed: the batch is rolled back and applied again from the log, each message isolated.
+    assert handle(d, msgs[-1]) == [] and d.broken
+    assert bodies(d.flush()) == ["7,20240302080000"]
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
+    assert committed(tmp_path, "SELECT count(*) FROM journal WHERE status = 'applied'") == 42
+    assert committed(tmp_path, "SELECT count(*) FROM results") == 42
+    assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
+    assert REGISTRY.get_sample_value("aki_storage_failures_total") == failures  # not storage
 
 
 def test_flush_applies_an_accepted_frame_before_emptying_the_log(tmp_path):

@@ -380,9 +380,13 @@ class PostgresStore(RowOps, StateAdmin):
         self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, isolated: bool = True) -> Iterator[None]:
         """One unit of change: its own transaction, or, inside a batch, a savepoint of it (so
-        a failing message rolls back alone and the batch goes on)."""
+        a failing message rolls back alone and the batch goes on). `isolated=False`: inside a
+        batch, no savepoint; a failure then spoils the batch (see SqliteStore.transaction)."""
+        if self.in_transaction and not isolated:
+            yield
+            return
         if self.in_transaction:
             self.db.execute("SAVEPOINT unit")
             try:

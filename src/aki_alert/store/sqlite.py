@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from .admin import COMMON_MIGRATIONS, SCHEMA_VERSION, StateAdmin, StateError
@@ -184,11 +184,13 @@ class SqliteStore(RowOps, StateAdmin):
     def close(self) -> None:
         self.db.close()
 
-    def transaction(self) -> AbstractContextManager[None]:
+    def transaction(self, isolated: bool = True) -> AbstractContextManager[None]:
         """One unit of change: its own transaction, or, inside a batch, a savepoint of it (so
-        a failing message rolls back alone and the batch goes on)."""
+        a failing message rolls back alone and the batch goes on). `isolated=False`: inside a
+        batch, no savepoint (two statements fewer a message); a failure then leaves the unit
+        half-written, and the caller must roll the whole batch back (durable.py does)."""
         if self.db.in_transaction:
-            return self._savepoint
+            return self._savepoint if isolated else _NOT_ISOLATED
         return self._own_transaction()
 
     @contextmanager
@@ -260,6 +262,9 @@ class SqliteStore(RowOps, StateAdmin):
                 os.remove(self.path + ext)
         self.__init__(self.path, self.durability)
         return archived
+
+
+_NOT_ISOLATED = nullcontext()
 
 
 class _Savepoint:
