@@ -2,8 +2,9 @@
 
 `accept()` appends a frame to the message log (one `write()`, `fdatasync`ed too with durability
 "machine") and returns its ACK; the caller sends the ACK, then calls `settle()`, which applies
-the frame to the state inside a long transaction and returns the page to send, if any. Applying a message (parse, state, detector) overlaps with the hospital reading
-the ACK and sending the next message, instead of adding to every round trip. The log is the
+the frame to the state inside a long transaction and returns the page to send, if any.
+Applying a message (parse, state, detector) overlaps with the hospital reading the ACK and
+sending the next message, instead of adding to every round trip. The log is the
 durable record of an acknowledged message: the transaction commits, and the log is emptied,
 every BATCH_MAX messages or BATCH_SECONDS after the first uncommitted one. A crash loses the
 uncommitted batch from the database but not from the log: `recover()` applies the log again

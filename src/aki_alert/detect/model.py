@@ -244,8 +244,8 @@ class ModelDetector:
 
     def probability(
         self,
-        times: list[int],
-        values: list[float],
+        times: Sequence[int],
+        values: Sequence[float],
         time: int,
         value: float,
         age: float | None,
