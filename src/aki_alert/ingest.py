@@ -18,11 +18,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from . import hl7, metrics
-from .detect import Detector, Judgement, Patient
+from .detect import LOOKBACK, Detector, Judgement, Patient
 from .episodes import episode_start_after, opens_episode
 from .logs import REQUEST_ID
 from .mllp import FrameError
 from .store import Store, is_storage_failure
+from .timeutil import DAY
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ MAX_ATTEMPTS = 3
 # Patients kept in memory: several times those in hospital at once (~hundreds); the rest are
 # one indexed read away.
 MAX_PATIENTS_IN_MEMORY = 5_000
+# A patient's results are held back to this long before the newest: the detector's lookback
+# and a margin, so that over the years memory holds each patient's last year, not a lifetime.
+# A result that comes later than the margin allows reloads its patient from the state.
+KEEP = LOOKBACK + 30 * DAY
 _DEAD_KINDS = ("unparseable", "oversized-frame")
 
 
@@ -50,6 +55,15 @@ class Page:
 class _Cached:
     patient: Patient
     episode_start: int | None
+    since: int      # the patient's results at or after this time are held, no earlier ones
+
+    def keep_from(self, since: int) -> None:
+        """Drop the results before `since`, once there are a month's worth of them."""
+        times, values = self.patient.times, self.patient.values
+        if times and times[0] < since - 30 * DAY:
+            cut = bisect_left(times, since)
+            del times[:cut], values[:cut]
+            self.since = since
 
 
 def message_digest(raw: bytes) -> bytes:
@@ -88,17 +102,19 @@ class Ingest:
         self.page_from = page_from
         self._patients: OrderedDict[str, _Cached] = OrderedDict()
 
-    def _patient(self, mrn: str) -> _Cached:
+    def _patient(self, mrn: str, time: int) -> _Cached:
+        """The patient, holding at least the results a detector reads for a result at `time`."""
         cached = self._patients.get(mrn)
-        if cached is None:
-            # First sight since start (or since evicted): one indexed read, then kept in memory,
-            # least recently seen patients first out, so memory stays flat over the years.
-            cached = _Cached(*self.store.load_patient(mrn))
+        if cached is None or time - LOOKBACK < cached.since:
+            # First sight since start (or since evicted, or a result older than those held):
+            # one indexed read, then kept in memory, least recently seen patients first out,
+            # so memory stays flat over the years.
+            since = time - KEEP
+            cached = _Cached(*self.store.load_patient(mrn, since), since)
             self._patients[mrn] = cached
             if len(self._patients) > MAX_PATIENTS_IN_MEMORY:
                 self._patients.popitem(last=False)
-        else:
-            self._patients.move_to_end(mrn)
+        self._patients.move_to_end(mrn)
         return cached
 
     def forget(self) -> None:
@@ -187,7 +203,7 @@ class Ingest:
 
     def _result(self, r: hl7.Result, jid: int, received: float):
         store = self.store
-        cached = self._patient(r.mrn)
+        cached = self._patient(r.mrn, r.time)
         p = cached.patient
         if not store.add_result(r.mrn, r.time, r.value):
             store.set_journal_status(jid, "duplicate-result",
@@ -222,6 +238,7 @@ class Ingest:
             p.times.insert(i, r.time)
             p.values.insert(i, r.value)
             cached.episode_start = start
+            cached.keep_from(r.time - KEEP)
 
         return page, commit_memory
 

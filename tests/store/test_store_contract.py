@@ -134,6 +134,7 @@ def test_results_are_unique_per_patient_and_sample_time(backend, store):
     p, episode = store.load_patient("7")
     assert (p.mrn, list(p.times), list(p.values), episode) == ("7", [T0 - 60, T0], [90.0, 100.0],
                                                               None)
+    assert list(store.load_patient("7", since=T0 - 59)[0].values) == [100.0]
     ing = Ingest(store, NhsDetector())
     assert handle(ing, result(7, T0 + DAY, 250.0), 0.0)[1] is not None
     _, page = handle(ing, result(7, T0 + DAY, 260.0), 0.0)        # other bytes, same time

@@ -4,10 +4,13 @@ import json
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from aki_alert.detect.nhs import NhsDetector
+from aki_alert.detect import LOOKBACK
+from aki_alert.detect.nhs import NhsDetector, nhs_stage
 from aki_alert.hospital import messages
-from aki_alert.ingest import MAX_ATTEMPTS, Ingest, acknowledgement
+from aki_alert.ingest import KEEP, MAX_ATTEMPTS, Ingest, acknowledgement
 from aki_alert.store.sqlite import SqliteStore
 from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_date, parse_hl7_time
 
@@ -195,3 +198,44 @@ def test_evicted_patients_come_back_from_the_state_unchanged(store, monkeypatch)
         handle(ing, result(mrn, T0, 90.0), 0.0)
     assert "7" not in ing._patients
     assert handle(ing, result(7, T0 + 2 * DAY, 300.0), 0.0)[1] is None   # same episode: no page
+
+
+class Recording(NhsDetector):
+    """The NHS detector, remembering what each judgement was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, list[int], list[float]]] = []
+
+    def judge(self, patient, time, value):
+        self.seen.append((time, list(patient.times), list(patient.values)))
+        return super().judge(patient, time, value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3 * 365), st.floats(30.0, 900.0)), min_size=1,
+                max_size=40))
+def test_what_is_held_in_memory_judges_as_the_whole_history(tmp_path_factory, results):
+    # Results over three years, in any order (late ones too): each is judged from the results
+    # held in memory, which reach back only KEEP, and reloads when a late result needs more.
+    store = SqliteStore(str(tmp_path_factory.mktemp("held") / "state.db"))
+    detector = Recording()
+    ing = Ingest(store, detector)
+    history: dict[int, float] = {}
+    for day, value in results:
+        t = T0 + day * DAY
+        ing.apply(result(7, t, value), 0.0)
+        if t not in history:
+            time_, times, values = detector.seen[-1]
+            earlier = sorted((s, v) for s, v in history.items() if s < t)
+            held = [(s, v) for s, v in zip(times, values, strict=True) if s < t]
+            window = [(s, v) for s, v in earlier if s >= t - LOOKBACK]
+            assert [x for x in held if x[0] >= t - LOOKBACK] == window
+            assert nhs_stage(times, values, t, value) == nhs_stage(
+                [s for s, _ in earlier], [v for _, v in earlier], t, value)
+            history[t] = value
+    # Not a lifetime: a new result lets go of what lies more than KEEP (and a month) before it.
+    newest = max(history) + DAY
+    ing.apply(result(7, newest, 100.0), 0.0)
+    assert all(s >= newest - KEEP - 30 * DAY for s in ing._patients["7"].patient.times)
+    store.close()

@@ -2,7 +2,8 @@
 
 A detector is a pure object: `judge(patient, time, value)` reads nothing but its arguments.
 `patient.times` / `patient.values` are the patient's earlier results in ascending time order;
-results at or after `time` must be ignored by the detector (the caller may hold them).
+results at or after `time` must be ignored by the detector (the caller may hold them), and so
+must results more than LOOKBACK before it (the caller may not hold those).
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from __future__ import annotations
 from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from ..timeutil import DAY
+
+# How far back a detector reads: the NHS algorithm's RV2 window, and the model's features.
+LOOKBACK = 365 * DAY
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 
 from ..timeutil import DAY, HOUR
+from . import LOOKBACK
 from .nhs import median
 
 # Bump when the meaning of any feature changes: a model trained on other features refuses to load.
@@ -63,7 +64,7 @@ def features(
     `age` in years or None; `sex` "M"/"F" (any case) or None.
     """
     end = bisect_left(times, time)
-    start = bisect_left(times, time - 365 * DAY, 0, end)
+    start = bisect_left(times, time - LOOKBACK, 0, end)
     week = bisect_left(times, time - 7 * DAY, start, end)
     two_days = bisect_left(times, time - 48 * HOUR, week, end)
     prev = values[start:end]

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..timeutil import DAY, HOUR
-from . import Judgement, Patient
+from . import LOOKBACK, Judgement, Patient
 
 VERSION = "nhs-england-2014"
 
@@ -38,7 +38,7 @@ def nhs_stage(times: Sequence[int], values: Sequence[float], time: int,
               value: float) -> NhsResult:
     """Stage of a result at `time` given earlier results (ascending; later ones are ignored)."""
     end = bisect_left(times, time)
-    start = bisect_left(times, time - 365 * DAY, 0, end)
+    start = bisect_left(times, time - LOOKBACK, 0, end)
     if start == end:
         return NhsResult(0, None, None)
     week = bisect_left(times, time - 7 * DAY, start, end)

@@ -58,14 +58,19 @@ class RowOps:
         self._x("UPDATE journal SET status = ?, reason = ? WHERE id = ?",
                 (status, reason, journal_id))
 
-    def load_patient(self, mrn: str) -> tuple[Patient, int | None]:
-        """A patient's results in time order, demographics and current episode start.
+    def load_patient(self, mrn: str, since: int | None = None) -> tuple[Patient, int | None]:
+        """A patient's results in time order (those at or after `since`, if given),
+        demographics and current episode start.
 
         The results come as typed arrays: the service keeps thousands of patients in memory,
         and an array holds a result in 16 bytes where lists of int and float objects take 72
         (docs/performance.md, round 4)."""
-        rows = self._x("SELECT time, value FROM results WHERE mrn = ? ORDER BY time",
-                       (mrn,)).fetchall()
+        if since is None:
+            rows = self._x("SELECT time, value FROM results WHERE mrn = ? ORDER BY time",
+                           (mrn,)).fetchall()
+        else:
+            rows = self._x("SELECT time, value FROM results WHERE mrn = ? AND time >= ? "
+                           "ORDER BY time", (mrn, since)).fetchall()
         p = Patient(mrn, array("q", [r[0] for r in rows]), array("d", [r[1] for r in rows]))
         demo = self._x("SELECT birth, sex, episode_start FROM patients WHERE mrn = ?",
                        (mrn,)).fetchone()
