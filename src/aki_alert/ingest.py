@@ -3,9 +3,10 @@
 `Ingest.apply(raw)` journals the bytes, parses them, updates the patient, judges a result and
 queues a page in the outbox, all in one `store.transaction()`: its own transaction, or a
 savepoint of the service's open batch (durable.py, which has made the message durable in its
-log first). It raises only for failures of our own storage (durable.py restores the batch and
-applies the log again). A message that can never be processed is journaled as dead (a dead
-letter) with its reason.
+log first), or, on the batch's fast path (`isolated=False`), no savepoint at all. It raises
+only for failures of our own storage, and on the fast path for any failure (durable.py
+restores the batch and applies the log again). A message that can never be processed is
+journaled as dead (a dead letter) with its reason.
 """
 
 from __future__ import annotations
