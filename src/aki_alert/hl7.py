@@ -71,7 +71,7 @@ def _segments(text: str) -> list[list[str]]:
     # Liberal in what we accept: \r is the standard separator; tolerate \n and \r\n too.
     if "\n" in text:
         text = text.replace("\r\n", "\r").replace("\n", "\r")
-    return [seg.split("|") for seg in text.split("\r") if seg.strip()]
+    return [seg.split("|") for seg in text.split("\r") if seg and not seg.isspace()]
 
 
 def _mrn(pid: list[str] | None) -> str:
@@ -101,14 +101,14 @@ def _msh_time(msh: list[str]) -> int | None:
 
 
 def message_type(msh: list[str]) -> str:
-    parts = _field(msh, 8).split("^")
-    return "^".join(p.strip() for p in parts[:2])
+    parts = _field(msh, 8).split("^", 2)
+    return parts[0].strip() + "^" + parts[1].strip() if len(parts) > 1 else parts[0].strip()
 
 
 def control_id(raw: bytes) -> str:
     """MSH-10 of a raw message, or "" (also for a message too broken to parse)."""
     head = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
-    fields = head.split(b"|")
+    fields = head.split(b"|", 10)
     return fields[9].decode("utf-8", "replace").strip() if len(fields) > 9 else ""
 
 
