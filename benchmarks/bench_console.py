@@ -1,6 +1,6 @@
 """Does the console slow the page path? Per-message ingest cost with and without it hammered.
 
-`Ingest.handle` over a generated stream into a real SQLite state file (WAL, durability
+`Ingest.apply` over a generated stream into a real SQLite state file (WAL, durability
 "process", as `aki-alert serve` runs it), timed per message, in two conditions run alternately
 on fresh copies of the same state:
 
@@ -135,7 +135,7 @@ def main() -> None:
                 runs[name].append(run_once(template, work, g.messages, mrns, pause))
     print(f"{len(g.messages)} messages, {args.days} days, {args.patients} patients, "
           f"detector nhs, {args.rounds} rounds (median by mean shown)")
-    print(f"{'per-message Ingest.handle':36}{'mean':>10}{'p99':>10}{'ratio':>8}{'console':>14}")
+    print(f"{'per-message Ingest.apply':36}{'mean':>10}{'p99':>10}{'ratio':>8}{'console':>14}")
     base = None
     for name, results in runs.items():
         mean, p99, rate = sorted(results)[len(results) // 2]
