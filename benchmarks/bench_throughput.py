@@ -7,9 +7,11 @@ measured before the first service run and after each, and each run's ratio uses 
 the two floors around it (all are printed). For each service run: messages/s and its ratio to
 the floor, the hospital's own latency measure (result sent → page received) p50/p90/p99, and
 the service's resident memory sampled from /proc: its peak, and its mean in each quarter of the
-stream (by messages acknowledged), so growth in the last three quarters shows. Runs: SQLite
-with durability "process" (the default) and "machine", and PostgreSQL (STATE_URL, a commit per
-message) when a server answers at AKI_BENCH_POSTGRES_URL (default
+stream (by messages acknowledged), so growth in the last three quarters shows; and its CPU time
+per message while the stream runs, and the share of a core that is (near 1: the service, not
+the protocol, is the limit). Runs: SQLite with durability "process" (the default) and
+"machine", and PostgreSQL (STATE_URL, a commit per message) when a server answers at
+AKI_BENCH_POSTGRES_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres; a database is created and dropped).
 
     python -m benchmarks.bench_throughput [--days 365] [--detector model] [--no-postgres]
@@ -52,6 +54,16 @@ def floor_rate(msgs, rows) -> float:
         return h.hospital.rate()
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -81,6 +93,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.hospital, self.total = pid, hospital, total
         self.samples: list[tuple[int, float]] = []
+        self.cpu_start: tuple[int, float] | None = None    # (acked, CPU s) at the first sample
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -88,6 +101,17 @@ class Sampler(threading.Thread):
             rss = rss_mib(self.pid)
             if rss is not None and self.hospital.acked:
                 self.samples.append((self.hospital.acked, rss))
+                if self.cpu_start is None:
+                    self.cpu_start = (self.hospital.acked, cpu_seconds(self.pid) or 0.0)
+
+    def cpu_per_message(self) -> float | None:
+        """The service's CPU seconds per message acknowledged since the first sample (start-up
+        and the history import left out): when it nears the time between two messages, the
+        service, not the protocol, is the limit."""
+        now = cpu_seconds(self.pid)
+        if self.cpu_start is None or now is None or self.hospital.acked <= self.cpu_start[0]:
+            return None
+        return (now - self.cpu_start[1]) / (self.hospital.acked - self.cpu_start[0])
 
     def memory(self) -> Memory | None:
         quarters = [[r for n, r in self.samples if q * self.total < 4 * n <= (q + 1) * self.total]
@@ -113,8 +137,9 @@ def service_run(msgs, rows, history: Path, detector: str, state: Path, durabilit
         try:
             if not h.wait_done(900):
                 raise SystemExit("the service did not finish the stream")
+            cpu = sampler.cpu_per_message()
             time.sleep(1.0)   # the last pages
-            return h.hospital.rate(), h.score(), sampler.memory()
+            return h.hospital.rate(), h.score(), sampler.memory(), cpu
         finally:
             sampler.done.set()
             terminate(proc)
@@ -171,17 +196,24 @@ def main() -> None:
           f"      RSS peak, quarters (MiB)")
     print(f"{'ack-only client (floor), each measurement':50}"
           f"{' '.join(f'{f:.0f}' for f in floors):>11}")
-    for i, (name, (rate, score, mem)) in enumerate(runs.items()):
+    for i, (name, (rate, score, mem, cpu)) in enumerate(runs.items()):
         floor = (floors[i] + floors[i + 1]) / 2
         print(f"{'aki-alert serve, ' + name:50}{rate:>11.0f}{rate / floor:>7.2f}   "
               f"{_ms(score.latency_p50)} / {_ms(score.latency_p90)} / {_ms(score.latency_p99)}"
-              f"   {_memory(mem)}   (floor {floors[i]:.0f} before, {floors[i + 1]:.0f} after)")
-    for name, (_, score, _) in runs.items():
+              f"   {_memory(mem)}   (floor {floors[i]:.0f} before, {floors[i + 1]:.0f} after;"
+              f" {_cpu(cpu, rate)})")
+    for name, (_, score, _, _) in runs.items():
         print(f"score ({name}): {score.summary()}")
 
 
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1000:.2f} ms"
+
+
+def _cpu(per_message: float | None, rate: float) -> str:
+    if per_message is None:
+        return "CPU -"
+    return f"CPU {per_message * 1e6:.0f} µs a message, {per_message * rate:.2f} of a core"
 
 
 def _memory(m: Memory | None) -> str:
