@@ -4,11 +4,11 @@
 
 A generated year (10,000 patients, seed 1) in a temporary directory, deleted afterwards: its
 history is imported into a fresh SqliteStore, then every message goes through what the
-service's reader thread does for it (connection.py, service.py), without the socket: decode its
-MLLP frame, `Durable.accept` (message log append, ACK), the two metric updates of `on_frame`,
-`Durable.settle` (journal, parse, state, judge, page decision), and `Durable.flush` when a
-batch is due. Each message is timed alone; the batch commits are timed apart and amortised
-over all messages.
+service and its front process do for it (front.py, service.py), in one process, without the
+socket and the pipe between them: decode its MLLP frame, `Durable.accept` (message log append,
+ACK: the front's part), the two metric updates, `Durable.settle` (journal, parse, state, judge,
+page decision: the service's), and `Durable.flush` when a batch is due. Each message is timed
+alone; the batch commits are timed apart and amortised over all messages.
 
 Baseline, same messages: what an acknowledge-only client does for one (decode the frame, build
 the ACK). Where the time goes, per result: a second pass of the whole path, over its own copy
@@ -42,9 +42,10 @@ from aki_alert.durable import BATCH_MAX, Durable
 from aki_alert.history import ImportSummary, read_history
 from aki_alert.hospital.datafiles import read_messages, write_hospital
 from aki_alert.hospital.generator import generate
-from aki_alert.ingest import Ingest, acknowledgement
+from aki_alert.hl7 import acknowledgement
+from aki_alert.ingest import Ingest
 from aki_alert.mllp import FrameDecoder, frame
-from aki_alert.store.msglog import MESSAGE, MessageLog
+from aki_alert.store.msglog import MESSAGE, MessageLog, SegmentWriter
 from aki_alert.store.sqlite import SqliteStore
 
 KINDS = {b"ORU^R01": "result", b"ADT^A01": "admission", b"ADT^A03": "discharge"}
@@ -100,16 +101,20 @@ def imported_state(tmp: Path, days: int) -> tuple[list[bytes], SqliteStore]:
 
 
 def service(tmp: Path, name: str, imported: SqliteStore, durability: str, detector) -> Durable:
-    """A Durable as `aki-alert serve` builds it, over a fresh copy of the imported state."""
+    """A Durable as `aki-alert serve` builds it, over a fresh copy of the imported state, with
+    the front's message log writer of its own (both halves of the service in one process)."""
     imported.backup_to(str(tmp / f"{name}.db"))
     store = SqliteStore(str(tmp / f"{name}.db"), durability)
-    msglog = MessageLog(str(tmp / f"{name}.log"), sync=durability == "machine")
-    return Durable(store, Ingest(store, detector), msglog)
+    (tmp / name).mkdir()
+    sync = durability == "machine"
+    durable = Durable(store, Ingest(store, detector), str(tmp / name), sync=sync)
+    durable.frames = SegmentWriter(str(tmp / name), sync)
+    return durable
 
 
 class Reader:
-    """What the reader thread does per message (service.on_frame, after_ack), without the
-    socket: µs per message, and µs per batch commit."""
+    """What the front and the service's applier do per message, in one thread, without the
+    socket and the pipe: µs per message, and µs per batch commit."""
 
     def __init__(self, durable: Durable) -> None:
         self.durable = durable
@@ -218,9 +223,9 @@ class Instrumented:
         self.events: Events = []
         self.detector = TimedDetector(detector, self.events)
         self.durable = service(tmp, "timed", imported, durability, self.detector)
-        store, msglog = self.durable.store, self.durable.msglog
+        store, frames = self.durable.store, self.durable.frames
         store.db = TimedConnection(store.db, self.events)
-        msglog.append = Timed(msglog.append, "message log append (write)", self.events)
+        frames.append = Timed(frames.append, "message log append (write)", self.events)
         self.parse = Timed(hl7.parse, "hl7.parse", self.events)
         self.digest = Timed(ingest.message_digest, "message_digest (blake2b)", self.events)
 
@@ -301,7 +306,7 @@ class Run:
         self.timed.durable.flush()
         for durable in (self.reader.durable, self.timed.durable):
             durable.store.close()
-            durable.msglog.close()
+            durable.close()
         self.msglog.close()
 
     def warm_up(self) -> None:

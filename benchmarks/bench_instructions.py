@@ -5,10 +5,11 @@ tell such a change from the noise; instruction counts repeat, whatever the other
 (docs/performance.md, round 4). What is counted, each in a child process under
 `valgrind --tool=callgrind` with PYTHONHASHSEED=0:
 
-- **service**: what the reader thread does for each of the first N messages of the generated
-  year (seed 1), over a copy of its imported history, without the socket: decode the frame,
-  `Durable.accept` (message log, ACK), the two metric updates of `on_frame`, `Durable.settle`
-  (journal, parse, state, judge, page decision), `Durable.flush` when due;
+- **service**: what the service and its front do for each of the first N messages of the
+  generated year (seed 1), over a copy of its imported history, both in one process, without
+  the socket and the pipe between them: decode the frame, `Durable.accept` (message log, ACK:
+  the front's part), the two metric updates, `Durable.settle` (journal, parse, state, judge,
+  page decision: the service's), `Durable.flush` when due;
 - **baseline**: an acknowledge-only client's work for the same messages (decode the frame,
   build the ACK), as in `bench_ingest`.
 

@@ -6,12 +6,13 @@ protocol's floor on this machine). This machine's speed drifts within a minute, 
 measured before the first service run and after each, and each run's ratio uses the mean of
 the two floors around it (all are printed). For each service run: messages/s and its ratio to
 the floor, the hospital's own latency measure (result sent → page received) p50/p90/p99, and
-the service's resident memory sampled from /proc: its peak, and its mean in each quarter of the
-stream (by messages acknowledged), so growth in the last three quarters shows; and its CPU time
-per message while the stream runs, and the share of a core that is (near 1: the service, not
-the protocol, is the limit). Runs: SQLite with durability "process" (the default) and
-"machine", and PostgreSQL (STATE_URL, a commit per message) when a server answers at
-AKI_BENCH_POSTGRES_URL (default
+the resident memory of the service and its front (front.py, the child process that holds the
+connection) together, sampled from /proc: its peak (and the front's alone), and its mean in
+each quarter of the stream (by messages acknowledged), so growth in the last three quarters
+shows; and the CPU time per message of each while the stream runs, and the share of a core that
+is (near 1: that process, not the protocol, is the limit). Runs: SQLite with durability
+"process" (the default) and "machine", and PostgreSQL (STATE_URL, a commit per message, in one
+process: no front) when a server answers at AKI_BENCH_POSTGRES_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres; a database is created and dropped).
 
     python -m benchmarks.bench_throughput [--days 365] [--detector model] [--no-postgres]
@@ -64,6 +65,18 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (the service's front)."""
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return found
+
+
 def rss_mib(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -79,6 +92,7 @@ def rss_mib(pid: int) -> float | None:
 class Memory:
     peak: float
     quarters: list[float]          # mean RSS (MiB) in each quarter of the stream
+    front_peak: float              # the front's alone (0: none, as with STATE_URL)
 
     @property
     def growth(self) -> float:
@@ -87,38 +101,53 @@ class Memory:
 
 
 class Sampler(threading.Thread):
-    """Samples the service's RSS against the hospital's progress until stopped."""
+    """Samples the RSS of the service and its front against the hospital's progress until
+    stopped, and their CPU time."""
 
     def __init__(self, pid: int, hospital, total: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.hospital, self.total = pid, hospital, total
-        self.samples: list[tuple[int, float]] = []
-        self.cpu_start: tuple[int, float] | None = None    # (acked, CPU s) at the first sample
+        self.samples: list[tuple[int, float, float]] = []   # (acked, service RSS, front RSS)
+        self.front: int | None = None
+        self.cpu_start: tuple[int, float, float] | None = None    # (acked, CPU s, front CPU s)
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(SAMPLE_SECONDS):
             rss = rss_mib(self.pid)
-            if rss is not None and self.hospital.acked:
-                self.samples.append((self.hospital.acked, rss))
-                if self.cpu_start is None:
-                    self.cpu_start = (self.hospital.acked, cpu_seconds(self.pid) or 0.0)
+            if rss is None or not self.hospital.acked:
+                continue
+            if self.front is None:
+                self.front = next(iter(children(self.pid)), None)
+            front_rss = rss_mib(self.front) if self.front is not None else None
+            self.samples.append((self.hospital.acked, rss, front_rss or 0.0))
+            if self.cpu_start is None:
+                self.cpu_start = (self.hospital.acked, cpu_seconds(self.pid) or 0.0,
+                                  self._front_cpu() or 0.0)
 
-    def cpu_per_message(self) -> float | None:
-        """The service's CPU seconds per message acknowledged since the first sample (start-up
-        and the history import left out): when it nears the time between two messages, the
-        service, not the protocol, is the limit."""
-        now = cpu_seconds(self.pid)
+    def _front_cpu(self) -> float | None:
+        return cpu_seconds(self.front) if self.front is not None else None
+
+    def cpu_per_message(self) -> tuple[float, float] | None:
+        """CPU seconds per message acknowledged since the first sample (start-up and the
+        history import left out), of the service and of its front: when one nears the time
+        between two messages, it, not the protocol, is the limit."""
+        now, front = cpu_seconds(self.pid), self._front_cpu()
         if self.cpu_start is None or now is None or self.hospital.acked <= self.cpu_start[0]:
             return None
-        return (now - self.cpu_start[1]) / (self.hospital.acked - self.cpu_start[0])
+        n = self.hospital.acked - self.cpu_start[0]
+        return ((now - self.cpu_start[1]) / n,
+                (front - self.cpu_start[2]) / n if front is not None else 0.0)
 
     def memory(self) -> Memory | None:
-        quarters = [[r for n, r in self.samples if q * self.total < 4 * n <= (q + 1) * self.total]
+        """The service's and its front's RSS together (the pod's processes)."""
+        both = [(n, r + f) for n, r, f in self.samples]
+        quarters = [[r for n, r in both if q * self.total < 4 * n <= (q + 1) * self.total]
                     for q in range(4)]
         if not all(quarters):
             return None
-        return Memory(max(r for _, r in self.samples), [sum(q) / len(q) for q in quarters])
+        return Memory(max(r for _, r in both), [sum(q) / len(q) for q in quarters],
+                      max(f for _, _, f in self.samples))
 
 
 def service_run(msgs, rows, history: Path, detector: str, state: Path, durability: str,
@@ -210,17 +239,19 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1000:.2f} ms"
 
 
-def _cpu(per_message: float | None, rate: float) -> str:
+def _cpu(per_message: tuple[float, float] | None, rate: float) -> str:
     if per_message is None:
         return "CPU -"
-    return f"CPU {per_message * 1e6:.0f} µs a message, {per_message * rate:.2f} of a core"
+    service, front = per_message
+    return (f"CPU {service * 1e6:.0f} + {front * 1e6:.0f} µs a message (service + front), "
+            f"{service * rate:.2f} + {front * rate:.2f} of a core")
 
 
 def _memory(m: Memory | None) -> str:
     if m is None:
         return "-"
     quarters = " ".join(f"{q:.1f}" for q in m.quarters)
-    return f"{m.peak:.1f}; {quarters} (Q2→Q4 {m.growth:+.1%})"
+    return f"{m.peak:.1f} (front {m.front_peak:.1f}); {quarters} (Q2→Q4 {m.growth:+.1%})"
 
 
 if __name__ == "__main__":

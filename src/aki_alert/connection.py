@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import metrics
 from .mllp import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, frame
 
 log = logging.getLogger(__name__)
@@ -43,18 +42,26 @@ def reconnect_delay(failures: int) -> float:
 # on_frame(payload, received_perf_counter) -> ACK bytes (without framing)
 FrameHandler = Callable[[bytes | FrameError, float], bytes]
 
+# What happens to the connection, as `MllpClient` reports it to its `events` callback (the
+# service counts them in its metrics: `metrics.connection_event`; the front hands them over).
+CONNECTED, CONNECT_FAILED, DISCONNECTED, NOT_ACKNOWLEDGED = (
+    "connected", "connect-failed", "disconnected", "not-acknowledged")
+
 
 class MllpClient:
     def __init__(self, host: str, port: int, on_frame: FrameHandler,
                  after_ack: Callable[[], None] = lambda: None,
                  max_frame: int = DEFAULT_MAX_FRAME,
-                 may_connect: Callable[[], bool] = lambda: True) -> None:
+                 may_connect: Callable[[], bool] = lambda: True,
+                 events: Callable[[str], None] = lambda event: None) -> None:
         """`may_connect`: checked before every (re)connection; False stops the client (a
-        replica that lost its lease must not take the feed back from the new leader)."""
+        replica that lost its lease must not take the feed back from the new leader).
+        `events`: told each connection event (CONNECTED, …)."""
         self.host, self.port = host, port
         self.on_frame = on_frame
         self.after_ack = after_ack
         self.may_connect = may_connect
+        self.events = events
         self.max_frame = max_frame
         self._stopping = threading.Event()
         self._sock: socket.socket | None = None
@@ -75,17 +82,16 @@ class MllpClient:
                 sock = socket.create_connection((self.host, self.port), CONNECT_TIMEOUT)
             except OSError as e:
                 failures += 1
-                metrics.RECONNECTS.labels(outcome="failed").inc()
+                self.events(CONNECT_FAILED)
                 delay = reconnect_delay(failures)
                 log.warning("cannot connect to hospital at %s: %s (retry %d in %.2fs)",
                             self.address, e.strerror or e, failures, delay)
                 self._stopping.wait(delay)
                 continue
-            metrics.RECONNECTS.labels(outcome="connected").inc()
-            metrics.CONNECTED.set(1)
+            self.events(CONNECTED)
             log.info("connected to hospital at %s", self.address)
             messages, reason = self._serve(sock)
-            metrics.CONNECTED.set(0)
+            self.events(DISCONNECTED)
             log.info("disconnected from hospital at %s after %d message(s)%s", self.address,
                      messages, f": {reason}" if reason else "")
             # A connection that carried traffic resets the backoff; one that failed at once
@@ -117,7 +123,7 @@ class MllpClient:
                     try:
                         reply = self.on_frame(item, received)
                     except Exception as e:  # noqa: BLE001 - ours: do not ACK, drop the link
-                        metrics.STORAGE_FAILURES.inc()
+                        self.events(NOT_ACKNOWLEDGED)
                         log.error("cannot store message, not acknowledging it (%s); dropping "
                                   "the connection so the hospital resends it", e)
                         return messages, "not acknowledged"

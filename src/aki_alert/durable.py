@@ -1,38 +1,45 @@
 """Acknowledge fast, lose nothing: a write-ahead message log, then the ACK, then the work.
 
-`accept()` appends a frame to the message log (one `write()`, `fdatasync`ed too with durability
-"machine") and returns its ACK; the caller sends the ACK, then calls `settle()`, which applies
-the frame to the state inside a long transaction and returns the page to send, if any.
-Applying a message (parse, state, detector) overlaps with the hospital reading the ACK and
-sending the next message, instead of adding to every round trip. The log is the
-durable record of an acknowledged message: the transaction commits, and the log is emptied,
-every BATCH_MAX messages or BATCH_SECONDS after the first uncommitted one. A crash loses the
-uncommitted batch from the database but not from the log: `recover()` applies the log again
-at the next start, and the journal's keys skip what was committed. The log also records each
-page the pager accepted (`delivered()`), so a page decided again by a recovery is not resent.
+A frame is appended to the message log (store/msglog.py: one `write()`, `fdatasync`ed too with
+durability "machine") and acknowledged; then it is applied to the state inside a long
+transaction, and its page, if any, is sent. In the service the two halves run in two processes
+on the two cores (front.py): the front logs and acknowledges, and hands each frame over with
+its place in the log; `take()` applies it here, while the front is already reading the next.
+`accept()` then `settle()` do both halves in one process (the tests and benchmarks).
+
+The log is the durable record of an acknowledged message: the transaction commits every
+BATCH_MAX messages or BATCH_SECONDS after the first uncommitted one, and then the log's
+committed part is dropped. A crash loses the uncommitted batch from the database but not from
+the log: `recover()` applies the log again at the next start, and the journal's keys skip what
+was committed. The log also records each page the pager accepted (`delivered()`), so a page
+decided again by a recovery is not resent.
 
 Any storage failure while applying (disk full, read-only) rolls the whole batch back, forgets
-the patients held in memory and marks the batch broken; the next `accept()` or `flush()`
-re-applies the log first, so the database, the memory and the log agree again. A message is
-applied without a savepoint of its own (two statements fewer each); when one fails midway for
-another reason (a bug, a poison message), the batch is rebuilt from the log the same way, with
-each message in a savepoint, so that it is retried and set aside alone (ingest.py). A frame that
-cannot be appended to the log is not acknowledged: the hospital resends it.
+the patients held in memory and marks the batch broken; the next frame (or `flush()`)
+re-applies the log first, so the database, the memory and the log agree again, and until that
+succeeds nothing more is applied (and the front, held back, acknowledges nothing more). A
+message is applied without a savepoint of its own (two statements fewer each); when one fails
+midway for another reason (a bug, a poison message), the batch is rebuilt from the log the same
+way, with each message in a savepoint, so that it is retried and set aside alone (ingest.py). A
+frame that cannot be appended to the log is not acknowledged: the hospital resends it.
 
 With `commit_each` (replicas sharing a PostgreSQL state) there is no log: a standby taking
 over must find everything the leader acknowledged, and it cannot read this pod's disk, so each
-message is applied and committed before its ACK.
+message is applied and committed before its ACK, in one process.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from . import metrics
-from .ingest import Ingest, Page, Unisolated, acknowledgement
+from .hl7 import acknowledgement
+from .ingest import Ingest, Page, Unisolated
 from .mllp import FrameError
-from .store.msglog import DELIVERED, FRAME_ERROR, MESSAGE, MessageLog
+from .store.msglog import (DELIVERED, MESSAGE, MessageLog, Position, SegmentWriter,
+                           drop_segments, frame_of, log_record, segment_records)
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -47,13 +54,19 @@ Frame = bytes | FrameError
 
 
 class Durable:
-    def __init__(self, store: Store, ingest: Ingest, msglog: MessageLog,
+    def __init__(self, store: Store, ingest: Ingest, log_dir: str, sync: bool = False,
                  commit_each: bool = False) -> None:
-        """`commit_each`: apply and commit every message before its ACK, without the log."""
+        """`log_dir`: where the message log is (the state directory); `sync`: fdatasync each
+        record (durability "machine"); `commit_each`: apply and commit every message before
+        its ACK, without the log."""
         self.store = store
         self.commit_each = commit_each
         self.ingest = ingest
-        self.msglog = msglog
+        self.log_dir = log_dir
+        self.sync = sync
+        self.deliveries = MessageLog(os.path.join(log_dir, "messages.log"), sync)
+        self.frames: SegmentWriter | None = None      # accept()'s own (in one process)
+        self._taken: Position | None = None   # the log position of the last frame applied
         self.uncommitted = 0                  # messages applied since the last commit
         self.batch_started = 0.0              # monotonic time of the first of them
         self.broken = False                   # a failure left the batch to be re-applied
@@ -70,12 +83,21 @@ class Durable:
             if page is not None:
                 self._recovered.append(page)
         else:
-            if isinstance(item, FrameError):
-                self.msglog.append(FRAME_ERROR, item.reason.encode() + b"\0" + item.prefix)
-            else:
-                self.msglog.append(MESSAGE, item)
+            if self.frames is None:
+                self.frames = SegmentWriter(self.log_dir, self.sync)
+            self._taken = self.frames.append(*log_record(item))
             self._accepted = (item, received)
         return acknowledgement(item)
+
+    def take(self, item: Frame, received: float, at: Position) -> list[Page]:
+        """Apply a frame the front logged at `at` and acknowledged; returns the pages to send.
+        Raises when a broken batch cannot be rebuilt yet (the storage still fails): the frame
+        is not taken, and the caller offers it again later."""
+        if self.broken:
+            self._recovered += self.recover()
+        self._taken = at
+        self._accepted = (item, received)
+        return self.settle()
 
     def settle(self) -> list[Page]:
         """Apply the frame accepted last; returns the pages to send (its own, and any decided
@@ -112,7 +134,7 @@ class Durable:
         page again (a commit after every delivery would cost the reader its batch). Raises
         when the log cannot take it (the page may then be sent once more after a crash)."""
         if not self.commit_each:              # there, the row's update is its own commit
-            self.msglog.append(DELIVERED, f"{body}\0{attempts}".encode())
+            self.deliveries.append(DELIVERED, f"{body}\0{attempts}".encode())
 
     def _apply(self, item: Frame, received: float, isolated: bool) -> Page | None:
         if isinstance(item, FrameError):
@@ -141,7 +163,7 @@ class Durable:
             if self.broken:
                 return pages + self.recover()
             self.store.commit_batch()
-            self.msglog.clear()
+            self._drop_committed()
         except Exception as e:  # noqa: BLE001 - any failure here is our storage's
             log.error("cannot commit the state (%s): the message log keeps the batch", e)
             if not self.broken:
@@ -151,21 +173,29 @@ class Durable:
         self.uncommitted = 0
         return pages
 
-    def recover(self) -> list[Page]:
-        """Apply what the log holds (at start, or after a failure) and commit it. Returns the
-        pages it decided; raises when the storage still fails."""
+    def recover(self, everything: bool = False) -> list[Page]:
+        """Apply what the log holds (at start, or after a failure) and commit it: every frame
+        up to the last one taken (those after it are still on their way), or all of them at
+        start (none taken yet) or with `everything`, which only a caller that knows no front
+        is writing may ask for (the service, before it starts one, and after one died).
+        Returns the pages it decided; raises when the storage still fails."""
         self.store.rollback_batch()
         self.ingest.forget()
-        records, torn = self.msglog.records()
-        if torn:
+        upto = None if everything else self._taken
+        own, torn = self.deliveries.records()
+        frames, torn_frames, last_segment = segment_records(self.log_dir, upto)
+        if torn or torn_frames:
             log.warning("message log: %d torn trailing byte(s) dropped (never acknowledged)",
-                        torn)
+                        torn + torn_frames)
+        # A log left by the version before segments holds frames too, older than any segment's.
+        records = ([r for r in own if r[0] != DELIVERED] + [r for _, r in frames]
+                   + [r for r in own if r[0] == DELIVERED])
         pages, delivered = [], set()
         self.store.begin_batch()
         try:
             for kind, payload in records:
                 if kind == MESSAGE:
-                    page = self.ingest.apply(payload, time.perf_counter())
+                    page = self.ingest.apply(payload, time.perf_counter(), again=True)
                     if page is not None:
                         pages.append(page)
                 elif kind == DELIVERED:
@@ -173,20 +203,33 @@ class Durable:
                     self.store.page_delivered(body, int(attempts))
                     delivered.add(body)
                 else:
-                    reason, _, prefix = payload.partition(b"\0")
-                    self.ingest.set_aside_frame(FrameError(reason.decode(), prefix))
+                    self.ingest.set_aside_frame(frame_of(kind, payload))
             self.store.commit_batch()
         except Exception:
             self.store.rollback_batch()
             self.ingest.forget()
             self.broken = True
             raise
-        self.msglog.clear()
+        self.deliveries.clear()
+        if last_segment is not None:
+            # The last segment read stays while a writer may still append to it.
+            drop_segments(self.log_dir, before=last_segment + (upto is None))
         self.broken = False
         self.uncommitted = 0
         if records:
             log.info("message log: %d record(s) applied again and committed", len(records))
         return [p for p in pages if p.body not in delivered]
+
+    def _drop_committed(self) -> None:
+        """After a commit: the deliveries, and the segments whose frames are all committed."""
+        self.deliveries.clear()
+        if self._taken is not None:
+            drop_segments(self.log_dir, before=self._taken[0])
+
+    def close(self) -> None:
+        self.deliveries.close()
+        if self.frames is not None:
+            self.frames.close()
 
     def _restore(self, storage: bool = True) -> None:
         """After a failure (of the storage, or of a message applied without a savepoint):
@@ -199,3 +242,4 @@ class Durable:
             log.error("rollback failed: %s", e)
         self.ingest.forget()
         self.broken = True
+

@@ -11,6 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from .mllp import FrameError
 from .timeutil import parse_hl7_date, parse_hl7_time
 
 # Creatinine outside this range (µmol/L) is a unit or transcription error, not a patient.
@@ -202,3 +203,12 @@ def ack(code: str = "AA", control: str = "") -> bytes:
         _ack_cache = (now, time.strftime("%Y%m%d%H%M%S", time.localtime(now)).encode())
     msa = f"MSA|{code}|{control}" if control else f"MSA|{code}"
     return b"MSH|^~\\&|||||" + _ack_cache[1] + b"||ACK|||2.5\r" + msa.encode() + b"\r"
+
+
+def acknowledgement(item: bytes | FrameError) -> bytes:
+    """The ACK of a frame: AA, echoing MSH-10 (a frame set aside has none to echo). Every
+    frame gets AA once it is durable: a message that can never be processed is set aside as a
+    dead letter, because AE/AR would make the hospital resend it forever."""
+    if isinstance(item, FrameError):
+        return ack("AA")
+    return ack("AA", control_id(item))

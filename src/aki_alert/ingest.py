@@ -77,15 +77,6 @@ def message_digest(raw: bytes) -> bytes:
     return (head[6][:14] if len(head) > 7 else b"") + hashlib.blake2b(raw, digest_size=16).digest()
 
 
-def acknowledgement(item: bytes | FrameError) -> bytes:
-    """The ACK of a frame: AA, echoing MSH-10 (a frame set aside has none to echo). Every
-    frame gets AA once it is durable: a message that can never be processed is set aside as a
-    dead letter, because AE/AR would make the hospital resend it forever."""
-    if isinstance(item, FrameError):
-        return hl7.ack("AA")
-    return hl7.ack("AA", hl7.control_id(item))
-
-
 def explanation(j: Judgement) -> str:
     return json.dumps({
         "detector": j.detector, "version": j.version, "score": round(j.score, 6),
@@ -122,26 +113,31 @@ class Ingest:
         """Drop the in-memory patients (after the state changed underneath, e.g. a replay)."""
         self._patients.clear()
 
-    def apply(self, raw: bytes, received: float, isolated: bool = True) -> Page | None:
+    def apply(self, raw: bytes, received: float, isolated: bool = True,
+              again: bool = False) -> Page | None:
         """Apply one message; returns the page to dispatch, if any. Raises only for failures
         of our storage; a message that fails otherwise MAX_ATTEMPTS times is a dead letter.
         `isolated=False` (inside a batch): no savepoint around the message, and a failure of
         any kind raises `Unisolated`: the caller rolls the batch back and applies it again
-        isolated (durable.py), where the retries and the dead letter happen."""
+        isolated (durable.py), where the retries and the dead letter happen. `again`: a
+        message of the log applied again by a recovery: not counted as received, nor, when
+        its journal row is there (committed before), as a re-delivery."""
         digest = message_digest(raw)
         # Not reset: the page task started for this message inherits it (see logs.py).
         REQUEST_ID.set(digest[-8:].hex())
         try:
             event = hl7.parse(raw)
         except hl7.HL7Error as e:
-            metrics.child(metrics.MESSAGES, "unparseable").inc()
+            if not again:
+                metrics.child(metrics.MESSAGES, "unparseable").inc()
             self.set_aside(digest, "unparseable", str(e), raw)
             return None
         kind = type(event).__name__.lower()
-        metrics.child(metrics.MESSAGES, kind).inc()
+        if not again:
+            metrics.child(metrics.MESSAGES, kind).inc()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                return self._apply(digest, event, kind, raw, received, isolated)
+                return self._apply(digest, event, kind, raw, received, isolated, again)
             except Exception as e:  # noqa: BLE001 - classified below
                 if is_storage_failure(e):
                     raise
@@ -173,7 +169,7 @@ class Ingest:
             log.warning("dead letter (journal %s): %s", new, reason)
 
     def _apply(self, digest: bytes, event: hl7.Event, kind: str, raw: bytes,
-               received: float, isolated: bool) -> Page | None:
+               received: float, isolated: bool, again: bool) -> Page | None:
         store = self.store
         mrn = getattr(event, "mrn", None)
         page: Page | None = None
@@ -181,7 +177,8 @@ class Ingest:
         with store.transaction(isolated):
             jid = store.journal(digest, kind, mrn, "applied", None, raw)
             if jid is None:
-                metrics.DUPLICATES.inc()
+                if not again:
+                    metrics.DUPLICATES.inc()
                 return None
             if isinstance(event, hl7.Result):
                 page, commit_memory = self._result(event, jid, received)

@@ -13,6 +13,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from . import connection
+
 
 @lru_cache(maxsize=256)
 def child(metric, *values: str):
@@ -137,6 +139,9 @@ OUTBOX_OLDEST = Gauge(
     "aki_outbox_oldest_age_seconds", "Age of the oldest undelivered page (0 when none)")
 CONNECTED = Gauge("aki_mllp_connected", "1 while connected to the hospital's MLLP endpoint")
 RECONNECTS = Counter("aki_mllp_connects_total", "MLLP connection attempts by outcome", ["outcome"])
+FRONT_RESTARTS = Counter(
+    "aki_front_restarts_total", "Times the front process (MLLP, message log, ACKs) exited "
+    "unexpectedly and was started again")
 PAGE_LATENCY = Histogram(
     "aki_page_latency_seconds", "From receiving a result to the pager accepting its page",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3, 10, 60),
@@ -174,3 +179,16 @@ PROVENANCE_MISMATCH = Gauge(
 PROVENANCE_MISMATCHES = Counter(
     "aki_state_provenance_mismatches_total", "Provenance mismatches found at start, by action",
     ["action"])
+
+
+def connection_event(event: str) -> None:
+    """Count an event of the hospital connection."""
+    if event == connection.CONNECTED:
+        RECONNECTS.labels(outcome="connected").inc()
+        CONNECTED.set(1)
+    elif event == connection.CONNECT_FAILED:
+        RECONNECTS.labels(outcome="failed").inc()
+    elif event == connection.DISCONNECTED:
+        CONNECTED.set(0)
+    elif event == connection.NOT_ACKNOWLEDGED:
+        STORAGE_FAILURES.inc()

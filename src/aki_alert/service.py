@@ -2,31 +2,33 @@
 
 Start-up (startup.py) opens the state, makes it this environment's, imports the history and
 loads the detector; then pages left in the outbox are resent and the service connects to the
-hospital. SIGTERM stops
-reading at once, finishes the message in hand, gives in-flight pages a moment, and exits 0.
+hospital, through its front process (front.py), which logs and acknowledges while this process
+applies and pages. SIGTERM stops reading at once, finishes the messages in hand, gives
+in-flight pages a moment, and exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from . import health, metrics
 from .config import Config
-from .connection import MllpClient
+from .connection import DISCONNECTED, MllpClient
 from .durable import BATCH_SECONDS, Durable
-from .ingest import Ingest
+from .front import EVENT, FrontProcess
+from .ingest import Ingest, Page
 from .leader import Lease, LeadershipLost
 from .mllp import FrameError
 from .pager import Dispatcher
 from .quality import LabelsMonitor
 from .startup import StartupError, load_detector, open_state, reconcile
-from .store.msglog import MessageLog
+from .store.msglog import Position, frame_of
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -35,13 +37,17 @@ DRAIN_SECONDS = 3.0
 SWITCH_INTERVAL = 0.0005
 QUALITY_INTERVAL = 60.0
 HOUSEKEEPING_INTERVAL = 5.0
+# After the front exits unexpectedly, or while the state cannot take a frame: the first wait
+# before trying again, doubled up to the cap.
+RETRY_FIRST, RETRY_CAP = 0.05, 1.0
 
 
 class Service:
-    """The reader thread (connection.py) accepts, acknowledges and applies messages and sends
-    their pages at once; the main thread's event loop retries pages the pager did not take,
-    commits idle batches and keeps house. `lock` makes their uses of the state (one
-    connection) take turns."""
+    """The applier thread applies the frames the front process hands over and sends their
+    pages at once (with a PostgreSQL state shared by replicas: the reader thread of
+    connection.py receives, applies, commits and acknowledges each message itself); the main
+    thread's event loop retries pages the pager did not take, commits idle batches and keeps
+    house. `lock` makes their uses of the state (one connection) take turns."""
 
     def __init__(self, cfg: Config, store: Store, durable: Durable,
                  lease: Lease | None = None) -> None:
@@ -54,8 +60,17 @@ class Service:
         self.dispatcher = Dispatcher(store, cfg.pager_address, lock=self.lock,
                                      may_send=lease.valid if lease else lambda: True,
                                      delivered=durable.delivered)
-        self.client = MllpClient(cfg.mllp_host, cfg.mllp_port, self.on_frame, self.after_ack,
-                                 may_connect=self._may_lead)
+        self.stopping = threading.Event()
+        self.client: MllpClient | None = None
+        self.front: FrontProcess | None = None
+        if durable.commit_each:
+            self.client = MllpClient(cfg.mllp_host, cfg.mllp_port, self.on_frame,
+                                     self.after_ack, may_connect=self._may_lead,
+                                     events=metrics.connection_event)
+        else:
+            self.front = FrontProcess(cfg.mllp_address, cfg.state_dir,
+                                      cfg.durability == "machine", cfg.log_format,
+                                      cfg.log_level)
 
     def _may_lead(self) -> bool:
         if self.lease is None or self.lease.valid():
@@ -77,9 +92,100 @@ class Service:
             log.error("lost leadership (lease epoch %s): stopping; restart to stand by",
                       self.lease.epoch if self.lease else "-")
             self.lost_leadership = True
-            self.client.stop()
+            self.stop()
 
-    # --- the reader thread ------------------------------------------------------------------
+    # --- the applier thread (front.py hands the frames over) ----------------------------------
+    def follow_front(self) -> None:
+        """Apply what the front hands over until stopped; start the front again when it exits
+        unexpectedly, after applying whatever it logged."""
+        front = self.front
+        assert front is not None
+        delay = RETRY_FIRST
+        if self.durable.broken:
+            # The start-up could not apply the message log: no front (whose segments the
+            # recovery would take for leftovers) until it has.
+            pages = self._retrying(self._recover_everything)
+            if pages is None:
+                return
+            self._send(pages)
+        while not self.stopping.is_set():
+            front.start()
+            if self.stopping.is_set():            # stop() came before the front existed
+                front.stop()
+            for kind, at, received, processing, payload in front.records():
+                if kind == EVENT:
+                    metrics.connection_event(payload.decode())
+                    continue
+                metrics.child(metrics.ACKS, "AA").inc()
+                metrics.PROCESSING.observe(processing)
+                if not self.take(frame_of(kind, payload), received, at):
+                    break                         # stopping while the state cannot take it
+                front.credit()
+                delay = RETRY_FIRST               # this front worked: a crash restarts it at once
+            code = front.wait()
+            metrics.connection_event(DISCONNECTED)    # a killed front could not say so
+            if self.stopping.is_set():
+                break
+            metrics.FRONT_RESTARTS.inc()
+            log.error("the front process exited unexpectedly (status %s): applying what it "
+                      "logged, then starting it again", code)
+            self._send(self._retrying(self._recover_everything) or [])
+            self.stopping.wait(delay)
+            delay = min(RETRY_CAP, delay * 2)
+
+    def take(self, item: bytes | FrameError, received: float, at: Position) -> bool:
+        """Apply one frame the front handed over and send its page. While the state cannot
+        take it, retry (the front, without credit, acknowledges nothing more); False when
+        stopped meanwhile (the frame is in the message log, applied at the next start)."""
+        pages = self._retrying(lambda: self._take(item, received, at))
+        if pages is None:
+            return False
+        self._send(pages)
+        return True
+
+    def _take(self, item: bytes | FrameError, received: float, at: Position) -> list[Page] | None:
+        with self.lock:
+            try:
+                pages = self.durable.take(item, received, at)
+            except Exception as e:  # noqa: BLE001 - our storage: the frame waits
+                metrics.STORAGE_FAILURES.inc()
+                log.error("cannot apply an acknowledged message yet (%s): it stays in the "
+                          "message log; retrying", e)
+                return None
+            if self.durable.due:
+                pages += self.durable.flush()
+            if pages:
+                self.dispatcher.claim(p.body for p in pages)
+            return pages
+
+    def _recover_everything(self) -> list[Page] | None:
+        """The front is gone: apply all it logged (it may have acknowledged a frame it did not
+        hand over)."""
+        with self.lock:
+            try:
+                pages = self.durable.recover(everything=True)
+            except Exception as e:  # noqa: BLE001 - our storage; retried
+                log.error("cannot apply the message log yet (%s): retrying", e)
+                return None
+            if pages:
+                self.dispatcher.claim(p.body for p in pages)
+            return pages
+
+    def _retrying(self, attempt: Callable[[], list[Page] | None]) -> list[Page] | None:
+        """`attempt()` until it returns pages rather than None, waiting RETRY_FIRST, doubled
+        up to RETRY_CAP, between tries; None when stopped meanwhile."""
+        delay = RETRY_FIRST
+        while (pages := attempt()) is None:
+            if self.stopping.wait(delay):
+                return None
+            delay = min(RETRY_CAP, delay * 2)
+        return pages
+
+    def _send(self, pages: list[Page]) -> None:
+        for page in pages:
+            self.dispatcher.send_now(page.body, page.received)
+
+    # --- the reader thread (commit_each) ----------------------------------------------------
     def on_frame(self, item: bytes | FrameError, received: float) -> bytes:
         """Make the frame durable and return its ACK (raises: no ACK)."""
         with self.lock:
@@ -98,8 +204,7 @@ class Service:
                 pages += self.durable.flush()
             if pages:
                 self.dispatcher.claim(p.body for p in pages)
-        for page in pages:
-            self.dispatcher.send_now(page.body, page.received)
+        self._send(pages)
 
     # --- the main thread --------------------------------------------------------------------
     async def run(self) -> None:
@@ -116,14 +221,14 @@ class Service:
         if self.cfg.labels_path:
             monitor = LabelsMonitor(self.cfg.labels_path, self.store)
             background.append(asyncio.create_task(self._score_quality(monitor)))
-        await asyncio.to_thread(self.client.run)
+        await asyncio.to_thread(self.follow_front if self.front else self.client.run)
         for task in background:
             task.cancel()
         self._flush()
         log.info("stopped reading; waiting up to %.0fs for %d page(s) in flight",
                  DRAIN_SECONDS, self.dispatcher.in_flight)
         await self.dispatcher.drain(DRAIN_SECONDS)
-        self.durable.msglog.close()
+        self.durable.close()
         self.store.close()
         log.info("shut down cleanly")
 
@@ -171,7 +276,11 @@ class Service:
 
     def stop(self) -> None:
         log.info("stop requested")
-        self.client.stop()
+        self.stopping.set()
+        if self.client is not None:
+            self.client.stop()
+        if self.front is not None:
+            self.front.stop()
 
 
 class Interrupted(Exception):
@@ -226,8 +335,7 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
     detector = load_detector(cfg)
     readiness.set("detector", True)
     ingest = Ingest(store, detector)
-    durable = Durable(store, ingest, MessageLog(os.path.join(cfg.state_dir, "messages.log"),
-                                                sync=cfg.durability == "machine"),
+    durable = Durable(store, ingest, cfg.state_dir, sync=cfg.durability == "machine",
                       commit_each=lease is not None)
     # Messages acknowledged but not committed before a crash go in first, into the state they
     # belong to (which reconcile may then archive).

@@ -41,6 +41,8 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 
+from .store.msglog import segment_path, segments
+
 STATE_FILE = "state.db"
 ARCHIVE_FORMAT = "archived-%Y%m%dT%H%M%S"
 PG_ARCHIVE_FORMAT = "%Y%m%dT%H%M%SZ"     # PostgreSQL: schema archived_<this>
@@ -137,9 +139,12 @@ def archive_locked(db: sqlite3.Connection, path: str) -> str:
         if os.path.exists(path + ext):
             os.remove(path + ext)
     # Messages acknowledged after the last commit of a killed service belong to that state.
-    msglog = os.path.join(os.path.dirname(path), "messages.log")
-    if os.path.exists(msglog) and os.path.getsize(msglog):
-        os.replace(msglog, archived + ".messages.log")
+    directory = os.path.dirname(path)
+    for name in ["messages.log"] + [os.path.basename(segment_path(directory, n))
+                                    for n in segments(directory)]:
+        log = os.path.join(directory, name)
+        if os.path.exists(log) and os.path.getsize(log):
+            os.replace(log, f"{archived}.{name}")
     return archived
 
 

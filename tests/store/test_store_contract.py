@@ -11,10 +11,10 @@ import aki_alert.ingest as ingest_mod
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.durable import Durable
 from aki_alert.hospital import messages
-from aki_alert.ingest import Ingest, acknowledgement
+from aki_alert.hl7 import acknowledgement
+from aki_alert.ingest import Ingest
 from aki_alert.mllp import FrameError
 from aki_alert.store import StateError, is_storage_failure, open_store
-from aki_alert.store.msglog import MessageLog
 from aki_alert.store.rows import PendingPage
 from aki_alert.store.sqlite import SCHEMA_VERSION, SqliteStore
 from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_date, parse_hl7_time
@@ -73,8 +73,7 @@ class FailsFor:
 
 
 def durable(store, tmp_path, detector=None) -> Durable:
-    log = MessageLog(str(tmp_path / "messages.log"))
-    return Durable(store, Ingest(store, detector or NhsDetector()), log)
+    return Durable(store, Ingest(store, detector or NhsDetector()), str(tmp_path))
 
 
 def pages_of(d: Durable, msg) -> list[str]:
@@ -286,7 +285,7 @@ def test_a_crash_before_commit_is_recovered_from_the_message_log(backend, tmp_pa
     assert pages == [body(7, T0 + DAY)]
     assert backend.committed("SELECT count(*) FROM journal") == [(0,)]
     store.close()                           # killed: no commit, only the log survives
-    d.msglog.close()
+    d.close()
     store = backend.open()
     d = durable(store, tmp_path)
     assert [p.body for p in d.recover()] == pages    # the outbox row is decided again, once

@@ -1,5 +1,7 @@
 """The message log, then the ACK, then the work, with batched commits: a crash or a storage
-failure mid-batch loses no acknowledged message and pages nothing twice."""
+failure mid-batch loses no acknowledged message and pages nothing twice. Both ways of
+running the two halves: in one process (`accept`, `settle`), and as the service does, the
+frames logged by the front and handed over (`take`)."""
 
 import sqlite3
 
@@ -11,17 +13,22 @@ from aki_alert.durable import BATCH_MAX, Durable
 from aki_alert.hospital import messages
 from aki_alert.ingest import Ingest
 from aki_alert.mllp import FrameError
-from aki_alert.store.msglog import MessageLog
+from aki_alert.store import msglog
+from aki_alert.store.msglog import MESSAGE, SegmentWriter, segment_records, segments
 from aki_alert.store.sqlite import SqliteStore
 from aki_alert.timeutil import DAY, parse_hl7_time
 
 T0 = parse_hl7_time("20240301080000")
 
 
-def open_service(tmp_path):
+def open_service(tmp_path, detector=None):
     store = SqliteStore(str(tmp_path / "state.db"))
-    log = MessageLog(str(tmp_path / "messages.log"))
-    return Durable(store, Ingest(store, NhsDetector()), log)
+    return Durable(store, Ingest(store, detector or NhsDetector()), str(tmp_path))
+
+
+def logged(tmp_path) -> int:
+    """Frames in the message log's segments."""
+    return len(segment_records(str(tmp_path))[0])
 
 
 def handle(d, item):
@@ -55,10 +62,9 @@ def test_a_batch_is_committed_only_on_flush(tmp_path):
     for m in stream():
         handle(d, m)
     assert committed(tmp_path, "SELECT count(*) FROM journal") == 0     # not yet committed
-    assert len(d.msglog.records()[0]) == 42                            # but logged
+    assert logged(tmp_path) == 42                                      # but logged
     d.flush()
     assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
-    assert d.msglog.records() == ([], 0)
 
 
 def test_a_crash_before_commit_is_recovered_from_the_log(tmp_path):
@@ -66,7 +72,7 @@ def test_a_crash_before_commit_is_recovered_from_the_log(tmp_path):
     assert [b for m in stream() for b in bodies(handle(d, m))] == ["7,20240302080000"]
     # kill -9: the connection goes without a commit; only the log survives.
     d.store.db.close()
-    d.msglog.close()
+    d.close()
     d = open_service(tmp_path)
     # The outbox row died with the batch: the page is decided again, once.
     assert bodies(d.recover()) == ["7,20240302080000"]
@@ -89,7 +95,7 @@ def test_a_page_delivered_before_a_crash_is_not_sent_again(tmp_path):
     assert [b for m in stream() for b in bodies(handle(d, m))] == ["7,20240302080000"]
     deliver(d, "7,20240302080000", attempts=2)
     d.store.db.close()                     # kill -9 before the batch commits
-    d.msglog.close()
+    d.close()
     d = open_service(tmp_path)
     assert d.recover() == []               # decided again, and found delivered
     assert committed(tmp_path, "SELECT status || ' ' || attempts FROM outbox") == "delivered 2"
@@ -128,11 +134,11 @@ def test_a_frame_the_log_cannot_take_is_not_acknowledged_and_changes_nothing(tmp
     msgs = list(stream())
     for m in msgs[:-1]:
         handle(d, m)
-    d.msglog.append = _fail                # the log cannot be written (disk full)
+    d.frames.append = _fail                # the log cannot be written (disk full)
     with pytest.raises(OSError):
         d.accept(msgs[-1], 0.0)
     assert d.settle() == [] and not d.broken
-    del d.msglog.append                    # space again
+    del d.frames.append                    # space again
     # The hospital resends the message: paged once.
     assert bodies(handle(d, msgs[-1])) == ["7,20240302080000"]
     d.flush()
@@ -158,7 +164,7 @@ def test_a_storage_failure_after_the_ack_is_repaired_from_the_log_and_still_page
     assert committed(tmp_path, "SELECT count(*) FROM outbox") == 1
 
 
-def _fail_apply(raw, received, isolated=True):
+def _fail_apply(raw, received, isolated=True, again=False):
     raise sqlite3.OperationalError("database or disk is full")
 
 
@@ -177,8 +183,7 @@ class FailsOnce(NhsDetector):
 
 
 def test_a_message_failing_midway_is_applied_once_when_the_batch_is_rebuilt(tmp_path):
-    store = SqliteStore(str(tmp_path / "state.db"))
-    d = Durable(store, Ingest(store, FailsOnce()), MessageLog(str(tmp_path / "messages.log")))
+    d = open_service(tmp_path, FailsOnce())
     failures = REGISTRY.get_sample_value("aki_storage_failures_total")
     msgs = list(stream())
     for m in msgs[:-1]:
@@ -203,7 +208,6 @@ def test_flush_applies_an_accepted_frame_before_emptying_the_log(tmp_path):
     assert bodies(d.flush()) == ["7,20240302080000"]
     assert d.settle() == []
     assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
-    assert d.msglog.records() == ([], 0)
 
 
 def _fail(kind, payload):
@@ -237,7 +241,7 @@ def test_flush_never_raises_while_the_storage_keeps_failing(tmp_path):
     d.flush()                              # commit fails: restored, marked broken
     assert d.broken
     d.flush()                              # recovery fails too: still no exception
-    assert d.broken and len(d.msglog.records()[0]) == 42
+    assert d.broken and logged(tmp_path) == 42
     del d.store.commit_batch
     d.flush()                              # storage back: everything committed once
     assert not d.broken
@@ -247,3 +251,89 @@ def test_flush_never_raises_while_the_storage_keeps_failing(tmp_path):
 
 def _fail_commit():
     raise sqlite3.OperationalError("database or disk is full")
+
+
+# --- as the service runs: the front logs and acknowledges, then hands each frame over ------
+
+def front_logs(tmp_path, msgs):
+    """What the front does for each message before handing it over: its log position."""
+    writer = SegmentWriter(str(tmp_path))
+    try:
+        return [writer.append(MESSAGE, m) for m in msgs]
+    finally:
+        writer.close()
+
+
+def test_frames_the_front_logged_are_taken_applied_and_paged(tmp_path):
+    d = open_service(tmp_path)
+    msgs = list(stream())
+    at = front_logs(tmp_path, msgs)
+    pages = [b for m, a in zip(msgs, at, strict=True) for b in bodies(d.take(m, 0.0, a))]
+    assert pages == ["7,20240302080000"]
+    d.flush()
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
+
+
+def test_a_rebuild_applies_the_frames_taken_and_not_those_still_on_their_way(tmp_path):
+    d = open_service(tmp_path)
+    msgs = list(stream())
+    at = front_logs(tmp_path, msgs)        # the front is ahead: the last one not handed over
+    for m, a in zip(msgs[:40], at[:40], strict=True):
+        d.take(m, 0.0, a)
+    real = d.ingest.apply
+    d.ingest.apply = _fail_apply           # the storage fails on the 41st
+    assert d.take(msgs[40], 0.0, at[40]) == [] and d.broken
+    d.ingest.apply = real
+    d.recover()                            # up to the 41st, which was taken
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 41
+    assert bodies(d.take(msgs[41], 0.0, at[41])) == ["7,20240302080000"]
+    d.flush()
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
+
+
+def test_take_raises_while_the_broken_batch_cannot_be_rebuilt(tmp_path):
+    d = open_service(tmp_path)
+    msgs = list(stream())
+    at = front_logs(tmp_path, msgs)
+    for m, a in zip(msgs[:41], at[:41], strict=True):
+        d.take(m, 0.0, a)
+    d.store.commit_batch = _fail_commit
+    d.flush()
+    assert d.broken
+    with pytest.raises(sqlite3.OperationalError):
+        d.take(msgs[41], 0.0, at[41])      # not taken: offered again later
+    del d.store.commit_batch
+    assert bodies(d.take(msgs[41], 0.0, at[41])) == ["7,20240302080000"]
+    d.flush()
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
+
+
+def test_after_the_front_died_everything_it_logged_is_applied(tmp_path):
+    d = open_service(tmp_path)
+    msgs = list(stream())
+    at = front_logs(tmp_path, msgs)
+    for m, a in zip(msgs[:-1], at[:-1], strict=True):
+        d.take(m, 0.0, a)
+    # The last was acknowledged, then the front was killed before handing it over.
+    assert bodies(d.recover(everything=True)) == ["7,20240302080000"]
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
+    assert segments(str(tmp_path)) == []   # all applied and committed: dropped
+
+
+def test_committed_segments_are_dropped_and_a_restart_counts_no_duplicates(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(msglog, "SEGMENT_RECORDS", 10)
+    d = open_service(tmp_path)
+    for m in stream():
+        handle(d, m)                       # 42 frames: segments 0-4
+    assert segments(str(tmp_path)) == [0, 1, 2, 3, 4]
+    d.flush()
+    assert segments(str(tmp_path)) == [4]  # the one still written to stays
+    d.store.db.close()
+    d.close()
+    duplicates = REGISTRY.get_sample_value("aki_duplicate_messages_total")
+    d = open_service(tmp_path)
+    assert d.recover() == []               # its two frames were committed: skipped
+    assert REGISTRY.get_sample_value("aki_duplicate_messages_total") == duplicates
+    assert segments(str(tmp_path)) == []
+    assert committed(tmp_path, "SELECT count(*) FROM journal") == 42

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from aki_alert.detect import LOOKBACK
 from aki_alert.detect.nhs import NhsDetector, nhs_stage
 from aki_alert.hospital import messages
-from aki_alert.ingest import KEEP, MAX_ATTEMPTS, Ingest, acknowledgement
+from aki_alert.hl7 import acknowledgement
+from aki_alert.ingest import KEEP, MAX_ATTEMPTS, Ingest
 from aki_alert.store.sqlite import SqliteStore
 from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_date, parse_hl7_time
 

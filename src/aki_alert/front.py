@@ -1,0 +1,238 @@
+"""The front: a process of its own that holds the hospital's connection, logs and acknowledges.
+
+Why a process: applying a message (parse, state, detector) and serving the connection (the
+socket's system calls, the message log's `write()`) used to take turns on one core, since
+Python runs one thread at a time (a second thread made it slower: docs/performance.md, round
+4). The front does the second part on the other core, at about an acknowledge-only client's
+cost: it receives a frame, appends it to the message log (store/msglog.py), sends the ACK and
+hands the frame over to the service, which applies it (durable.py, `take`) while the front
+reads the next one.
+
+The handover is two pipes, the front's stdout and stdin. Front → service: one record per frame,
+(kind, log position, receive time, processing time, payload), and the connection's events
+(kind `E`, for the service's metrics). Service → front: a byte per frame applied, a credit. The
+front acknowledges a frame only while fewer than AHEAD frames it handed over wait unapplied, so
+that a page never waits behind a long queue, and so that when the service cannot apply (its
+storage fails) the front soon stops acknowledging and the hospital waits.
+
+The front dies with the service (PR_SET_PDEATHSIG), so that a killed service's front cannot
+keep the hospital's connection; it stops on SIGTERM from the service after the frame in hand.
+
+    python -m aki_alert.front HOST:PORT STATE_DIR PARENT_PID [--sync]   (started by the service)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+from . import logs
+from .connection import MllpClient
+from .hl7 import acknowledgement
+from .mllp import FrameError
+from .store.msglog import Position, SegmentWriter, log_record
+
+log = logging.getLogger(__name__)
+
+# Frames acknowledged and handed over but not yet applied, at most. Two overlap the hospital's
+# round trip with the service's work; more would only queue pages behind other messages.
+AHEAD = 2
+EVENT = b"E"
+_RECORD = struct.Struct(">cIIddI")   # kind, segment, index, received, processing, length
+_PR_SET_PDEATHSIG = 1
+
+
+class ServiceGone(Exception):
+    """The service closed its end of the pipes (it stopped or died)."""
+
+
+def encode(kind: bytes, at: Position, received: float, processing: float,
+           payload: bytes) -> bytes:
+    return _RECORD.pack(kind, at[0], at[1], received, processing, len(payload)) + payload
+
+
+class Decoder:
+    """Records out of the bytes of the front's stdout, in whatever pieces they arrive."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[bytes, Position, float, float, bytes]]:
+        buf = self._buf
+        buf += data
+        out, pos, n = [], 0, len(buf)
+        while n - pos >= _RECORD.size:
+            kind, segment, index, received, processing, length = _RECORD.unpack_from(buf, pos)
+            end = pos + _RECORD.size + length
+            if end > n:
+                break
+            out.append((kind, (segment, index), received, processing,
+                        bytes(buf[pos + _RECORD.size:end])))
+            pos = end
+        del buf[:pos]
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete record."""
+        return len(self._buf)
+
+
+# --- the front's side ----------------------------------------------------------------------
+
+class Handoff:
+    """The front's ends of the two pipes."""
+
+    def __init__(self, out_fd: int, credit_fd: int, ahead: int = AHEAD) -> None:
+        self.out_fd, self.credit_fd, self.ahead = out_fd, credit_fd, ahead
+        self.unapplied = 0
+
+    def wait_for_room(self) -> None:
+        """Block until fewer than `ahead` frames handed over wait to be applied."""
+        while self.unapplied >= self.ahead:
+            credits = os.read(self.credit_fd, 4096)
+            if not credits:
+                raise ServiceGone("the service closed the credit pipe")
+            self.unapplied -= len(credits)
+
+    def send(self, kind: bytes, at: Position, received: float, processing: float,
+             payload: bytes) -> None:
+        data = memoryview(encode(kind, at, received, processing, payload))
+        while data:
+            data = data[os.write(self.out_fd, data):]
+        if kind != EVENT:
+            self.unapplied += 1
+
+    def event(self, name: str) -> None:
+        self.send(EVENT, (0, 0), 0.0, 0.0, name.encode())
+
+
+class Front:
+    """The front's work for each frame: `on_frame` (log, ACK), then `after_ack` (hand over)."""
+
+    def __init__(self, frames: SegmentWriter, handoff: Handoff) -> None:
+        self.frames, self.handoff = frames, handoff
+        self._held: tuple[bytes, Position, float, float, bytes] | None = None
+
+    def on_frame(self, item: bytes | FrameError, received: float) -> bytes:
+        self.handoff.wait_for_room()
+        kind, payload = log_record(item)
+        at = self.frames.append(kind, payload)
+        reply = acknowledgement(item)
+        self._held = (kind, at, received, time.perf_counter() - received, payload)
+        return reply
+
+    def after_ack(self) -> None:
+        """Hand the frame over, even when its ACK could not be sent: it is in the log."""
+        held, self._held = self._held, None
+        if held is not None:
+            self.handoff.send(*held)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Be killed when the service dies (Linux); exit now if it already has."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):      # not Linux: the closed pipes stop us instead
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m aki_alert.front", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("hospital")
+    ap.add_argument("state_dir")
+    ap.add_argument("parent", type=int)
+    ap.add_argument("--sync", action="store_true")
+    ap.add_argument("--log-format", default="text")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logs.setup(args.log_format, args.log_level)
+    _die_with_parent(args.parent)
+    # A terminal's ^C reaches both processes: the service stops us when it stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    host, _, port = args.hospital.rpartition(":")
+    handoff = Handoff(sys.stdout.fileno(), sys.stdin.fileno())
+    front = Front(SegmentWriter(args.state_dir, args.sync), handoff)
+    client: MllpClient
+
+    def after_ack() -> None:
+        try:
+            front.after_ack()
+        except OSError:                    # the service is gone: nothing more to hand over
+            client.stop()
+
+    client = MllpClient(host, int(port), front.on_frame, after_ack, events=handoff.event)
+    signal.signal(signal.SIGTERM, lambda *_: client.stop())
+    try:
+        client.run()
+    except OSError:                         # an event could not be handed over: service gone
+        pass
+    front.frames.close()
+    return 0
+
+
+# --- the service's side --------------------------------------------------------------------
+
+class FrontProcess:
+    """The service's handle on its front: starts it, yields what it hands over, credits it."""
+
+    def __init__(self, hospital: str, state_dir: str, sync: bool, log_format: str,
+                 log_level: str) -> None:
+        self.argv = [sys.executable, "-m", "aki_alert.front", hospital, state_dir,
+                     str(os.getpid()), "--log-format", log_format, "--log-level", log_level]
+        if sync:
+            self.argv.append("--sync")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     bufsize=0)
+        self._credit_fd = self.proc.stdin.fileno()
+
+    def records(self) -> Iterator[tuple[bytes, Position, float, float, bytes]]:
+        """What the front hands over, until it exits."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd, decoder = self.proc.stdout.fileno(), Decoder()
+        while data := os.read(fd, 1 << 16):
+            yield from decoder.feed(data)
+
+    def credit(self) -> None:
+        """One frame handed over has been applied."""
+        try:
+            os.write(self._credit_fd, b"\1")
+        except BrokenPipeError:            # the front has exited; records() ends soon
+            pass
+
+    def stop(self) -> None:
+        """Ask the front to stop after the frame in hand (from any thread)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = 5.0) -> int:
+        """Reap the front (it exited, or was asked to stop); its exit status. Its credit pipe
+        is closed first: a front waiting for credit stops at once (what it acknowledged is in
+        the log). One still stuck after `timeout` is killed."""
+        assert self.proc is not None
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("the front process did not stop within %.0fs: killing it", timeout)
+            self.proc.kill()
+            return self.proc.wait()
+
+if __name__ == "__main__":
+    sys.exit(main())

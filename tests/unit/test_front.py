@@ -1,0 +1,169 @@
+"""The front process: what it hands over survives any chunking of its pipe; it acknowledges a
+frame only after logging it and only while fewer than AHEAD frames wait to be applied; it stops
+on SIGTERM, and dies with the service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aki_alert.front import AHEAD, EVENT, Decoder, FrontProcess, Handoff, ServiceGone, encode
+from aki_alert.hospital import messages
+from aki_alert.mllp import frame
+from aki_alert.store.msglog import FRAME_ERROR, MESSAGE, segment_records
+from aki_alert.timeutil import DAY, parse_hl7_time
+from loopback_hospital import TIMEOUT, Hospital
+
+T0 = parse_hl7_time("20240301080000")
+
+records = st.lists(st.tuples(
+    st.sampled_from([MESSAGE, FRAME_ERROR, EVENT]),
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    st.floats(allow_nan=False), st.floats(allow_nan=False), st.binary(max_size=300)),
+    max_size=12)
+
+
+@given(records, st.data())
+def test_records_come_through_whatever_pieces_the_pipe_cuts(recs, data):
+    stream = b"".join(encode(*r) for r in recs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    decoder, got = Decoder(), []
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        got += decoder.feed(stream[a:b])
+    assert got == recs and decoder.pending == 0
+
+
+def test_handoff_waits_for_a_credit_once_ahead_frames_are_unapplied():
+    out_r, out_w = os.pipe()
+    credit_r, credit_w = os.pipe()
+    h = Handoff(out_w, credit_r, ahead=2)
+    try:
+        h.send(MESSAGE, (0, 0), 1.0, 0.1, b"one")
+        h.event("connected")                   # events need no credit
+        h.wait_for_room()                      # one unapplied: room for another
+        h.send(MESSAGE, (0, 1), 2.0, 0.1, b"two")
+        os.write(credit_w, b"\1")              # the service applied one
+        h.wait_for_room()
+        assert h.unapplied == 1
+        h.send(MESSAGE, (0, 2), 3.0, 0.1, b"three")
+        os.close(credit_w)                     # the service is gone
+        with pytest.raises(ServiceGone):
+            h.wait_for_room()
+        assert [r[4] for r in Decoder().feed(os.read(out_r, 4096))] == [
+            b"one", b"connected", b"two", b"three"]
+    finally:
+        for fd in (out_r, out_w, credit_r):
+            os.close(fd)
+
+
+@pytest.fixture
+def hospital():
+    h = Hospital()
+    yield h
+    h.close()
+
+
+def started_front(hospital, tmp_path) -> FrontProcess:
+    front = FrontProcess(f"127.0.0.1:{hospital.port}", str(tmp_path), False, "text", "WARNING")
+    front.start()
+    return front
+
+
+def test_the_front_logs_acknowledges_and_hands_over_no_more_than_ahead(hospital, tmp_path):
+    front = started_front(hospital, tmp_path)
+    try:
+        conn = hospital.accept()
+        msgs = [messages.result(T0 + i * 60, str(100 + i), 80.0) for i in range(AHEAD + 1)]
+        for m in msgs[:AHEAD]:
+            assert Hospital.exchange(conn, m).startswith(b"MSH|")
+        # AHEAD frames handed over and none applied: the next one is logged, not acknowledged.
+        conn.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            Hospital.exchange(conn, msgs[AHEAD])
+        handed = front.records()
+        got = [next(handed) for _ in range(AHEAD + 1)]
+        assert [r[0] for r in got] == [EVENT] + [MESSAGE] * AHEAD
+        assert [r[4] for r in got[1:]] == msgs[:AHEAD]
+        assert [r[1] for r in got[1:]] == [(0, i) for i in range(AHEAD)]
+        front.credit()                           # one applied: room for the held frame
+        conn.settimeout(TIMEOUT)
+        assert conn.recv(4096).startswith(b"\x0bMSH|")
+        assert next(handed)[4] == msgs[AHEAD]
+        # Every acknowledged frame was in the log before its ACK.
+        assert [r[1] for _, r in segment_records(str(tmp_path))[0]] == msgs
+        front.stop()                             # SIGTERM: it closes the connection, exits
+        assert [(r[0], r[4]) for r in handed] == [(EVENT, b"disconnected")]
+        assert front.wait() == 0
+    finally:
+        front.stop()
+
+
+def test_the_front_dies_with_the_service(hospital, tmp_path):
+    """A killed service's front must not keep the hospital's connection."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from aki_alert.front import FrontProcess
+        front = FrontProcess("127.0.0.1:{hospital.port}", {str(tmp_path)!r}, False, "text",
+                             "WARNING")
+        front.start()
+        print(front.proc.pid, flush=True)
+        time.sleep(60)
+    """)
+    service = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        pid = int(service.stdout.readline())
+        conn = hospital.accept()               # the front connected
+        service.kill()
+        service.wait(TIMEOUT)
+        conn.settimeout(TIMEOUT)
+        assert conn.recv(4096) == b""          # its connection closed: the front is gone
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("the front outlived its service")
+    finally:
+        service.kill()
+        service.stdout.close()
+
+
+def waiting_for_credit(pid: int) -> bool:
+    """The process is blocked in read(0, …): its credit pipe, its stdin (Linux x86-64's
+    syscall numbers; other machines skip the test)."""
+    with open(f"/proc/{pid}/syscall") as f:
+        return f.read().startswith("0 0x0 ")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="read(2) is syscall 0 on x86-64")
+def test_a_front_waiting_for_credit_stops_when_the_service_does(hospital, tmp_path):
+    """The service stops while its state cannot take a frame: it gives no more credit, and
+    reaping the front must not wait for one."""
+    front = started_front(hospital, tmp_path)
+    try:
+        conn = hospital.accept()
+        for i in range(AHEAD):
+            Hospital.exchange(conn, messages.result(T0 + i * 60, str(100 + i), 80.0))
+        conn.sendall(frame(messages.result(T0 + DAY, "7", 300.0)))   # held: no credit
+        deadline = time.monotonic() + TIMEOUT
+        while not waiting_for_credit(front.proc.pid):
+            assert time.monotonic() < deadline, "the front never waited for credit"
+            time.sleep(0.01)
+        front.stop()
+        started = time.monotonic()
+        assert front.wait() == 0
+        assert time.monotonic() - started < 2.0
+    finally:
+        front.stop()
