@@ -1,24 +1,33 @@
 """The front process: what it hands over survives any chunking of its pipe; it acknowledges a
 frame only after logging it and only while fewer than AHEAD frames wait to be applied; it stops
-on SIGTERM, and dies with the service."""
+on SIGTERM, and dies with the service; the service starts none while its message log waits."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aki_alert import config
+from aki_alert.detect.nhs import NhsDetector
+from aki_alert.durable import Durable
 from aki_alert.front import AHEAD, EVENT, Decoder, FrontProcess, Handoff, ServiceGone, encode
 from aki_alert.hospital import messages
+from aki_alert.ingest import Ingest
 from aki_alert.mllp import frame
-from aki_alert.store.msglog import FRAME_ERROR, MESSAGE, segment_records
+from aki_alert.service import Service
+from aki_alert.store.msglog import FRAME_ERROR, MESSAGE, SegmentWriter, segment_records
+from aki_alert.store.sqlite import SqliteStore
 from aki_alert.timeutil import DAY, parse_hl7_time
 from loopback_hospital import TIMEOUT, Hospital
 
@@ -167,3 +176,51 @@ def test_a_front_waiting_for_credit_stops_when_the_service_does(hospital, tmp_pa
         assert time.monotonic() - started < 2.0
     finally:
         front.stop()
+
+
+# --- the service's side ------------------------------------------------------------------------
+
+def _fail_commit():
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_no_front_starts_until_the_log_a_crash_left_is_applied(hospital, tmp_path):
+    """A start whose recovery failed (the state could not be written) must apply the message
+    log before it starts a front: the recovery would otherwise take the new front's segments
+    for leftovers, and drop one while the front appends to it."""
+    history = tmp_path / "history.csv"
+    history.write_text("mrn,creatinine_date_0,creatinine_result_0\n")
+    cfg = config.load(argparse.Namespace(), {
+        "MLLP_ADDRESS": f"127.0.0.1:{hospital.port}", "PAGER_ADDRESS": "127.0.0.1:9",
+        "STATE_DIR": str(tmp_path), "HISTORY_PATH": str(history), "DETECTOR": "nhs"})
+    store = SqliteStore(str(tmp_path / "state.db"))
+    left = SegmentWriter(str(tmp_path))          # a crash left an acknowledged frame
+    left.append(MESSAGE, messages.result(T0, "7", 100.0))
+    left.close()
+    durable = Durable(store, Ingest(store, NhsDetector()), str(tmp_path))
+    store.commit_batch = _fail_commit            # the state cannot be written at start
+    with pytest.raises(sqlite3.OperationalError):
+        durable.recover()
+    service = Service(cfg, store, durable)
+    applier = threading.Thread(target=service.follow_front, daemon=True)
+    applier.start()
+    try:
+        hospital.server.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            hospital.accept()                    # no front while the log waits
+        del store.commit_batch                   # space again: the log is applied, then a front
+        hospital.server.settimeout(TIMEOUT)
+        conn = hospital.accept()
+        assert store.db.execute("SELECT count(*) FROM journal").fetchone()[0] == 1
+        new = messages.result(T0 + 60, "8", 80.0)
+        assert Hospital.exchange(conn, new).startswith(b"MSH|")
+        # The leftover was applied and dropped; the front's own segment holds its frame.
+        assert [r for _, r in segment_records(str(tmp_path))[0]] == [(MESSAGE, new)]
+    finally:
+        service.stop()
+        applier.join(TIMEOUT)
+    assert not applier.is_alive()
+    durable.flush()
+    assert store.db.execute("SELECT count(*) FROM journal").fetchone()[0] == 2
+    store.close()
+    durable.close()
