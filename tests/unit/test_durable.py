@@ -264,11 +264,19 @@ def front_logs(tmp_path, msgs):
         writer.close()
 
 
-def test_frames_the_front_logged_are_taken_applied_and_paged(tmp_path):
-    d = open_service(tmp_path)
+def take_first(d, tmp_path, count):
+    """The front logs the whole stream; the service takes its first `count` frames. The
+    stream's messages, their log positions, and the pages of what was taken."""
     msgs = list(stream())
     at = front_logs(tmp_path, msgs)
-    pages = [b for m, a in zip(msgs, at, strict=True) for b in bodies(d.take(m, 0.0, a))]
+    pages = [b for m, a in zip(msgs[:count], at[:count], strict=True)
+             for b in bodies(d.take(m, 0.0, a))]
+    return msgs, at, pages
+
+
+def test_frames_the_front_logged_are_taken_applied_and_paged(tmp_path):
+    d = open_service(tmp_path)
+    _, _, pages = take_first(d, tmp_path, 42)
     assert pages == ["7,20240302080000"]
     d.flush()
     assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
@@ -276,10 +284,7 @@ def test_frames_the_front_logged_are_taken_applied_and_paged(tmp_path):
 
 def test_a_rebuild_applies_the_frames_taken_and_not_those_still_on_their_way(tmp_path):
     d = open_service(tmp_path)
-    msgs = list(stream())
-    at = front_logs(tmp_path, msgs)        # the front is ahead: the last one not handed over
-    for m, a in zip(msgs[:40], at[:40], strict=True):
-        d.take(m, 0.0, a)
+    msgs, at, _ = take_first(d, tmp_path, 40)   # the front is ahead: the last not handed over
     real = d.ingest.apply
     d.ingest.apply = _fail_apply           # the storage fails on the 41st
     assert d.take(msgs[40], 0.0, at[40]) == [] and d.broken
@@ -293,10 +298,7 @@ def test_a_rebuild_applies_the_frames_taken_and_not_those_still_on_their_way(tmp
 
 def test_take_raises_while_the_broken_batch_cannot_be_rebuilt(tmp_path):
     d = open_service(tmp_path)
-    msgs = list(stream())
-    at = front_logs(tmp_path, msgs)
-    for m, a in zip(msgs[:41], at[:41], strict=True):
-        d.take(m, 0.0, a)
+    msgs, at, _ = take_first(d, tmp_path, 41)
     d.store.commit_batch = _fail_commit
     d.flush()
     assert d.broken
@@ -310,10 +312,7 @@ def test_take_raises_while_the_broken_batch_cannot_be_rebuilt(tmp_path):
 
 def test_after_the_front_died_everything_it_logged_is_applied(tmp_path):
     d = open_service(tmp_path)
-    msgs = list(stream())
-    at = front_logs(tmp_path, msgs)
-    for m, a in zip(msgs[:-1], at[:-1], strict=True):
-        d.take(m, 0.0, a)
+    take_first(d, tmp_path, 41)
     # The last was acknowledged, then the front was killed before handing it over.
     assert bodies(d.recover(everything=True)) == ["7,20240302080000"]
     assert committed(tmp_path, "SELECT count(*) FROM journal") == 42
