@@ -1,3 +1,4 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -84,3 +85,23 @@ def test_drop_segments_deletes_only_those_before(tmp_path, monkeypatch):
                            st.binary(max_size=100))))
 def test_a_frame_survives_its_log_record(item):
     assert frame_of(*log_record(item)) == item
+
+
+def test_a_segment_that_cannot_be_created_is_tried_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(msglog, "SEGMENT_RECORDS", 1)
+    w = SegmentWriter(str(tmp_path))
+    w.append(MESSAGE, b"one")
+    real = msglog.MessageLog
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(msglog, "MessageLog", no_space)
+    for _ in range(2):
+        with pytest.raises(OSError):
+            w.append(MESSAGE, b"two")      # not logged: not acknowledged
+    monkeypatch.setattr(msglog, "MessageLog", real)
+    assert w.append(MESSAGE, b"two") == (1, 0)
+    assert [r for _, r in segment_records(str(tmp_path))[0]] == [(MESSAGE, b"one"),
+                                                                  (MESSAGE, b"two")]
+    w.close()

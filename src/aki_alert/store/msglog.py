@@ -143,6 +143,7 @@ class SegmentWriter:
         if self.log is None or self.index == self.per_segment:
             if self.log is not None:
                 self.log.close()
+                self.log = None               # a failed open below is retried next time
                 self.segment, self.index = self.segment + 1, 0
             self.log = MessageLog(segment_path(self.directory, self.segment), self.sync)
             if self.sync:                 # the new file's name must survive a power cut too
