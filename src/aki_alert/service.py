@@ -137,9 +137,11 @@ class Service:
         """Apply one frame the front handed over and send its page. While the state cannot
         take it, retry (the front, without credit, acknowledges nothing more); False when
         stopped meanwhile (the frame is in the message log, applied at the next start)."""
-        pages = self._retrying(lambda: self._take(item, received, at))
+        pages = self._take(item, received, at)
         if pages is None:
-            return False
+            pages = self._retrying(lambda: self._take(item, received, at))
+            if pages is None:
+                return False
         self._send(pages)
         return True
 
