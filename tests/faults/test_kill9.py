@@ -116,16 +116,17 @@ def blocked_writing_to_stdout(pid: int) -> bool:
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="write(2) is syscall 1 on x86-64")
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_a_frame_the_front_acknowledged_but_never_handed_over_is_applied(tmp_path, harness):
+def test_a_frame_is_acknowledged_only_once_handed_over_and_a_front_killed_between_loses_none(
+        tmp_path, harness):
     """Deterministically, the window the random kills above rarely hit: the service is paused
-    (SIGSTOP), so the front, having logged and acknowledged a frame larger than the pipe holds,
-    is stuck handing it over; killed there, that frame (an AKI) reaches the service only
-    through the message log, which the service must apply before starting a new front."""
+    (SIGSTOP), so the front, having logged a frame larger than the pipe holds (an AKI), is stuck
+    handing it over. It must not have acknowledged it yet; killed there, the frame reaches the
+    service from the message log or from the hospital's resend, and is paged once."""
     history = tmp_path / "history.csv"
     history.write_text("mrn,creatinine_date_0,creatinine_result_0\n999,2024-01-01 08:00:00,80\n")
     big = messages.result(T0 + DAY, "7", 300.0) + b"NTE|1||" + b"x" * 200_000 + b"\r"
     h = harness.hospital([messages.result(T0, "7", 100.0), big], [], speed=DAY / 2,
-                         resume_state=tmp_path / "resume.json")     # live: never resent
+                         resume_state=tmp_path / "resume.json")     # live: resent if not ACKed
     state = harness.state(tmp_path / "state")
     proc = harness.serve(h, state, history)
     reach(h, proc, 1)
@@ -133,11 +134,13 @@ def test_a_frame_the_front_acknowledged_but_never_handed_over_is_applied(tmp_pat
     front = front_pid(proc)
     proc.send_signal(signal.SIGSTOP)
     try:
-        assert wait_for(lambda: h.hospital.acked == 2, 10), "the front did not acknowledge"
         assert wait_for(lambda: blocked_writing_to_stdout(front), 10)
+        time.sleep(0.2)
+        assert h.hospital.acked == 1, "acknowledged before it was handed over"
         os.kill(front, signal.SIGKILL)
     finally:
         proc.send_signal(signal.SIGCONT)
+    assert wait_for(lambda: h.hospital.acked == 2, 10), log_text(proc)[-3000:]
     assert wait_for(lambda: query(state, "SELECT count(*) FROM outbox WHERE status = "
                                          "'delivered'") == 1, 10), log_text(proc)[-3000:]
     code, _, log = harness.terminate(proc)
@@ -145,3 +148,4 @@ def test_a_frame_the_front_acknowledged_but_never_handed_over_is_applied(tmp_pat
     assert "the front process exited unexpectedly" in log
     assert query(state, "SELECT count(*) FROM journal") == 2
     assert query(state, "SELECT body FROM outbox") == "7,20240302080000"
+    assert h.score().pages == 1                                         # sent once
