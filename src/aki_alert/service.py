@@ -100,6 +100,7 @@ class Service:
         unexpectedly, after applying whatever it logged."""
         front = self.front
         assert front is not None
+        acks = metrics.child(metrics.ACKS, "AA")
         delay = RETRY_FIRST
         if self.durable.broken:
             # The start-up could not apply the message log: no front (whose segments the
@@ -116,7 +117,7 @@ class Service:
                 if kind == EVENT:
                     metrics.connection_event(payload.decode())
                     continue
-                metrics.child(metrics.ACKS, "AA").inc()
+                acks.inc()
                 metrics.PROCESSING.observe(processing)
                 if not self.take(frame_of(kind, payload), received, at):
                     break                         # stopping while the state cannot take it
@@ -146,33 +147,39 @@ class Service:
         return True
 
     def _take(self, item: bytes | FrameError, received: float, at: Position) -> list[Page] | None:
-        with self.lock:
-            try:
-                pages = self.durable.take(item, received, at)
-            except Exception as e:  # noqa: BLE001 - our storage: the frame waits
-                metrics.STORAGE_FAILURES.inc()
-                log.error("cannot apply an acknowledged message yet (%s): it stays in the "
-                          "message log; retrying", e)
-                return None
-            if self.durable.due:
-                pages += self.durable.flush()
-            if pages:
-                self.dispatcher.claim(p.body for p in pages)
-            return pages
+        return self._locked(lambda: self.durable.take(item, received, at),
+                            "cannot apply an acknowledged message yet", counted=True)
 
     def _recover_everything(self) -> list[Page] | None:
         """The front is gone: apply all it logged. A frame it logged and did not hand over
         was not acknowledged, and the hospital will send it again (the journal skips the
         copy); this applies it without waiting for that."""
+        return self._locked(lambda: self.durable.recover(everything=True),
+                            "cannot apply the message log yet")
+
+    def _locked(self, step: Callable[[], list[Page]], failure: str,
+                counted: bool = False) -> list[Page] | None:
+        """`step()` under the state's lock, then what follows every applied frame; None when
+        our storage failed (logged with `failure`, and counted as a storage failure if
+        `counted`): the caller retries."""
         with self.lock:
             try:
-                pages = self.durable.recover(everything=True)
-            except Exception as e:  # noqa: BLE001 - our storage; retried
-                log.error("cannot apply the message log yet (%s): retrying", e)
+                pages = step()
+            except Exception as e:  # noqa: BLE001 - our storage: the frames wait in the log
+                if counted:
+                    metrics.STORAGE_FAILURES.inc()
+                log.error("%s (%s): it stays in the message log; retrying", failure, e)
                 return None
-            if pages:
-                self.dispatcher.claim(p.body for p in pages)
-            return pages
+            return self._committed_and_claimed(pages)
+
+    def _committed_and_claimed(self, pages: list[Page]) -> list[Page]:
+        """Under the lock, after applying: commit a full batch, and claim the pages to send
+        (so that housekeeping's resend does not send them too)."""
+        if self.durable.due:
+            pages += self.durable.flush()
+        if pages:
+            self.dispatcher.claim(p.body for p in pages)
+        return pages
 
     def _retrying(self, attempt: Callable[[], list[Page] | None]) -> list[Page] | None:
         """`attempt()` until it returns pages rather than None, waiting RETRY_FIRST, doubled
@@ -202,11 +209,7 @@ class Service:
     def after_ack(self) -> None:
         """The ACK is on its way: apply the message, commit a full batch, send its page."""
         with self.lock:
-            pages = self.durable.settle()
-            if self.durable.due:
-                pages += self.durable.flush()
-            if pages:
-                self.dispatcher.claim(p.body for p in pages)
+            pages = self._committed_and_claimed(self.durable.settle())
         self._send(pages)
 
     # --- the main thread --------------------------------------------------------------------
