@@ -39,6 +39,8 @@ MAX_PATIENTS_IN_MEMORY = 5_000
 # A result that comes later than the margin allows reloads its patient from the state.
 KEEP = LOOKBACK + 30 * DAY
 _DEAD_KINDS = ("unparseable", "oversized-frame")
+# What an observation did that changes the patient's series.
+_CHANGES = ("judged", "stored", "corrected", "removed")
 
 
 class Unisolated(Exception):
@@ -86,13 +88,19 @@ def explanation(j: Judgement) -> str:
 
 class Ingest:
     def __init__(self, store: Store, detector: Detector,
-                 page_from: int | None = None) -> None:
+                 page_from: int | None = None,
+                 profile: hl7.FeedProfile = hl7.DEFAULT_PROFILE) -> None:
         """`page_from`: results sampled before this time are judged and open their episode,
-        but their page is recorded as suppressed, not sent (a replay of old messages)."""
+        but their page is recorded as suppressed, not sent (a replay of old messages).
+        `profile`: what this hospital's feed means (hl7/profile.py)."""
         self.store = store
         self.detector = detector
         self.page_from = page_from
+        self.profile = profile
         self._patients: OrderedDict[str, _Cached] = OrderedDict()
+        # Patient numbers merged into others: a message still sent under one is filed under
+        # the number it lives on as.
+        self._merged = store.merged_numbers()
 
     def _patient(self, mrn: str, time: int) -> _Cached:
         """The patient, holding at least the results a detector reads for a result at `time`."""
@@ -112,6 +120,7 @@ class Ingest:
     def forget(self) -> None:
         """Drop the in-memory patients (after the state changed underneath, e.g. a replay)."""
         self._patients.clear()
+        self._merged = self.store.merged_numbers()
 
     def apply(self, raw: bytes, received: float, isolated: bool = True,
               again: bool = False) -> Page | None:
@@ -126,7 +135,7 @@ class Ingest:
         # Not reset: the page task started for this message inherits it (see logs.py).
         REQUEST_ID.set(digest[-8:].hex())
         try:
-            event = hl7.parse(raw)
+            event = hl7.parse(raw, self.profile)
         except hl7.HL7Error as e:
             if not again:
                 metrics.child(metrics.MESSAGES, "unparseable").inc()
@@ -166,12 +175,15 @@ class Ingest:
             new = self.store.journal(digest, kind, mrn, "dead", reason, raw)
         if new:
             metrics.DEAD_LETTERS.labels(reason=kind if kind in _DEAD_KINDS else "processing").inc()
+            metrics.child(metrics.DECISIONS, "dead").inc()
             log.warning("dead letter (journal %s): %s", new, reason)
 
     def _apply(self, digest: bytes, event: hl7.Event, kind: str, raw: bytes,
                received: float, isolated: bool, again: bool) -> Page | None:
         store = self.store
         mrn = getattr(event, "mrn", None)
+        if mrn is not None:
+            mrn = self._merged.get(mrn, mrn)
         page: Page | None = None
         commit_memory = None
         with store.transaction(isolated):
@@ -179,64 +191,189 @@ class Ingest:
             if jid is None:
                 if not again:
                     metrics.DUPLICATES.inc()
+                    metrics.child(metrics.DECISIONS, "duplicate").inc()
                 return None
+            decision = "applied"
             if isinstance(event, hl7.Result):
-                page, commit_memory = self._result(event, jid, received)
-            elif isinstance(event, hl7.Admission):
-                store.admit(event.mrn, event.name, event.birth, event.sex, event.time, jid)
-                commit_memory = lambda: self._admitted(event)  # noqa: E731
+                page, commit_memory, decision = self._result(mrn, event, jid, received)
+            elif isinstance(event, (hl7.Admission, hl7.Update)):
+                if isinstance(event, hl7.Admission):
+                    store.admit(mrn, event.name, event.birth, event.sex, event.time, jid)
+                else:
+                    store.update_patient(mrn, event.name, event.birth, event.sex)
+                commit_memory = lambda: self._demographics(mrn, event)  # noqa: E731
             elif isinstance(event, hl7.Discharge):
-                store.discharge(event.mrn, event.time, jid)
+                store.discharge(mrn, event.time, jid)
+            elif isinstance(event, hl7.Merge):
+                commit_memory, decision = self._merge(mrn, event, jid)
             else:
-                store.set_journal_status(jid, "ignored", f"message type {event.kind}")
+                decision = "ignored"
+                store.set_journal_status(jid, decision, event.reason)
+                self._unjudged(event.notes)
         # Committed: now the in-memory view may follow.
         if commit_memory is not None:
             commit_memory()
+        metrics.child(metrics.DECISIONS, decision).inc()
         return page
 
-    def _admitted(self, event: hl7.Admission) -> None:
-        cached = self._patients.get(event.mrn)
+    def _demographics(self, mrn: str, event: hl7.Admission | hl7.Update) -> None:
+        cached = self._patients.get(mrn)
         if cached is not None:
             cached.patient.birth, cached.patient.sex = event.birth, event.sex
 
-    def _result(self, r: hl7.Result, jid: int, received: float):
+    def _merge(self, new: str, event: hl7.Merge, jid: int):
+        """ADT^A40 and kin: the old number's results, admissions and episode move to `new`."""
+        old = self._merged.get(event.old, event.old)
+        if old == new:
+            self.store.set_journal_status(jid, "ignored", f"merge of {event.old} into {new}: "
+                                          "already the same patient")
+            metrics.MERGES.labels(outcome="repeated").inc()
+            return None, "ignored"
+        if not self.store.merge_patient(old, new, jid):
+            self.store.set_journal_status(jid, "ignored", f"{old} was merged before")
+            metrics.MERGES.labels(outcome="repeated").inc()
+            return None, "ignored"
+        self.store.set_journal_status(jid, "applied", f"merged {old} into {new}")
+        metrics.MERGES.labels(outcome="merged").inc()
+        log.warning("patient %s merged into %s: its results, admissions and episode moved",
+                    old, new)
+
+        def commit_memory() -> None:
+            self._patients.pop(old, None)
+            self._patients.pop(new, None)
+            self._merged = self.store.merged_numbers()
+        return commit_memory, "applied"
+
+    def _unjudged(self, notes: tuple[hl7.Note, ...]) -> None:
+        """Say so, loudly, when a result looks like creatinine but is not judged."""
+        for n in notes:
+            if n.suspicious:
+                code = n.code[:32] or "(empty)"
+                metrics.UNRECOGNISED_CREATININE.labels(code=code).inc()
+                log.warning("creatinine-like result not judged: %s; name its code in the feed "
+                            "profile (FEED_PROFILE) if it is serum creatinine", n.reason)
+
+    def _result(self, mrn: str, r: hl7.Result, jid: int, received: float):
+        """Every creatinine observation of the message, in order: stored, corrected or removed
+        as its status says, and judged. Returns (page, commit_memory, decision)."""
+        obs_list = r.observations
+        cached = self._patient(mrn, obs_list[0].time if len(obs_list) == 1
+                               else min(o.time for o in obs_list))
+        # One observation (the usual case) is judged against the patient as held; several
+        # against a copy that takes each one in before the next is judged.
+        seen = cached.patient if len(obs_list) == 1 else Patient(
+            mrn, list(cached.patient.times), list(cached.patient.values),
+            cached.patient.birth, cached.patient.sex)
+        page = None
+        episode = cached.episode_start
+        changes: list[tuple[int, float | None]] = []   # applied to memory once committed
+        reasons: list[str] = []
+        actions: list[str] = []
+        for obs in obs_list:
+            action, obs_page, episode = self._observation(mrn, obs, seen, episode, jid,
+                                                          received)
+            metrics.child(metrics.RESULT_ACTIONS, action).inc()
+            actions.append(action)
+            if action in _CHANGES:
+                changes.append((obs.time, obs.value if action != "removed" else None))
+                if seen is not cached.patient:
+                    _take(seen, obs.time, changes[-1][1])
+            if action != "judged":
+                reasons.append(f"{obs.code} {obs.time_text} {obs.status}: {action}")
+            page = page or obs_page
+        self._unjudged(r.notes)
+        reasons.extend(n.reason for n in r.notes)
+        if changes:
+            decision = "applied"
+        elif all(a == "duplicate" for a in actions):
+            decision = "duplicate-result"
+        else:
+            decision = "ignored"
+        if decision == "duplicate-result":
+            self.store.set_journal_status(jid, decision, "a result for this sample time exists")
+        elif reasons:
+            self.store.set_journal_status(jid, decision, "; ".join(reasons))
+
+        def commit_memory() -> None:
+            for t, v in changes:
+                _take(cached.patient, t, v)
+            cached.episode_start = episode
+            if changes:
+                cached.keep_from(max(t for t, _ in changes) - KEEP)
+
+        return page, commit_memory, decision
+
+    def _observation(self, mrn: str, obs: hl7.Observation, p: Patient, episode: int | None,
+                     jid: int, received: float) -> tuple[str, Page | None, int | None]:
+        """What one observation does: (action, page, the episode start after it)."""
         store = self.store
-        cached = self._patient(r.mrn, r.time)
-        p = cached.patient
-        if not store.add_result(r.mrn, r.time, r.value):
-            store.set_journal_status(jid, "duplicate-result",
-                                     "a result for this sample time exists")
-            metrics.DUPLICATE_RESULTS.inc()
-            return None, None
-        j = self.detector.judge(p, r.time, r.value)
-        metrics.CREATININE.observe(r.value)
+        status = obs.status
+        if status == hl7.NOT_OBTAINED:
+            return "not-obtained", None, episode
+        if status in (hl7.WRONG_PATIENT, hl7.DELETED):
+            if store.result_at(mrn, obs.time) is None:
+                return "nothing-to-remove", None, episode
+            store.remove_result(mrn, obs.time, jid)
+            if episode == obs.time:         # its page was for a withdrawn result
+                episode = None
+                store.open_episode(mrn, None)
+            log.warning("result of %s at %s withdrawn (OBX-11 %s): removed from the baseline",
+                        mrn, obs.time_text, status)
+            return "removed", None, episode
+        value = obs.value
+        assert value is not None
+        action = "judged"
+        if not store.add_result(mrn, obs.time, value, status, obs.comparator):
+            old_value, old_status = store.result_at(mrn, obs.time)
+            if status != hl7.CORRECTED and old_status != hl7.PRELIMINARY:
+                metrics.DUPLICATE_RESULTS.inc()
+                return "duplicate", None, episode
+            store.correct_result(mrn, obs.time, value, status, obs.comparator, jid)
+            log.info("result of %s at %s corrected (%s → %s): %g → %g µmol/L", mrn,
+                     obs.time_text, old_status, status, old_value, value)
+            action = "corrected"
+        if status == hl7.PRELIMINARY and self.profile.preliminary == "store":
+            return ("stored" if action == "judged" else action), None, episode
+        page, episode = self._judge(mrn, obs, value, p, episode, jid, received)
+        return action, page, episode
+
+    def _judge(self, mrn: str, obs: hl7.Observation, value: float, p: Patient,
+               episode: int | None, jid: int, received: float) -> tuple[Page | None, int | None]:
+        store = self.store
+        j = self.detector.judge(p, obs.time, value)
+        metrics.CREATININE.observe(value)
         metrics.child(metrics.SCORES, j.detector).observe(j.score)
         metrics.child(metrics.RESULTS_JUDGED, "yes" if p.times else "no",
                       "yes" if p.birth is not None else "no").inc()
-        page = None
-        start = cached.episode_start
-        if j.positive:
-            metrics.child(metrics.POSITIVES, j.detector).inc()
-            if opens_episode(start, r.time):
-                body = f"{r.mrn},{r.time_text}"
-                send = self.page_from is None or r.time >= self.page_from
-                page_id = store.add_page(r.mrn, r.time, body, explanation(j), jid,
-                                         "pending" if send else "suppressed")
-                start = episode_start_after(start, r.time)
-                store.open_episode(r.mrn, start)
-                if page_id is not None and send:
-                    page = Page(body, received)
-                    log.info("page decided: %s %s", body, explanation(j))
-            else:
-                log.info("positive result in an open episode, not paged again: %s,%s (episode "
-                         "since %s)", r.mrn, r.time_text, start)
+        if not j.positive:
+            return None, episode
+        metrics.child(metrics.POSITIVES, j.detector).inc()
+        if not opens_episode(episode, obs.time):
+            log.info("positive result in an open episode, not paged again: %s,%s (episode "
+                     "since %s)", mrn, obs.time_text, episode)
+            return None, episode
+        body = f"{mrn},{obs.time_text}"
+        send = self.page_from is None or obs.time >= self.page_from
+        page_id = store.add_page(mrn, obs.time, body, explanation(j), jid,
+                                 "pending" if send else "suppressed")
+        episode = episode_start_after(episode, obs.time)
+        store.open_episode(mrn, episode)
+        if page_id is not None and send:
+            log.info("page decided: %s %s", body, explanation(j))
+            return Page(body, received), episode
+        return None, episode
 
-        def commit_memory() -> None:
-            i = bisect_left(p.times, r.time)
-            p.times.insert(i, r.time)
-            p.values.insert(i, r.value)
-            cached.episode_start = start
-            cached.keep_from(r.time - KEEP)
 
-        return page, commit_memory
-
+def _take(p: Patient, t: int, v: float | None) -> None:
+    """Put a result into a patient's series (a new one, or a corrected value), or take it out
+    (`v` None)."""
+    i = bisect_left(p.times, t)
+    present = i < len(p.times) and p.times[i] == t
+    if v is None:
+        if present:
+            del p.times[i], p.values[i]
+    elif present:
+        p.values[i] = v
+    else:
+        p.times.insert(i, t)
+        p.values.insert(i, v)

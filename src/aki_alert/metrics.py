@@ -124,6 +124,20 @@ MESSAGES = HotCounter("aki_messages_received_total", "HL7 messages received", ("
 ACKS = HotCounter("aki_acks_sent_total", "Acknowledgements sent", ("code",))
 DEAD_LETTERS = Counter("aki_dead_letters_total", "Messages set aside as unprocessable", ["reason"])
 DUPLICATES = Counter("aki_duplicate_messages_total", "Re-delivered messages ignored")
+DECISIONS = HotCounter(
+    "aki_message_decisions_total", "What became of each message: applied, duplicate (a "
+    "re-delivery), duplicate-result, ignored (with a reason in the journal) or dead (a dead "
+    "letter)", ("decision",))
+RESULT_ACTIONS = Counter(
+    "aki_result_actions_total", "Creatinine results by what was done with them: judged, stored "
+    "(a preliminary kept unjudged), corrected, removed (wrong patient, deleted), not-obtained, "
+    "nothing-to-remove, duplicate", ["action"])
+UNRECOGNISED_CREATININE = Counter(
+    "aki_unrecognised_creatinine_total", "Results that look like creatinine (their code or "
+    "text) but that the feed profile does not name, so were not judged; by OBX-3 code",
+    ["code"])
+MERGES = Counter("aki_patient_merges_total", "Patient numbers merged into others (ADT^A40 "
+                 "and kin), by outcome: merged, repeated", ["outcome"])
 DUPLICATE_RESULTS = Counter(
     "aki_duplicate_results_total", "Results for an already-known patient and sample time")
 FRAME_ERRORS = Counter("aki_mllp_frame_errors_total", "MLLP frames that could not be read")

@@ -327,9 +327,13 @@ def describe(raw: bytes) -> str:
     sent = _msh_time(raw)
     sent_text = "" if sent is None else f" sent {format_hl7_time(sent)}"
     if isinstance(e, hl7.Result):
-        return f"ORU^R01 result MRN {e.mrn} sampled {e.time_text}{sent_text}"
-    if isinstance(e, (hl7.Admission, hl7.Discharge)):
-        kind = "ADT^A01 admission" if isinstance(e, hl7.Admission) else "ADT^A03 discharge"
+        sampled = ", ".join(o.time_text for o in e.observations)
+        return f"ORU^R01 result MRN {e.mrn} sampled {sampled}{sent_text}"
+    if isinstance(e, hl7.Merge):
+        return f"ADT merge of MRN {e.old} into {e.mrn}{sent_text}"
+    if isinstance(e, (hl7.Admission, hl7.Update, hl7.Discharge)):
+        kind = {hl7.Admission: "ADT^A01 admission", hl7.Update: "ADT^A08 update",
+                hl7.Discharge: "ADT^A03 discharge"}[type(e)]
         return f"{kind} MRN {e.mrn}{sent_text}"
     return raw[:60].replace(b"\r", b" ").decode("utf-8", "replace")
 

@@ -54,6 +54,8 @@ PENDING_MINUTES = 5         # `check`: a page waiting longer than this is a prob
 PAGE_STATUSES = ("pending", "delivered", "dead", "suppressed")
 JOURNAL_STATUSES = ("applied", "duplicate-result", "ignored", "dead")
 STATE_TABLES = {"meta", "patients", "admissions", "results", "journal", "outbox"}
+# OBX-11 statuses whose result is stored (W, D and X never are).
+_KEEPS_A_ROW = ("F", "C", "P")
 
 
 class Refused(Exception):
@@ -303,6 +305,13 @@ def _consistency(store, pending_before: float, now: float) -> list[str]:
             "LEFT JOIN journal j ON j.id = a.journal_id WHERE j.id IS NULL ORDER BY a.id"):
         problems.append(f"error: admissions row {aid} (MRN {mrn}) refers to journal row {jid}, "
                         "which does not exist")
+    # A result may be gone for a reason: withdrawn later (W/D) or merged into another number
+    # (kept track of from v3 on).
+    merged, withdrawn = {}, set()
+    if "merges" in store.tables():
+        merged = store.merged_numbers()
+        withdrawn = {(m, t) for m, t in store.query(
+            "SELECT mrn, time FROM result_revisions WHERE action = 'removed'")}
     for jid, raw in store.query("SELECT id, raw FROM journal WHERE status = 'applied' "
                                 "AND kind = 'result' ORDER BY id").fetchall():
         try:
@@ -313,9 +322,13 @@ def _consistency(store, pending_before: float, now: float) -> list[str]:
             continue
         if not isinstance(r, hl7.Result):
             problems.append(f"error: journal row {jid} is an applied result but is not one")
-        elif not store.has_result(r.mrn, r.time):
-            problems.append(f"error: journal row {jid} (result MRN {r.mrn} at {r.time_text}) "
-                            "is applied but its result row is missing")
+            continue
+        mrn = merged.get(r.mrn, r.mrn)
+        for o in r.observations:
+            if o.status in _KEEPS_A_ROW and not store.has_result(mrn, o.time) \
+                    and (mrn, o.time) not in withdrawn:
+                problems.append(f"error: journal row {jid} (result MRN {mrn} at {o.time_text}) "
+                                "is applied but its result row is missing")
     for status, n in store.query("SELECT status, count(*) FROM journal GROUP BY status"):
         if status not in JOURNAL_STATUSES:
             problems.append(f"error: {n} journal row(s) with unknown status {status!r}")

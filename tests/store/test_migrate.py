@@ -11,6 +11,7 @@ from aki_alert.ingest import Ingest
 from aki_alert.store import NewerSchemaError, StateError
 from aki_alert.store.admin import SCHEMA_VERSION, plan
 from aki_alert.timeutil import DAY, HOUR, parse_hl7_date, parse_hl7_time
+from v1_state import copy_as_v1, v1_columns
 
 T0 = parse_hl7_time("20240301080000")
 PAGES_SINCE = ("SELECT mrn, result_time FROM outbox WHERE status != 'suppressed' "
@@ -19,15 +20,17 @@ PAGES_SINCE = ("SELECT mrn, result_time FROM outbox WHERE status != 'suppressed'
 
 def build_v1(backend):
     """A state as release v1 built it: a history, an admission, an AKI page, a dead letter."""
+    def fill(scratch):
+        scratch.import_results([("8", T0 - 30 * DAY, 80.0)])
+        ing = Ingest(scratch, NhsDetector())
+        ing.apply(messages.admission(T0 - DAY, "7", "ANN SMITH", parse_hl7_date("19600101"),
+                                     "F"), 0.0)
+        ing.apply(messages.result(T0, "7", 100.0), 0.0)
+        ing.apply(messages.result(T0 + DAY, "7", 250.0), 0.0)
+        ing.apply(b"garbage", 0.0)
+
     opened = _open_unmigrated(backend)
-    opened.migrate(target=1)
-    opened.import_results([("8", T0 - 30 * DAY, 80.0)])
-    ing = Ingest(opened, NhsDetector())
-    ing.apply(messages.admission(T0 - DAY, "7", "ANN SMITH", parse_hl7_date("19600101"), "F"),
-               0.0)
-    ing.apply(messages.result(T0, "7", 100.0), 0.0)
-    ing.apply(messages.result(T0 + DAY, "7", 250.0), 0.0)
-    ing.apply(b"garbage", 0.0)
+    copy_as_v1(opened, fill)
     return opened
 
 
@@ -43,8 +46,10 @@ def _open_unmigrated(backend):
 
 
 def snapshot(store) -> dict:
-    return {t: sorted(tuple(r) for r in store.query(f"SELECT * FROM {t}").fetchall())
-            for t in ("meta", "patients", "admissions", "results", "journal", "outbox")}
+    """Every row of the v1 tables, in their v1 columns."""
+    return {t: sorted(tuple(r) for r in store.query(f"SELECT {', '.join(cols)} FROM {t}"
+                                                    ).fetchall())
+            for t, cols in v1_columns().items()}
 
 
 def test_a_v1_state_is_migrated_with_its_data_intact(backend):
@@ -53,11 +58,11 @@ def test_a_v1_state_is_migrated_with_its_data_intact(backend):
     assert store.schema_version() == 1 and "outbox_result_time" not in store.tables()
 
     dry = store.migrate(dry_run=True)
-    assert (dry.current, dry.target, dry.steps) == (1, SCHEMA_VERSION, [2])
+    assert (dry.current, dry.target, dry.steps) == (1, SCHEMA_VERSION, [2, 3])
     assert store.schema_version() == 1 and "outbox_result_time" not in store.tables()
 
     done = store.migrate()
-    assert (done.current, done.target, done.steps) == (1, SCHEMA_VERSION, [2])
+    assert (done.current, done.target, done.steps) == (1, SCHEMA_VERSION, [2, 3])
     assert store.schema_version() == SCHEMA_VERSION and "outbox_result_time" in store.tables()
     assert snapshot(store) == before
     store.close()

@@ -166,7 +166,7 @@ def test_a_nul_in_a_text_field_does_not_stall_the_feed(store):
 
 def test_dead_letters_keep_the_message_and_its_reason(backend, store):
     ing = Ingest(store, NhsDetector())
-    ack, page = handle(ing, result("abc", T0, 100.0), 0.0)
+    ack, page = handle(ing, result("a.b", T0, 100.0), 0.0)
     assert msa(ack) == b"MSA|AA" and page is None
     frame = FrameError("frame too big", b"MSH|x")
     ing.set_aside_frame(frame)
@@ -177,7 +177,7 @@ def test_dead_letters_keep_the_message_and_its_reason(backend, store):
     assert bytes(rows[1][2]) == b"MSH|x"
     before = store.counts()
     assert before["dead_letters"] == 2 and before["messages"] == 2
-    handle(ing, result("abc", T0, 100.0), 0.0)                    # re-delivered: no new row
+    handle(ing, result("a.b", T0, 100.0), 0.0)                    # re-delivered: no new row
     assert store.counts() == before
 
 
@@ -424,7 +424,7 @@ def test_counts(store):
     handle(ing, result(7, T0, 100.0), 0.0)
     handle(ing, result(8, T0, 100.0), 0.0)
     handle(ing, result(7, T0 + DAY, 250.0), 0.0)
-    handle(ing, result("x", T0, 1.0), 0.0)
+    handle(ing, result("x.", T0, 1.0), 0.0)
     assert store.counts() == {**EMPTY, "patients": 2, "results": 3, "messages": 5,
                               "dead_letters": 1, "pages_pending": 1}
 

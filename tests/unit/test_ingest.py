@@ -93,7 +93,7 @@ def test_state_survives_reopening(tmp_path):
 
 
 def test_unparseable_message_is_dead_lettered_and_acknowledged(ingest, store):
-    ack, page = handle(ingest, result("abc", T0, 100.0), 0.0)
+    ack, page = handle(ingest, result("a.b", T0, 100.0), 0.0)
     assert ack.split(b"\r")[1] == b"MSA|AA" and page is None
     reason, = store.db.execute("SELECT reason FROM dead_letters").fetchone()
     assert "MRN" in reason
@@ -158,9 +158,9 @@ def test_same_sample_time_with_other_bytes_is_a_duplicate_result(ingest, store):
 
 
 def test_other_message_types_are_journaled_as_ignored(ingest, store):
-    handle(ingest, admit(7).replace(b"ADT^A01", b"ADT^A08"), 0.0)
+    handle(ingest, admit(7).replace(b"ADT^A01", b"ADT^A02"), 0.0)
     assert store.db.execute("SELECT status, reason FROM journal").fetchone() == (
-        "ignored", "message type ADT^A08")
+        "ignored", "message type ADT^A02 is not used")
 
 
 def test_results_before_page_from_open_their_episode_but_are_not_sent(store):

@@ -10,11 +10,12 @@ import time
 
 import pytest
 from state_locations import location
+from v1_state import copy_as_v1, v1_columns
 
 from aki_alert.cli import main
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.ingest import Ingest
-from aki_alert.store.admin import SCHEMA_VERSION
+from aki_alert.store.admin import MIGRATION_NOTES, SCHEMA_VERSION
 from aki_alert.store.sqlite import SqliteStore
 from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_time
 
@@ -386,14 +387,17 @@ def test_reset_takes_the_message_log_of_a_killed_service_with_the_archive(tmp_pa
 
 
 
-def dump(store):
-    """The schema version and every row of every table of an open store (closed after)."""
-    from aki_alert.store.admin import DATA_TABLES
+def dump(store, columns=None):
+    """The schema version and every row of every table of an open store (closed after);
+    `columns`: only these tables and columns (what a v1 state has)."""
+    from aki_alert.store.admin import data_tables
 
     try:
-        rows = {t: sorted(tuple(r) for r in store.query(f"SELECT * FROM {t}").fetchall())
-                for t in DATA_TABLES}
-        return store.schema_version(), rows
+        version = store.schema_version()
+        which = columns or {t: ["*"] for t in data_tables(version)}
+        rows = {t: sorted(tuple(r) for r in store.query(
+                    f"SELECT {', '.join(cols)} FROM {t}").fetchall()) for t, cols in which.items()}
+        return version, rows
     finally:
         store.close()
 
@@ -401,9 +405,9 @@ def dump(store):
 # --- migrate ----------------------------------------------------------------------------------
 
 def fill_v1(store):
-    """The state as release v1 left it, holding data."""
-    store.migrate(target=1)
-    fill(store)
+    """The state as release v1 left it, holding what `fill` writes."""
+    copy_as_v1(store, fill)
+    store.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -414,7 +418,8 @@ def v1_loc(request, tmp_path):
 
 
 def test_migrate_reports_lists_and_applies_with_the_data_intact(v1_loc, capsys):
-    version, before = dump(v1_loc.open(migrate=False))
+    v1 = v1_columns()
+    version, before = dump(v1_loc.open(migrate=False), v1)
     assert version == 1
 
     rc, out, _ = run(capsys, "state", "migrate", *v1_loc.argv, "--dry-run")
@@ -423,16 +428,17 @@ def test_migrate_reports_lists_and_applies_with_the_data_intact(v1_loc, capsys):
     assert lines[0].endswith(f": schema v1, this release v{SCHEMA_VERSION}")
     assert lines[1:] == ["would apply (dry run, nothing changed):",
                          "  v2  index outbox (result_time), read every minute by the quality "
-                         "monitor (pages_since)"]
-    assert dump(v1_loc.open(migrate=False)) == (1, before)          # the dry run changed nothing
+                         "monitor (pages_since)", "  v3  " + MIGRATION_NOTES[3]]
+    assert dump(v1_loc.open(migrate=False), v1) == (1, before)      # the dry run changed nothing
 
     rc, out, _ = run(capsys, "state", "migrate", *v1_loc.argv)
     assert rc == 0
     assert out.splitlines()[1:] == ["applied, in one transaction:",
                                     "  v2  index outbox (result_time), read every minute by the "
                                     "quality monitor (pages_since)",
+                                    "  v3  " + MIGRATION_NOTES[3],
                                     f"schema now v{SCHEMA_VERSION}"]
-    assert dump(v1_loc.open(migrate=False)) == (SCHEMA_VERSION, before)
+    assert dump(v1_loc.open(migrate=False), v1) == (SCHEMA_VERSION, before)
     s = v1_loc.open(migrate=False)
     assert "outbox_result_time" in s.tables()
     s.close()

@@ -15,23 +15,55 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # What each version does, as `aki-alert state migrate` reports it.
 MIGRATION_NOTES = {
     1: "create the state's tables",
     2: "index outbox (result_time), read every minute by the quality monitor (pages_since)",
+    3: "results get their HL7 status and comparator; result_revisions keeps every corrected, "
+       "removed or merged-away value; merges records patient numbers merged into others",
 }
 
 # Steps after v1, the same SQL on both backends. The outbox gets a row per page decided, not
 # per message, so this index costs the per-message path nothing.
 COMMON_MIGRATIONS = {
     2: "CREATE INDEX outbox_result_time ON outbox (result_time)",
+    # Status F and no comparator for every result before v3: the contract's feed sends neither.
+    3: """
+    ALTER TABLE results ADD COLUMN status TEXT NOT NULL DEFAULT 'F';
+    ALTER TABLE results ADD COLUMN comparator TEXT;
+    CREATE TABLE result_revisions (
+        mrn TEXT NOT NULL,
+        time BIGINT NOT NULL,
+        value DOUBLE PRECISION NOT NULL,
+        status TEXT NOT NULL,
+        comparator TEXT,
+        action TEXT NOT NULL,
+        new_mrn TEXT,
+        changed_at DOUBLE PRECISION NOT NULL,
+        journal_id BIGINT NOT NULL
+    );
+    CREATE INDEX result_revisions_mrn ON result_revisions (mrn, time);
+    CREATE TABLE merges (
+        old_mrn TEXT PRIMARY KEY,
+        new_mrn TEXT NOT NULL,
+        merged_at DOUBLE PRECISION NOT NULL,
+        journal_id BIGINT NOT NULL
+    )
+    """,
 }
 
 # The tables holding a state's data, in an order that loads cleanly (backup and restore copy
-# them between backends).
-DATA_TABLES = ("meta", "patients", "admissions", "results", "journal", "outbox")
+# them between backends), and the schema version that added each after v1.
+DATA_TABLES = ("meta", "patients", "admissions", "results", "journal", "outbox",
+               "result_revisions", "merges")
+_ADDED_IN = {"result_revisions": 3, "merges": 3}
+
+
+def data_tables(version: int) -> tuple[str, ...]:
+    """The data tables a state of schema `version` has."""
+    return tuple(t for t in DATA_TABLES if _ADDED_IN.get(t, 1) <= version)
 
 
 class StateError(Exception):

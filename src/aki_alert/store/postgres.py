@@ -60,6 +60,7 @@ from .admin import (
     COMMON_MIGRATIONS,
     DATA_TABLES,
     SCHEMA_VERSION,
+    data_tables,
     StateAdmin,
     StateError,
     plan,
@@ -306,7 +307,7 @@ class PostgresStore(RowOps, StateAdmin):
             try:
                 dst.migrate(target=version)
                 with dst.transaction():
-                    for table in DATA_TABLES:
+                    for table in data_tables(version):
                         columns = dst.columns(table)
                         dst.write_table(table, columns, self._read_table(table, columns))
             finally:
@@ -325,7 +326,7 @@ class PostgresStore(RowOps, StateAdmin):
             with self._exclusive():
                 archived = self._archive_tables(suffix) if "journal" in self.tables() else None
                 self._apply(range(1, version + 1))
-                for table in DATA_TABLES:
+                for table in data_tables(version):
                     columns = src.columns(table)
                     self._write_table(table, columns, src.read_table(table, columns))
                 self._continue_identities()
@@ -480,7 +481,8 @@ class PostgresStore(RowOps, StateAdmin):
             archived = f"{base}-{n}"
         target = sql.Identifier(archived)
         db.execute(sql.SQL("CREATE SCHEMA {}").format(target))
-        for name in (*_TABLES, "dead_letters"):
+        existing = self.tables()
+        for name in (n for n in (*_TABLES, "dead_letters") if n in existing):
             kind = "VIEW" if name == "dead_letters" else "TABLE"
             db.execute(sql.SQL("ALTER {} {} SET SCHEMA {}").format(
                 sql.SQL(kind), sql.Identifier(schema, name), target))

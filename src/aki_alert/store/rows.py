@@ -79,11 +79,85 @@ class RowOps:
         p.birth, p.sex = demo[0], demo[1]
         return p, demo[2]
 
-    def add_result(self, mrn: str, time_: int, value: float) -> bool:
+    def add_result(self, mrn: str, time_: int, value: float, status: str = "F",
+                   comparator: str | None = None) -> bool:
         """False when a result for this patient and sample time is already known."""
-        cur = self._x("INSERT INTO results (mrn, time, value, source) VALUES (?, ?, ?, 'feed') "
-                      "ON CONFLICT DO NOTHING", (mrn, time_, value))
+        cur = self._x("INSERT INTO results (mrn, time, value, source, status, comparator) "
+                      "VALUES (?, ?, ?, 'feed', ?, ?) ON CONFLICT DO NOTHING",
+                      (mrn, time_, value, status, comparator or None))
         return cur.rowcount == 1
+
+    def result_at(self, mrn: str, time_: int) -> tuple[float, str] | None:
+        """(value, status) of the patient's result at this sample time, if any."""
+        row = self._x("SELECT value, status FROM results WHERE mrn = ? AND time = ?",
+                      (mrn, time_)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def _keep_revision(self, mrn: str, time_: int, action: str, journal_id: int,
+                       new_mrn: str | None = None) -> None:
+        self._x("INSERT INTO result_revisions (mrn, time, value, status, comparator, action, "
+                "new_mrn, changed_at, journal_id) SELECT mrn, time, value, status, comparator, "
+                "?, ?, ?, ? FROM results WHERE mrn = ? AND time = ?",
+                (action, new_mrn, time.time(), journal_id, mrn, time_))
+
+    def correct_result(self, mrn: str, time_: int, value: float, status: str,
+                       comparator: str | None, journal_id: int) -> None:
+        """Replace a stored result's value (a correction, or a final after a preliminary);
+        the value it had is kept in result_revisions."""
+        self._keep_revision(mrn, time_, "corrected", journal_id)
+        self._x("UPDATE results SET value = ?, status = ?, comparator = ? "
+                "WHERE mrn = ? AND time = ?", (value, status, comparator or None, mrn, time_))
+
+    def remove_result(self, mrn: str, time_: int, journal_id: int) -> None:
+        """Take a result out of the patient's baseline (posted to the wrong patient, or
+        deleted); it is kept in result_revisions."""
+        self._keep_revision(mrn, time_, "removed", journal_id)
+        self._x("DELETE FROM results WHERE mrn = ? AND time = ?", (mrn, time_))
+
+    def update_patient(self, mrn: str, name: str, birth: int | None, sex: str | None) -> None:
+        """New demographics (ADT^A08/A31), without an admission."""
+        self._x("INSERT INTO patients (mrn, name, birth, sex) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (mrn) DO UPDATE SET name = excluded.name, birth = excluded.birth, "
+                "sex = excluded.sex", (mrn, name, birth, sex))
+
+    def merge_patient(self, old: str, new: str, journal_id: int) -> bool:
+        """Move everything known under `old` to `new` (ADT^A40/A34/A47): results (a result
+        both have at one sample time keeps `new`'s; `old`'s goes to result_revisions),
+        admissions, pages, demographics where `new` has none, and the later episode. False
+        when `old` was merged before (a replay): nothing is done twice."""
+        if self._x("INSERT INTO merges (old_mrn, new_mrn, merged_at, journal_id) "
+                   "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                   (old, new, time.time(), journal_id)).rowcount != 1:
+            return False
+        self._x("UPDATE merges SET new_mrn = ? WHERE new_mrn = ?", (new, old))
+        self._x("INSERT INTO result_revisions (mrn, time, value, status, comparator, action, "
+                "new_mrn, changed_at, journal_id) SELECT o.mrn, o.time, o.value, o.status, "
+                "o.comparator, 'merged', ?, ?, ? FROM results o WHERE o.mrn = ?",
+                (new, time.time(), journal_id, old))
+        self._x("INSERT INTO results (mrn, time, value, source, status, comparator) "
+                "SELECT ?, time, value, source, status, comparator FROM results WHERE mrn = ? "
+                "ON CONFLICT DO NOTHING", (new, old))
+        self._x("DELETE FROM results WHERE mrn = ?", (old,))
+        self._x("UPDATE admissions SET mrn = ? WHERE mrn = ?", (new, old))
+        self._x("UPDATE outbox SET mrn = ? WHERE mrn = ?", (new, old))
+        rows = dict((r[0], r[1:]) for r in self._x(
+            "SELECT mrn, name, birth, sex, admitted, episode_start FROM patients "
+            "WHERE mrn IN (?, ?)", (old, new)).fetchall())
+        if old in rows:
+            was, now = rows[old], rows.get(new, (None, None, None, 0, None))
+            keep = [n if n is not None else o for n, o in zip(now[:3], was[:3], strict=True)]
+            starts = [s for s in (was[4], now[4]) if s is not None]
+            self._x("INSERT INTO patients (mrn, name, birth, sex, admitted, episode_start) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (mrn) DO UPDATE SET "
+                    "name = excluded.name, birth = excluded.birth, sex = excluded.sex, "
+                    "admitted = excluded.admitted, episode_start = excluded.episode_start",
+                    (new, *keep, max(was[3] or 0, now[3] or 0), max(starts, default=None)))
+            self._x("DELETE FROM patients WHERE mrn = ?", (old,))
+        return True
+
+    def merged_numbers(self) -> dict[str, str]:
+        """Every merged-away patient number and the number it lives on as."""
+        return dict(self._x("SELECT old_mrn, new_mrn FROM merges").fetchall())
 
     def admit(self, mrn: str, name: str, birth: int | None, sex: str | None,
               time_: int | None, journal_id: int) -> None:
@@ -99,7 +173,9 @@ class RowOps:
         self._x("INSERT INTO admissions (mrn, event, time, journal_id) "
                 "VALUES (?, 'discharge', ?, ?)", (mrn, time_, journal_id))
 
-    def open_episode(self, mrn: str, start: int) -> None:
+    def open_episode(self, mrn: str, start: int | None) -> None:
+        """Record the patient's episode start (None: no episode, e.g. its page's result was
+        withdrawn)."""
         self._x("INSERT INTO patients (mrn, episode_start) VALUES (?, ?) "
                 "ON CONFLICT (mrn) DO UPDATE SET episode_start = excluded.episode_start",
                 (mrn, start))

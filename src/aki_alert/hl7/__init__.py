@@ -1,0 +1,23 @@
+"""HL7 v2 as the service reads and answers it.
+
+- `encoding`: separators (MSH-1/MSH-2), segments, components, escape sequences;
+- `profile`: the feed profile, what one hospital's codes, units and identifiers mean;
+- `parse`: a message into an event (`events`), as a profile reads it;
+- `ack`: the acknowledgement.
+"""
+
+from .ack import ack, acknowledgement, control_id
+from .events import (
+    CORRECTED, DELETED, FINAL, NOT_OBTAINED, PRELIMINARY, WRONG_PATIENT, Admission, Discharge,
+    Event, HL7Error, Merge, Note, Observation, Other, Result, Update,
+)
+from .parse import MAX_CREATININE, MIN_CREATININE, message_type, parse
+from .profile import DEFAULT_PROFILE, FeedProfile, ProfileError, load_profile
+
+__all__ = [
+    "ack", "acknowledgement", "control_id", "parse", "message_type", "MIN_CREATININE",
+    "MAX_CREATININE", "Admission", "Update", "Discharge", "Merge", "Result", "Observation",
+    "Note", "Other", "Event", "HL7Error", "FeedProfile", "DEFAULT_PROFILE", "ProfileError",
+    "load_profile", "FINAL", "CORRECTED", "PRELIMINARY", "WRONG_PATIENT", "DELETED",
+    "NOT_OBTAINED",
+]

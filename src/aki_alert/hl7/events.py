@@ -1,0 +1,95 @@
+"""What a message means to the service: one event per message, read by `parse.parse`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class HL7Error(ValueError):
+    """A message that can never be processed, with the reason an operator reads."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    mrn: str
+    name: str
+    birth: int | None   # seconds at midnight of the date of birth
+    sex: str | None     # "M" / "F"
+    time: int | None    # MSH-7
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """ADT^A08 / A31: the patient's demographics changed (no admission)."""
+
+    mrn: str
+    name: str
+    birth: int | None
+    sex: str | None
+    time: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Discharge:
+    mrn: str
+    time: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """ADT^A40 / A34 / A47: the patient once known as `old` is `mrn` from now on."""
+
+    mrn: str            # the surviving number (PID-3)
+    old: str            # the retired one (MRG-1)
+    time: int | None
+
+
+# OBX-11 result status, as the service acts on it (HL7 v2.5.1 table 0085). R (not verified)
+# and S (partial) are preliminary; U (made final without resending) is final.
+FINAL, CORRECTED, PRELIMINARY = "F", "C", "P"
+WRONG_PATIENT, DELETED, NOT_OBTAINED = "W", "D", "X"
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One creatinine result of a message."""
+
+    time: int           # its OBR-7 (else OBX-14), seconds
+    time_text: str      # that time's 12 or 14 digits as sent: echoed in the page body
+    value: float | None  # µmol/L; None only for W, D and X, which carry no usable value
+    status: str         # one of the six above
+    comparator: str = ""  # "<", ">", "<=" or ">=" for a censored value ("<10"): its bound
+    unit: str = ""      # the unit converted from: OBX-6 as sent, else the code's default
+    code: str = ""      # OBX-3's identifier
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """An OBX that is not judged, and why."""
+
+    code: str           # OBX-3 identifier (a code, never patient data)
+    reason: str
+    suspicious: bool = False   # looks like creatinine, but the profile does not say it is
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """An ORU^R01 with at least one creatinine observation."""
+
+    mrn: str
+    observations: tuple[Observation, ...]
+    notes: tuple[Note, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Other:
+    """A well-formed message the service does not act on, and why (another type, or a result
+    without creatinine; `notes` then says what each OBX was)."""
+
+    kind: str
+    control_id: str
+    reason: str = ""
+    notes: tuple[Note, ...] = ()
+
+
+Event = Admission | Update | Discharge | Merge | Result | Other

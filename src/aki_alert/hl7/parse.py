@@ -1,0 +1,286 @@
+"""Messages into events, as a feed profile reads them (pure functions).
+
+ADT^A01 admits (MRN, name, date of birth, sex), A08/A31 update the demographics, A03
+discharges, A40/A34/A47 merge the MRG-1 number into PID-3's; ORU^R01 carries results, of which
+the creatinine OBXs are read: each with its own OBR's sample time (OBR-7, else its OBX-14),
+its OBX-11 status, its value (NM, or SN with a comparator) converted to µmol/L. Every other
+OBX is noted with the reason it is not judged. Other message types parse to `Other`.
+A message that can never be processed raises HL7Error with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..patientid import is_valid_mrn, mrn_problem
+from ..timeutil import parse_hl7_date, parse_hl7_time
+from .encoding import DEFAULT, EncodingError, Separators, components, field, first, segments
+from .encoding import separators as read_separators
+from .events import (
+    CORRECTED, DELETED, FINAL, NOT_OBTAINED, PRELIMINARY, WRONG_PATIENT, Admission, Discharge,
+    Event, HL7Error, Merge, Note, Observation, Other, Result, Update,
+)
+from .profile import DEFAULT_PROFILE, FeedProfile, not_creatinine
+
+# Creatinine outside this range (µmol/L) is a unit or transcription error, not a patient.
+MIN_CREATININE = 1.0
+MAX_CREATININE = 5_000.0
+
+_ADMIT = ("ADT^A01",)
+_UPDATE = ("ADT^A08", "ADT^A31")
+_DISCHARGE = ("ADT^A03",)
+_MERGE = ("ADT^A40", "ADT^A34", "ADT^A47")
+# OBX-11 as acted on: table 0085's letters to the six the service distinguishes.
+_STATUS = {"": FINAL, "F": FINAL, "U": FINAL, "C": CORRECTED, "P": PRELIMINARY, "R": PRELIMINARY,
+           "S": PRELIMINARY, "W": WRONG_PATIENT, "D": DELETED, "X": NOT_OBTAINED}
+_NO_RESULT_YET = {"I": "specimen in lab, result pending", "O": "order detail, no result",
+                  "N": "not asked"}
+_NO_VALUE = (WRONG_PATIENT, DELETED, NOT_OBTAINED)
+_COMPARATORS = ("<=", ">=", "<", ">", "=")
+
+
+def parse(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event:
+    """Parse one message payload (without MLLP framing). Raises HL7Error for an unusable one."""
+    text = raw.decode("utf-8", "replace")
+    if not text.startswith("MSH"):
+        text = text.lstrip()
+        if not text.startswith("MSH"):
+            raise HL7Error("message does not start with an MSH segment")
+    try:
+        seps = read_separators(text)
+    except EncodingError as e:
+        raise HL7Error(str(e)) from None
+    segs = segments(text, seps.field)
+    msh = segs[0]
+    # MSH-n is msh[n - 1]: MSH-1, the field separator itself, is not a split field.
+    if not field(msh, 11).strip():
+        raise HL7Error("MSH has no MSH-12 version: an incomplete (truncated?) message")
+    kind = message_type(msh, seps)
+    if kind == "ORU^R01":
+        return _result(segs, seps, profile, field(msh, 9))
+    if kind in _ADMIT or kind in _UPDATE:
+        mrn, name, birth, sex = _demographics(_pid(segs), seps, profile)
+        cls = Admission if kind in _ADMIT else Update
+        return cls(mrn, name, birth, sex, _msh_time(msh, seps))
+    if kind in _DISCHARGE:
+        return Discharge(_mrn(_pid(segs), seps, profile), _msh_time(msh, seps))
+    if kind in _MERGE:
+        return _merge(segs, seps, profile, _msh_time(msh, seps))
+    if not kind:
+        raise HL7Error("MSH-9 message type is empty")
+    return Other(kind, field(msh, 9), f"message type {kind} is not used")
+
+
+def message_type(msh: list[str], seps: Separators = DEFAULT) -> str:
+    """MSH-9 as `TYPE^TRIGGER` (the message structure, a third component, dropped)."""
+    parts = field(msh, 8).split(seps.component, 2)
+    return parts[0].strip() + "^" + parts[1].strip() if len(parts) > 1 else parts[0].strip()
+
+
+def _ts_digits(ts: str) -> str:
+    """The date-time of an HL7 TS without what may follow it: fractional seconds (`.123`) and a
+    zone offset (`+0100`). The contract's times carry neither; other senders' may."""
+    for mark in ".+-":
+        cut = ts.find(mark, 12)
+        if cut >= 0:
+            ts = ts[:cut]
+    return ts
+
+
+def _msh_time(msh: list[str], seps: Separators) -> int | None:
+    try:
+        return parse_hl7_time(_ts_digits(first(field(msh, 6), seps)))
+    except ValueError:
+        return None
+
+
+def _pid(segs: list[list[str]]) -> list[str] | None:
+    """The first PID segment."""
+    for seg in segs[1:]:
+        if seg[0].strip() == "PID":
+            return seg
+    return None
+
+
+def _mrn(pid: list[str] | None, seps: Separators, profile: FeedProfile) -> str:
+    if pid is None:
+        raise HL7Error("no PID segment")
+    return patient_id(field(pid, 3), seps, profile, "PID-3")
+
+
+def patient_id(value: str, seps: Separators, profile: FeedProfile, where: str) -> str:
+    """The patient's number in a CX field (PID-3, MRG-1), picked and normalised as the profile
+    says: the repetition whose identifier type is the first of `identifier_types` present
+    (when any repetition is typed), from one of `assigning_authorities` (when set)."""
+    if (seps.repetition not in value and seps.component not in value
+            and not profile.assigning_authorities):
+        mrn = value.strip()         # the contract's plain MRN, without the search below
+        if seps.escape and seps.escape in mrn:
+            mrn = first(mrn, seps)
+    else:
+        mrn = _pick(value, seps, profile, where)
+    if profile.strip_leading_zeros:
+        mrn = mrn.lstrip("0") or mrn[-1:]
+    if profile.upper_case:
+        mrn = mrn.upper()
+    if not is_valid_mrn(mrn):
+        raise HL7Error(f"{where} MRN {mrn!r} {mrn_problem(mrn)}" if mrn else f"{where} is empty")
+    return mrn
+
+
+def _pick(value: str, seps: Separators, profile: FeedProfile, where: str) -> str:
+    reps = []
+    for rep in value.split(seps.repetition):
+        comps = rep.split(seps.component)
+        ident = first(comps[0], seps)
+        if not ident:
+            continue
+        authority = comps[3].split(seps.subcomponent)[0] if len(comps) > 3 else ""
+        kind = comps[4] if len(comps) > 4 else ""
+        reps.append((ident, first(authority, seps).upper(), first(kind, seps).upper()))
+    if profile.assigning_authorities:
+        reps = [r for r in reps if r[1] in profile.assigning_authorities]
+        if not reps:
+            raise HL7Error(f"{where} has no identifier from assigning authority "
+                           f"{'/'.join(profile.assigning_authorities)}")
+    if not reps:
+        return ""
+    if any(r[2] for r in reps):
+        for wanted in profile.identifier_types:
+            for ident, _, kind in reps:
+                if kind == wanted:
+                    return ident
+        untyped = [r for r in reps if not r[2]]
+        if untyped:
+            return untyped[0][0]
+        raise HL7Error(f"{where} has no identifier of type {'/'.join(profile.identifier_types)} "
+                       f"(types sent: {', '.join(r[2] for r in reps)}); set identifier_types "
+                       "in the feed profile")
+    return reps[0][0]
+
+
+def _demographics(pid: list[str] | None, seps: Separators, profile: FeedProfile
+                  ) -> tuple[str, str, int | None, str | None]:
+    mrn = _mrn(pid, seps, profile)
+    assert pid is not None
+    name = " ".join(c for c in components(field(pid, 5), seps) if c)
+    dob = first(field(pid, 7), seps)
+    try:
+        birth = parse_hl7_date(dob[:8]) if dob else None
+    except ValueError:
+        raise HL7Error(f"PID-7 date of birth {dob!r} is not YYYYMMDD") from None
+    sex = first(field(pid, 8), seps).upper()[:1]
+    return mrn, name, birth, sex if sex in ("M", "F") else None
+
+
+def _merge(segs: list[list[str]], seps: Separators, profile: FeedProfile,
+           when: int | None) -> Merge:
+    mrn = _mrn(_pid(segs), seps, profile)
+    mrg = next((s for s in segs[1:] if s[0].strip() == "MRG"), None)
+    if mrg is None:
+        raise HL7Error("merge without an MRG segment: no prior patient number")
+    old = patient_id(field(mrg, 1), seps, profile, "MRG-1")
+    return Merge(mrn, old, when)
+
+
+def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
+            control: str) -> Result | Other:
+    """One pass over the segments: the first PID; each OBX with its OBR's time."""
+    pid = None
+    obr_time = ""
+    observations: list[Observation] = []
+    notes: list[Note] = []
+    any_obx = False
+    for seg in segs[1:]:
+        name = seg[0].strip()
+        if name == "PID":
+            if pid is None:
+                pid = seg
+        elif name == "OBR":
+            obr_time = _ts_digits(first(field(seg, 7), seps))
+        elif name == "OBX":
+            any_obx = True
+            obs = _observation(seg, seps, profile, obr_time, notes)
+            if obs is not None:
+                observations.append(obs)
+    if not any_obx:
+        raise HL7Error("ORU^R01 without an OBX segment: an incomplete (truncated?) result")
+    if not observations:
+        reason = "; ".join(n.reason for n in notes) if notes else "no creatinine result"
+        return Other("ORU^R01", control, reason, tuple(notes))
+    return Result(_mrn(pid, seps, profile), tuple(observations), tuple(notes))
+
+
+def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_time: str,
+                 notes: list[Note]) -> Observation | None:
+    ident = field(obx, 3)
+    if seps.component in ident:
+        parts = components(ident, seps)
+        code, text, system = parts[0], *(parts[1:3] + ["", ""])[:2]
+        spec = profile.creatinine(code, system)
+        if spec is None and len(parts) > 3 and parts[3]:
+            alt_system = parts[5] if len(parts) > 5 else ""
+            spec = profile.creatinine(parts[3], alt_system)
+    else:
+        code, text = first(ident, seps), ""
+        spec = profile.creatinine(code, "")
+    if spec is None:
+        reason, suspicious = not_creatinine(code, text)
+        notes.append(Note(code, reason, suspicious))
+        return None
+    status_text = first(field(obx, 11), seps).upper()
+    status = _STATUS.get(status_text)
+    if status is None:
+        if status_text in _NO_RESULT_YET:
+            notes.append(Note(code, f"{code} status {status_text}: "
+                                    f"{_NO_RESULT_YET[status_text]}"))
+            return None
+        raise HL7Error(f"OBX-11 result status {status_text!r} of {code} is not an HL7 status")
+    time_text = obr_time or _ts_digits(first(field(obx, 14), seps))
+    try:
+        when = parse_hl7_time(time_text)
+    except ValueError:
+        raise HL7Error(f"OBR-7 sample time {time_text!r} of {code} is not a 12- or 14-digit "
+                       "time") from None
+    value_field = field(obx, 5)
+    if status in _NO_VALUE and not value_field.strip():
+        return Observation(when, time_text, None, status, "", "", code)
+    comparator, number = _value(value_field, field(obx, 2).strip(), seps, code)
+    unit_sent = first(field(obx, 6), seps)
+    unit = unit_sent or spec.unit
+    if not unit:
+        raise HL7Error(f"OBX-6 of {code} has no unit and the feed profile gives none for it")
+    factor = profile.factor(unit)
+    if factor is None:
+        raise HL7Error(f"OBX-6 unit {unit!r} of {code} is not known to the feed profile: "
+                       "add it under [units] with its factor to µmol/L")
+    value = number * factor
+    if not (math.isfinite(value) and MIN_CREATININE <= value <= MAX_CREATININE):
+        raise HL7Error(f"OBX-5 creatinine {number:g} {unit} ({value:g} µmol/L) is outside "
+                       f"{MIN_CREATININE:g}–{MAX_CREATININE:g} µmol/L")
+    return Observation(when, time_text, value, status, comparator, unit, code)
+
+
+def _value(value: str, kind: str, seps: Separators, code: str) -> tuple[str, float]:
+    """(comparator, number) of OBX-5: NM `94.1`, SN `^94.1` / `<^10`, or a text `<10`."""
+    if seps.component in value and kind in ("SN", "", "NM", "ST"):
+        parts = value.split(seps.repetition, 1)[0].split(seps.component)
+        comparator = parts[0].strip()
+        if len(parts) > 2 and any(p.strip() for p in parts[2:]):
+            raise HL7Error(f"OBX-5 {value!r} of {code} is a range or ratio, not one value")
+        text = parts[1].strip() if len(parts) > 1 else ""
+        if comparator and comparator not in _COMPARATORS:
+            raise HL7Error(f"OBX-5 comparator {comparator!r} of {code} is not one of "
+                           f"{' '.join(_COMPARATORS)}")
+    else:
+        text = first(value, seps)
+        comparator = ""
+        for c in _COMPARATORS:
+            if text.startswith(c):
+                comparator, text = c, text[len(c):].strip()
+                break
+    try:
+        number = float(text)
+    except ValueError:
+        raise HL7Error(f"OBX-5 creatinine {value!r} of {code} is not a number") from None
+    return ("" if comparator == "=" else comparator), number
