@@ -10,6 +10,8 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from .hl7.profile import DEFAULT_PROFILE, FeedProfile, ProfileError, load_profile
+
 
 class ConfigError(Exception):
     pass
@@ -52,6 +54,9 @@ SETTINGS = (
             "merge or rebuild (see docs/runbook.md)"),
     Setting("AKI_ENVIRONMENT", "--environment", "", "st-thomas-prod",
             "name of this hospital environment (default: the MLLP address)"),
+    Setting("FEED_PROFILE", "--feed-profile", "", "/etc/aki-alert/feed.toml",
+            "feed profile (TOML): this hospital's creatinine codes, units and patient numbers "
+            "(docs/integration.md; default: the assessment hospital's contract)"),
     Setting("LABELS_PATH", "--labels-path", "", "/labels/confirmed-aki.csv",
             "CSV of confirmed AKIs (mrn,date) for the rolling F3 gauge (default: none)"),
     Setting("CONSOLE_PORT", "--console-port", "0", "8080",
@@ -81,6 +86,7 @@ class Config:
     durability: str
     environment: str
     on_history_change: str
+    feed_profile: FeedProfile
     labels_path: str | None
     console_port: int
     console_host: str
@@ -125,6 +131,15 @@ def _choice(s: Setting, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _profile(path: str) -> FeedProfile:
+    if not path:
+        return DEFAULT_PROFILE
+    try:
+        return load_profile(path)
+    except ProfileError as e:
+        raise ConfigError(f"FEED_PROFILE: {e}") from None
+
+
 def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
     """Flags win over environment variables, which win over defaults."""
     environ = os.environ if environ is None else environ
@@ -165,6 +180,7 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         environment=raw["AKI_ENVIRONMENT"] or raw["MLLP_ADDRESS"],
         on_history_change=_choice(by_env["ON_HISTORY_CHANGE"], raw["ON_HISTORY_CHANGE"],
                                   ("auto", "refuse", "merge", "rebuild")),
+        feed_profile=_profile(raw["FEED_PROFILE"]),
         labels_path=raw["LABELS_PATH"] or None,
         console_port=ports["CONSOLE_PORT"],
         console_host=raw["CONSOLE_HOST"],

@@ -71,6 +71,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import hl7
 from .statecmd import Refused, add_state_location, exit_code, one_line, open_state
 from .timeutil import format_hl7_time, parse_hl7_time
 
@@ -257,14 +258,14 @@ def open_for_replay(args: argparse.Namespace, environment: str | None):
 
 
 def replay(store, detector, items: list[Item], now: int, cutoff_hours: float | None,
-           report: Report) -> Report:
+           report: Report, profile: hl7.FeedProfile = hl7.DEFAULT_PROFILE) -> Report:
     """Feed `items` through Ingest in time order. `now` and the cutoff are on the hospital's
     time axis (timeutil seconds); `cutoff_hours=None` queues every page (--page-missed)."""
     from .ingest import Ingest
     from .timeutil import HOUR
 
     page_from = None if cutoff_hours is None else now - int(cutoff_hours * HOUR)
-    ingest = Ingest(store, detector, page_from=page_from)
+    ingest = Ingest(store, detector, page_from=page_from, profile=profile)
     report.messages = len(items)
     for it in in_time_order(items):
         d = digest(it.raw)
@@ -318,8 +319,6 @@ def validate(store, items: list[Item]) -> list[str]:
 
 def describe(raw: bytes) -> str:
     """One line naming a message for an operator: type, MRN and time, or its first bytes."""
-    from . import hl7
-
     try:
         e = hl7.parse(raw)
     except hl7.HL7Error:
@@ -352,6 +351,15 @@ def _detector(args: argparse.Namespace):
         return load_model(args.model_path or None)
     except ModelLoadError as e:
         raise Refused(f"cannot load the model: {e}") from None
+
+
+def _profile(args: argparse.Namespace) -> hl7.FeedProfile:
+    if not args.feed_profile:
+        return hl7.DEFAULT_PROFILE
+    try:
+        return hl7.load_profile(args.feed_profile)
+    except hl7.ProfileError as e:
+        raise Refused(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -397,7 +405,7 @@ def _replay_and_report(args: argparse.Namespace, items: list[Item]) -> int:
             now = parse_hl7_time(args.now) if args.now else hospital_now()
             detector = _detector(args)
             replay(store, detector, items, now, None if args.page_missed else args.cutoff_hours,
-                   report)
+                   report, _profile(args))
             # A running service sees this, drops its in-memory patients and sends queued pages.
             with store.transaction():
                 store.set_meta(replayed_at=str(time.time()))
@@ -435,6 +443,9 @@ def register(sub) -> None:
                    help="model artifact directory (default: the shipped model); env MODEL_PATH")
     p.add_argument("--environment", default=None,
                    help="refuse a state recorded for another environment; env AKI_ENVIRONMENT")
+    p.add_argument("--feed-profile", default=os.environ.get("FEED_PROFILE", ""),
+                   help="the feed profile the service runs with (default: the contract's); "
+                        "env FEED_PROFILE")
     p.add_argument("--cutoff-hours", type=float, default=24.0,
                    help="results sampled longer ago than this are not paged, only reported "
                         "(default 24)")

@@ -340,7 +340,7 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
         store.limit_idle_transactions(cfg.lease_seconds / 2)
     detector = load_detector(cfg)
     readiness.set("detector", True)
-    ingest = Ingest(store, detector)
+    ingest = Ingest(store, detector, profile=cfg.feed_profile)
     durable = Durable(store, ingest, cfg.state_dir, sync=cfg.durability == "machine",
                       commit_each=lease is not None)
     # Messages acknowledged but not committed before a crash go in first, into the state they
@@ -369,8 +369,9 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
                             cfg.state_url or store.path, cfg.metrics_port)
         except ConsoleStartError as e:
             raise StartupError(f"CONSOLE_PORT {cfg.console_port}: {e}") from e
-    log.info("serving: hospital %s, pager %s, state %s, detector %s %s", cfg.mllp_address,
-             cfg.pager_address, cfg.state_dir, detector.name, detector.version)
+    log.info("serving: hospital %s, pager %s, state %s, detector %s %s, feed profile %s",
+             cfg.mllp_address, cfg.pager_address, cfg.state_dir, detector.name,
+             detector.version, cfg.feed_profile.name)
     try:
         service = Service(cfg, store, durable, lease)
         asyncio.run(service.run())
