@@ -114,6 +114,13 @@ class FeedProfile:
                 return c
         return None
 
+    def normalise(self, mrn: str) -> str:
+        """A patient number as this hospital's numbers compare: without leading zeros and in
+        upper case when the profile says so (the feed's and the history's alike)."""
+        if self.strip_leading_zeros:
+            mrn = mrn.lstrip("0") or mrn[-1:]
+        return mrn.upper() if self.upper_case else mrn
+
     def factor(self, unit: str) -> float | None:
         """µmol/L per one `unit`; None for a unit the profile does not know."""
         return self.units.get(unit_key(unit))
