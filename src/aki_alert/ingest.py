@@ -41,6 +41,7 @@ KEEP = LOOKBACK + 30 * DAY
 _DEAD_KINDS = ("unparseable", "oversized-frame")
 # What an observation did that changes the patient's series.
 _CHANGES = ("judged", "stored", "corrected", "removed")
+_DECISIONS = ("applied", "duplicate", "duplicate-result", "ignored", "dead")
 
 
 class Unisolated(Exception):
@@ -101,6 +102,7 @@ class Ingest:
         # Patient numbers merged into others: a message still sent under one is filed under
         # the number it lives on as.
         self._merged = store.merged_numbers()
+        self._decided = {d: metrics.DECISIONS.labels(d) for d in _DECISIONS}
 
     def _patient(self, mrn: str, time: int) -> _Cached:
         """The patient, holding at least the results a detector reads for a result at `time`."""
@@ -175,7 +177,7 @@ class Ingest:
             new = self.store.journal(digest, kind, mrn, "dead", reason, raw)
         if new:
             metrics.DEAD_LETTERS.labels(reason=kind if kind in _DEAD_KINDS else "processing").inc()
-            metrics.child(metrics.DECISIONS, "dead").inc()
+            self._decided["dead"].inc()
             log.warning("dead letter (journal %s): %s", new, reason)
 
     def _apply(self, digest: bytes, event: hl7.Event, kind: str, raw: bytes,
@@ -191,7 +193,7 @@ class Ingest:
             if jid is None:
                 if not again:
                     metrics.DUPLICATES.inc()
-                    metrics.child(metrics.DECISIONS, "duplicate").inc()
+                    self._decided["duplicate"].inc()
                 return None
             decision = "applied"
             if isinstance(event, hl7.Result):
@@ -213,7 +215,7 @@ class Ingest:
         # Committed: now the in-memory view may follow.
         if commit_memory is not None:
             commit_memory()
-        metrics.child(metrics.DECISIONS, decision).inc()
+        self._decided[decision].inc()
         return page
 
     def _demographics(self, mrn: str, event: hl7.Admission | hl7.Update) -> None:
@@ -272,17 +274,18 @@ class Ingest:
         for obs in obs_list:
             action, obs_page, episode = self._observation(mrn, obs, seen, episode, jid,
                                                           received)
-            metrics.child(metrics.RESULT_ACTIONS, action).inc()
             actions.append(action)
             if action in _CHANGES:
                 changes.append((obs.time, obs.value if action != "removed" else None))
                 if seen is not cached.patient:
                     _take(seen, obs.time, changes[-1][1])
             if action != "judged":
+                metrics.child(metrics.RESULT_ACTIONS, action).inc()
                 reasons.append(f"{obs.code} {obs.time_text} {obs.status}: {action}")
             page = page or obs_page
-        self._unjudged(r.notes)
-        reasons.extend(n.reason for n in r.notes)
+        if r.notes:
+            self._unjudged(r.notes)
+            reasons.extend(n.reason for n in r.notes)
         if changes:
             decision = "applied"
         elif all(a == "duplicate" for a in actions):
@@ -299,7 +302,8 @@ class Ingest:
                 _take(cached.patient, t, v)
             cached.episode_start = episode
             if changes:
-                cached.keep_from(max(t for t, _ in changes) - KEEP)
+                cached.keep_from((changes[0][0] if len(changes) == 1
+                                  else max(t for t, _ in changes)) - KEEP)
 
         return page, commit_memory, decision
 

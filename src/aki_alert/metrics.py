@@ -128,10 +128,11 @@ DECISIONS = HotCounter(
     "aki_message_decisions_total", "What became of each message: applied, duplicate (a "
     "re-delivery), duplicate-result, ignored (with a reason in the journal) or dead (a dead "
     "letter)", ("decision",))
-RESULT_ACTIONS = Counter(
-    "aki_result_actions_total", "Creatinine results by what was done with them: judged, stored "
-    "(a preliminary kept unjudged), corrected, removed (wrong patient, deleted), not-obtained, "
-    "nothing-to-remove, duplicate", ["action"])
+RESULT_ACTIONS = HotCounter(
+    "aki_result_actions_total", "Creatinine results not simply stored and judged (those are "
+    "aki_results_judged_total), by what was done: stored (a preliminary kept unjudged), "
+    "corrected (and judged again), removed (wrong patient, deleted), not-obtained, "
+    "nothing-to-remove, duplicate", ("action",))
 UNRECOGNISED_CREATININE = Counter(
     "aki_unrecognised_creatinine_total", "Results that look like creatinine (their code or "
     "text) but that the feed profile does not name, so were not judged; by OBX-3 code",

@@ -161,7 +161,11 @@ def _demographics(pid: list[str] | None, seps: Separators, profile: FeedProfile
                   ) -> tuple[str, str, int | None, str | None]:
     mrn = _mrn(pid, seps, profile)
     assert pid is not None
-    name = " ".join(c for c in components(field(pid, 5), seps) if c)
+    name = field(pid, 5)
+    if seps.component in name or seps.repetition in name or (seps.escape and seps.escape in name):
+        name = " ".join(c for c in components(name, seps) if c)
+    else:
+        name = name.strip()             # the contract's `JORGIE LOWE`
     dob = first(field(pid, 7), seps)
     try:
         birth = parse_hl7_date(dob[:8]) if dob else None
@@ -211,7 +215,8 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
 
 def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_time: str,
                  notes: list[Note]) -> Observation | None:
-    ident = field(obx, 3)
+    n = len(obx)
+    ident = obx[3] if n > 3 else ""
     if seps.component in ident:
         parts = components(ident, seps)
         code, text, system = parts[0], *(parts[1:3] + ["", ""])[:2]
@@ -226,7 +231,7 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
         reason, suspicious = not_creatinine(code, text)
         notes.append(Note(code, reason, suspicious))
         return None
-    status_text = first(field(obx, 11), seps).upper()
+    status_text = first(obx[11], seps).upper() if n > 11 and obx[11] else ""
     status = _STATUS.get(status_text)
     if status is None:
         if status_text in _NO_RESULT_YET:
@@ -234,18 +239,17 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
                                     f"{_NO_RESULT_YET[status_text]}"))
             return None
         raise HL7Error(f"OBX-11 result status {status_text!r} of {code} is not an HL7 status")
-    time_text = obr_time or _ts_digits(first(field(obx, 14), seps))
+    time_text = obr_time or (_ts_digits(first(obx[14], seps)) if n > 14 else "")
     try:
         when = parse_hl7_time(time_text)
     except ValueError:
         raise HL7Error(f"OBR-7 sample time {time_text!r} of {code} is not a 12- or 14-digit "
                        "time") from None
-    value_field = field(obx, 5)
+    value_field = obx[5] if n > 5 else ""
     if status in _NO_VALUE and not value_field.strip():
         return Observation(when, time_text, None, status, "", "", code)
-    comparator, number = _value(value_field, field(obx, 2).strip(), seps, code)
-    unit_sent = first(field(obx, 6), seps)
-    unit = unit_sent or spec.unit
+    comparator, number = _value(value_field, obx[2].strip() if n > 2 else "", seps, code)
+    unit = (first(obx[6], seps) if n > 6 and obx[6] else "") or spec.unit
     if not unit:
         raise HL7Error(f"OBX-6 of {code} has no unit and the feed profile gives none for it")
     factor = profile.factor(unit)
@@ -261,6 +265,11 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
 
 def _value(value: str, kind: str, seps: Separators, code: str) -> tuple[str, float]:
     """(comparator, number) of OBX-5: NM `94.1`, SN `^94.1` / `<^10`, or a text `<10`."""
+    if seps.component not in value and seps.escape not in value:
+        try:
+            return "", float(value)         # the usual case
+        except ValueError:
+            pass
     if seps.component in value and kind in ("SN", "", "NM", "ST"):
         parts = value.split(seps.repetition, 1)[0].split(seps.component)
         comparator = parts[0].strip()

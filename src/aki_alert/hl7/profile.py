@@ -123,7 +123,8 @@ class FeedProfile:
 
     def factor(self, unit: str) -> float | None:
         """µmol/L per one `unit`; None for a unit the profile does not know."""
-        return self.units.get(unit_key(unit))
+        factor = self.units.get(unit)       # a code's default unit is spelled as the table's
+        return factor if factor is not None else self.units.get(unit_key(unit))
 
 
 DEFAULT_PROFILE = FeedProfile()
