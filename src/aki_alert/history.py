@@ -16,6 +16,7 @@ from itertools import repeat
 from dataclasses import dataclass, field
 
 from .hl7 import MAX_CREATININE, MIN_CREATININE
+from .patientid import is_valid_mrn
 from .timeutil import parse_csv_time
 
 
@@ -46,11 +47,12 @@ def fingerprint(path: str) -> str:
 # distinct times empties it whenever it fills, which bounds its memory (about 20 MB).
 _TIME_CACHE_SIZE = 200_000
 
-
 def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, float]]:
     """Yield (mrn, time, value) for every usable result; count what was skipped in `summary`.
 
     Repeated (mrn, time) pairs are yielded again: the store keeps the first and counts the rest.
+    MRNs are kept as sent (only surrounding blanks are stripped); a row whose MRN the service
+    cannot hold (`patientid.is_valid_mrn`) is skipped and counted.
 
     Each row first tries a fast path that handles a whole well-formed row at C speed (every
     date and value cell filled, then only empty padding; every date valid, every value a number
@@ -75,7 +77,7 @@ def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, 
             if not mrn and not any(c.strip() for c in row):
                 continue
             summary.rows += 1
-            if not (mrn.isascii() and mrn.isdigit()):
+            if not is_valid_mrn(mrn):
                 summary.skipped["rows with a bad MRN"] += 1
                 continue
             # --- fast path: cells 1..end-1 filled, an even number of them, only "" after
