@@ -47,6 +47,17 @@ def fingerprint(path: str) -> str:
 # distinct times empties it whenever it fills, which bounds its memory (about 20 MB).
 _TIME_CACHE_SIZE = 200_000
 
+def _check_header(path: str, header: list[str] | None) -> None:
+    if not header or header[0].strip().lstrip("\ufeff").lower() != "mrn":
+        raise ValueError(f"{path}: first line is not a history header starting with 'mrn'")
+
+
+def check_header(path: str) -> None:
+    """Raise ValueError, as read_history would, when the file does not start with a header."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        _check_header(path, next(csv.reader(f), None))
+
+
 def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, float]]:
     """Yield (mrn, time, value) for every usable result; count what was skipped in `summary`.
 
@@ -67,9 +78,7 @@ def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, 
     isfinite = math.isfinite
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if not header or header[0].strip().lstrip("\ufeff").lower() != "mrn":
-            raise ValueError(f"{path}: first line is not a history header starting with 'mrn'")
+        _check_header(path, next(reader, None))
         for row in reader:
             if not row:
                 continue

@@ -13,7 +13,7 @@ from . import metrics
 from .config import Config
 from .detect import Detector
 from .detect.nhs import NhsDetector
-from .history import ImportSummary, fingerprint, read_history
+from .history import ImportSummary, check_header, fingerprint, read_history
 from .provenance import Overlap, decide
 from .store import Store, open_store
 
@@ -53,6 +53,19 @@ def _import(store: Store, path: str, digest: str) -> None:
              summary.describe())
 
 
+def _overlap(store: Store, path: str) -> Overlap | None:
+    """How the history file relates to the state's history; None when the file is unusable."""
+    try:
+        if not store.has_history():
+            # Nothing to compare with (a first start): scanning the file would count (0, 0, 0),
+            # and only a missing header could make it unusable.
+            check_header(path)
+            return Overlap(0, 0, 0)
+        return Overlap(*store.history_overlap(read_history(path, ImportSummary())))
+    except (ValueError, UnicodeError):
+        return None
+
+
 def reconcile(store: Store, cfg: Config) -> bool:
     """Make the state this environment's, importing its history; True when the state holds the
     configured history. See provenance.py for the policy."""
@@ -68,10 +81,7 @@ def reconcile(store: Store, cfg: Config) -> bool:
     recorded, recorded_env = meta.get("history_sha256"), meta.get("environment")
     overlap = None
     if digest is not None and recorded != digest and (recorded or recorded_env != cfg.environment):
-        try:
-            overlap = Overlap(*store.history_overlap(read_history(path, ImportSummary())))
-        except (ValueError, UnicodeError):
-            overlap = None
+        overlap = _overlap(store, path)
     d = decide(cfg.on_history_change, recorded, digest, recorded_env, cfg.environment, overlap)
     metrics.PROVENANCE_MISMATCH.set(1 if d.mismatch else 0)
     if d.mismatch:

@@ -2,7 +2,7 @@ import csv
 
 import pytest
 
-from aki_alert.history import ImportSummary, fingerprint, read_history
+from aki_alert.history import ImportSummary, check_header, fingerprint, read_history
 from aki_alert.timeutil import parse_csv_time
 
 
@@ -72,6 +72,9 @@ def test_a_file_without_a_header_is_refused(tmp_path):
     path = write(tmp_path, "1,2024-01-01 10:00:00,90\n")
     with pytest.raises(ValueError, match="header"):
         list(read_history(path, ImportSummary()))
+    with pytest.raises(ValueError, match="header"):
+        check_header(path)
+    check_header(write(tmp_path, HEADER))
 
 
 def test_fingerprint_changes_with_content(tmp_path):
