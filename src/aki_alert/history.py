@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import repeat
 from dataclasses import dataclass, field
 
@@ -47,6 +48,10 @@ def fingerprint(path: str) -> str:
 # distinct times empties it whenever it fills, which bounds its memory (about 20 MB).
 _TIME_CACHE_SIZE = 200_000
 
+# `progress` is called about this often (in results read) during a long read.
+PROGRESS_RESULTS = 1_000_000
+
+
 def _check_header(path: str, header: list[str] | None) -> None:
     if not header or header[0].strip().lstrip("\ufeff").lower() != "mrn":
         raise ValueError(f"{path}: first line is not a history header starting with 'mrn'")
@@ -58,8 +63,11 @@ def check_header(path: str) -> None:
         _check_header(path, next(csv.reader(f), None))
 
 
-def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, float]]:
-    """Yield (mrn, time, value) for every usable result; count what was skipped in `summary`.
+def read_history(path: str, summary: ImportSummary,
+                 progress: Callable[[int], None] | None = None
+                 ) -> Iterator[tuple[str, int, float]]:
+    """Yield (mrn, time, value) for every usable result; count what was skipped in `summary`;
+    call `progress` with the results read so far every PROGRESS_RESULTS or so.
 
     Repeated (mrn, time) pairs are yielded again: the store keeps the first and counts the rest.
     MRNs are kept as sent (only surrounding blanks are stripped); a row whose MRN the service
@@ -76,6 +84,7 @@ def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, 
     get_time = times.get
     lo, hi = MIN_CREATININE, MAX_CREATININE
     isfinite = math.isfinite
+    report_at = PROGRESS_RESULTS if progress else sys.maxsize
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.reader(f)
         _check_header(path, next(reader, None))
@@ -86,6 +95,9 @@ def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, 
             if not mrn and not any(c.strip() for c in row):
                 continue
             summary.rows += 1
+            if summary.results >= report_at:   # one comparison a row, not a result
+                report_at = summary.results + PROGRESS_RESULTS
+                progress(summary.results)
             if not is_valid_mrn(mrn):
                 summary.skipped["rows with a bad MRN"] += 1
                 continue

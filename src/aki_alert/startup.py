@@ -39,7 +39,12 @@ def _import(store: Store, path: str, digest: str) -> None:
     log.info("importing history %s", path)
     summary = ImportSummary()
     started = time.perf_counter()
-    added = store.import_results(read_history(path, summary))
+
+    def progress(results: int) -> None:
+        log.info("history import: %d results read (%.0fs)", results,
+                 time.perf_counter() - started)
+
+    added = store.import_results(read_history(path, summary, progress))
     if summary.results > added:
         summary.skipped["duplicate results"] += summary.results - added
         summary.results = added

@@ -2,6 +2,7 @@ import csv
 
 import pytest
 
+from aki_alert import history
 from aki_alert.history import ImportSummary, check_header, fingerprint, read_history
 from aki_alert.timeutil import parse_csv_time
 
@@ -66,6 +67,16 @@ def test_a_32_character_mrn_is_kept(tmp_path):
     mrn = "K-" + "0" * 30
     path = write(tmp_path, HEADER + f"{mrn},2024-01-01 10:00:00,90,,\n")
     assert [m for m, _, _ in read_history(path, ImportSummary())] == [mrn]
+
+
+def test_progress_is_reported_every_million_results_or_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(history, "PROGRESS_RESULTS", 3)
+    path = write(tmp_path, HEADER + "".join(
+        f"{m},2024-01-01 10:00:00,90,2024-01-02 10:00:00,91\n" for m in range(1, 6)))
+    seen: list[int] = []
+    rows = list(read_history(path, ImportSummary(), seen.append))
+    assert len(rows) == 10
+    assert seen == [4, 8]                 # checked once a row, before the row's results
 
 
 def test_a_file_without_a_header_is_refused(tmp_path):

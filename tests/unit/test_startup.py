@@ -1,12 +1,14 @@
 """Start-up's reconcile: a first start skips the provenance scan that cannot find anything, and
-decides as it did with the scan."""
+decides as it did with the scan; a long import reports its progress."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+
 import pytest
 
-from aki_alert import config, startup
+from aki_alert import config, history, startup
 from aki_alert.history import ImportSummary, read_history
 from aki_alert.provenance import Overlap
 from aki_alert.store.sqlite import SqliteStore
@@ -46,19 +48,23 @@ def test_the_overlap_is_what_the_scan_found(tmp_path, state, text):
     assert startup._overlap(store, str(path)) == scanned(store, str(path))
 
 
-def test_a_first_start_imports_without_scanning_the_file(tmp_path, monkeypatch):
+def test_a_first_start_imports_without_scanning_the_file(tmp_path, monkeypatch, caplog):
     def no_scan(self, rows):
         raise AssertionError("scanned the history against an empty state")
 
     monkeypatch.setattr(SqliteStore, "history_overlap", no_scan)
+    monkeypatch.setattr(history, "PROGRESS_RESULTS", 2)
     path = tmp_path / "history.csv"
     path.write_text(GOOD + "8,2024-01-01 12:00:00,60,2024-01-02 12:00:00,61\n")
     c = cfg(tmp_path, path)
     store = startup.open_state(c)
-    assert startup.reconcile(store, c) is True
+    with caplog.at_level(logging.INFO, logger="aki_alert.startup"):
+        assert startup.reconcile(store, c) is True
     got = store.db.execute("SELECT mrn, count(*) FROM results GROUP BY mrn ORDER BY mrn")
     assert got.fetchall() == [("7", 1), ("8", 2), ("RVJ1001", 2)]
     assert store.meta()["environment"] == "ward-7"
+    assert "history import: 2 results read" in caplog.text
+    assert "history import: 3 results read" not in caplog.text    # the next report is at 4
 
 
 def test_a_state_with_history_is_still_compared(tmp_path, monkeypatch):
