@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from . import metrics
 from .config import Config
@@ -39,12 +40,7 @@ def _import(store: Store, path: str, digest: str) -> None:
     log.info("importing history %s", path)
     summary = ImportSummary()
     started = time.perf_counter()
-
-    def progress(results: int) -> None:
-        log.info("history import: %d results read (%.0fs)", results,
-                 time.perf_counter() - started)
-
-    added = store.import_results(read_history(path, summary, progress))
+    added = store.import_results(read_history(path, summary, _progress("import", started)))
     if summary.results > added:
         summary.skipped["duplicate results"] += summary.results - added
         summary.results = added
@@ -58,6 +54,13 @@ def _import(store: Store, path: str, digest: str) -> None:
              summary.describe())
 
 
+def _progress(what: str, started: float) -> Callable[[int], None]:
+    def report(results: int) -> None:
+        log.info("history %s: %d results read (%.0fs)", what, results,
+                 time.perf_counter() - started)
+    return report
+
+
 def _overlap(store: Store, path: str) -> Overlap | None:
     """How the history file relates to the state's history; None when the file is unusable."""
     try:
@@ -66,7 +69,9 @@ def _overlap(store: Store, path: str) -> Overlap | None:
             # and only a missing header could make it unusable.
             check_header(path)
             return Overlap(0, 0, 0)
-        return Overlap(*store.history_overlap(read_history(path, ImportSummary())))
+        log.info("comparing history %s with the state's", path)
+        rows = read_history(path, ImportSummary(), _progress("comparison", time.perf_counter()))
+        return Overlap(*store.history_overlap(rows))
     except (ValueError, UnicodeError):
         return None
 

@@ -67,7 +67,7 @@ def test_a_first_start_imports_without_scanning_the_file(tmp_path, monkeypatch, 
     assert "history import: 3 results read" not in caplog.text    # the next report is at 4
 
 
-def test_a_state_with_history_is_still_compared(tmp_path, monkeypatch):
+def test_a_state_with_history_is_still_compared(tmp_path, monkeypatch, caplog):
     path = tmp_path / "history.csv"
     path.write_text(GOOD)
     store = startup.open_state(cfg(tmp_path, path))
@@ -77,6 +77,9 @@ def test_a_state_with_history_is_still_compared(tmp_path, monkeypatch):
     monkeypatch.setattr(SqliteStore, "history_overlap",
                         lambda self, rows: calls.append(1) or real(self, rows))
     path.write_text(GOOD + "9,2024-01-03 10:00:00,50,,\n")       # the same hospital's newer file
-    assert startup.reconcile(store, cfg(tmp_path, path)) is True
+    monkeypatch.setattr(history, "PROGRESS_RESULTS", 2)
+    with caplog.at_level(logging.INFO, logger="aki_alert.startup"):
+        assert startup.reconcile(store, cfg(tmp_path, path)) is True
     assert calls == [1]
+    assert "history comparison: 2 results read" in caplog.text
     assert store.counts()["results"] == 4
