@@ -16,6 +16,9 @@ Rows:
   read_history alone        parsing and validating every cell, no database
   import into fresh state   `startup._import`: SqliteStore + read_history + import_results
   re-import (merge)         the same file again into that state: adds nothing (idempotent)
+  first start, empty state  what `serve` does before it is ready, on an empty SQLite state:
+                            `startup.open_state` + `startup.reconcile` (fingerprint,
+                            provenance, import), until reconcile returns
 """
 
 from __future__ import annotations
@@ -128,8 +131,23 @@ def _op_import(path: str, state: str) -> dict:
     return {"results": n}
 
 
+def _op_first_start(path: str, state: str) -> dict:
+    import argparse
+
+    from aki_alert import config, startup
+
+    cfg = config.load(argparse.Namespace(), {
+        "MLLP_ADDRESS": "hospital:8440", "PAGER_ADDRESS": "hospital:8441",
+        "HISTORY_PATH": path, "STATE_DIR": state, "AKI_ENVIRONMENT": "bench"})
+    store = startup.open_state(cfg)
+    ok = startup.reconcile(store, cfg)
+    n = store.db.execute("SELECT count(*) FROM results").fetchone()[0]
+    store.close()
+    return {"results": n, "history_ok": ok}
+
+
 OPS = {"csv": _op_csv, "sha256": _op_sha256, "read": _op_read, "import": _op_import,
-       "reimport": _op_import}
+       "reimport": _op_import, "first_start": _op_first_start}
 
 
 def peak_rss_mb() -> float:
@@ -171,6 +189,7 @@ def measure(op: str, path: Path, state: Path | int) -> dict:
 
 def run_size(tmp: Path, patients: int) -> None:
     path, state = tmp / f"history-{patients}.csv", tmp / f"state-{patients}.db"
+    state_dir = tmp / f"first-start-{patients}"
     g = measure("generate", path, patients)
     cells = g["cells"]
     size_mb = path.stat().st_size / 1e6
@@ -179,11 +198,12 @@ def run_size(tmp: Path, patients: int) -> None:
     rows = []
     for op, name in (("csv", "csv.reader alone (baseline)"), ("sha256", "sha256 fingerprint"),
                      ("read", "read_history alone"), ("import", "import into fresh state"),
-                     ("reimport", "re-import (merge, adds 0)")):
-        r = measure(op, path, state)
+                     ("reimport", "re-import (merge, adds 0)"),
+                     ("first_start", "first start, empty state")):
+        r = measure(op, path, state_dir if op == "first_start" else state)
         rows.append((name, r))
-        extra = f"  → {r['results']:,} results in the state" if op in ("import", "reimport") \
-            else ""
+        extra = f"  → {r['results']:,} results in the state" if "results" in r and \
+            op in ("import", "reimport", "first_start") else ""
         print(f"  {name:30s} {r['seconds']:7.2f}s{extra}", flush=True)
     base = rows[0][1]["seconds"]
     print(f"{'':2s}{'operation':30s} {'seconds':>8s} {'results/s':>11s} {'×csv':>6s} "
@@ -193,6 +213,7 @@ def run_size(tmp: Path, patients: int) -> None:
               f"{r['seconds'] / base:6.2f} {r['peak_mb']:8.0f}")
     for suffix in ("", "-wal", "-shm"):
         Path(str(state) + suffix).unlink(missing_ok=True)
+    shutil.rmtree(state_dir, ignore_errors=True)
     path.unlink()
 
 

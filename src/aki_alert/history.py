@@ -10,12 +10,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import repeat
 from dataclasses import dataclass, field
 
 from .hl7 import MAX_CREATININE, MIN_CREATININE
+from .patientid import MAX_MRN_LENGTH, is_valid_mrn
 from .timeutil import parse_csv_time
 
 
@@ -46,11 +48,30 @@ def fingerprint(path: str) -> str:
 # distinct times empties it whenever it fills, which bounds its memory (about 20 MB).
 _TIME_CACHE_SIZE = 200_000
 
+# `progress` is called about this often (in results read) during a long read.
+PROGRESS_RESULTS = 1_000_000
 
-def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, float]]:
-    """Yield (mrn, time, value) for every usable result; count what was skipped in `summary`.
+
+def _check_header(path: str, header: list[str] | None) -> None:
+    if not header or header[0].strip().lstrip("\ufeff").lower() != "mrn":
+        raise ValueError(f"{path}: first line is not a history header starting with 'mrn'")
+
+
+def check_header(path: str) -> None:
+    """Raise ValueError, as read_history would, when the file does not start with a header."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        _check_header(path, next(csv.reader(f), None))
+
+
+def read_history(path: str, summary: ImportSummary,
+                 progress: Callable[[int], None] | None = None
+                 ) -> Iterator[tuple[str, int, float]]:
+    """Yield (mrn, time, value) for every usable result; count what was skipped in `summary`;
+    call `progress` with the results read so far every PROGRESS_RESULTS or so.
 
     Repeated (mrn, time) pairs are yielded again: the store keeps the first and counts the rest.
+    MRNs are kept as sent (only surrounding blanks are stripped); a row whose MRN the service
+    cannot hold (`patientid.is_valid_mrn`) is skipped and counted.
 
     Each row first tries a fast path that handles a whole well-formed row at C speed (every
     date and value cell filled, then only empty padding; every date valid, every value a number
@@ -63,11 +84,10 @@ def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, 
     get_time = times.get
     lo, hi = MIN_CREATININE, MAX_CREATININE
     isfinite = math.isfinite
+    report_at = PROGRESS_RESULTS if progress else sys.maxsize
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if not header or header[0].strip().lstrip("\ufeff").lower() != "mrn":
-            raise ValueError(f"{path}: first line is not a history header starting with 'mrn'")
+        _check_header(path, next(reader, None))
         for row in reader:
             if not row:
                 continue
@@ -75,7 +95,11 @@ def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, 
             if not mrn and not any(c.strip() for c in row):
                 continue
             summary.rows += 1
-            if not (mrn.isascii() and mrn.isdigit()):
+            if summary.results >= report_at:   # one comparison a row, not a result
+                report_at = summary.results + PROGRESS_RESULTS
+                progress(summary.results)
+            if not ((mrn.isdigit() and mrn.isascii() and len(mrn) <= MAX_MRN_LENGTH)
+                    or is_valid_mrn(mrn)):      # the usual plain number without a call
                 summary.skipped["rows with a bad MRN"] += 1
                 continue
             # --- fast path: cells 1..end-1 filled, an even number of them, only "" after

@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from . import metrics
 from .config import Config
 from .detect import Detector
 from .detect.nhs import NhsDetector
-from .history import ImportSummary, fingerprint, read_history
+from .history import ImportSummary, check_header, fingerprint, read_history
 from .provenance import Overlap, decide
 from .store import Store, open_store
 
@@ -39,7 +40,7 @@ def _import(store: Store, path: str, digest: str) -> None:
     log.info("importing history %s", path)
     summary = ImportSummary()
     started = time.perf_counter()
-    added = store.import_results(read_history(path, summary))
+    added = store.import_results(read_history(path, summary, _progress("import", started)))
     if summary.results > added:
         summary.skipped["duplicate results"] += summary.results - added
         summary.results = added
@@ -51,6 +52,28 @@ def _import(store: Store, path: str, digest: str) -> None:
         metrics.HISTORY_SKIPPED.labels(reason=reason).inc(n)
     log.info("history %s imported in %.2fs: %s", path, time.perf_counter() - started,
              summary.describe())
+
+
+def _progress(what: str, started: float) -> Callable[[int], None]:
+    def report(results: int) -> None:
+        log.info("history %s: %d results read (%.0fs)", what, results,
+                 time.perf_counter() - started)
+    return report
+
+
+def _overlap(store: Store, path: str) -> Overlap | None:
+    """How the history file relates to the state's history; None when the file is unusable."""
+    try:
+        if not store.has_history():
+            # Nothing to compare with (a first start): scanning the file would count (0, 0, 0),
+            # and only a missing header could make it unusable.
+            check_header(path)
+            return Overlap(0, 0, 0)
+        log.info("comparing history %s with the state's", path)
+        rows = read_history(path, ImportSummary(), _progress("comparison", time.perf_counter()))
+        return Overlap(*store.history_overlap(rows))
+    except (ValueError, UnicodeError):
+        return None
 
 
 def reconcile(store: Store, cfg: Config) -> bool:
@@ -68,10 +91,7 @@ def reconcile(store: Store, cfg: Config) -> bool:
     recorded, recorded_env = meta.get("history_sha256"), meta.get("environment")
     overlap = None
     if digest is not None and recorded != digest and (recorded or recorded_env != cfg.environment):
-        try:
-            overlap = Overlap(*store.history_overlap(read_history(path, ImportSummary())))
-        except (ValueError, UnicodeError):
-            overlap = None
+        overlap = _overlap(store, path)
     d = decide(cfg.on_history_change, recorded, digest, recorded_env, cfg.environment, overlap)
     metrics.PROVENANCE_MISMATCH.set(1 if d.mismatch else 0)
     if d.mismatch:

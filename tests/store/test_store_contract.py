@@ -408,6 +408,14 @@ def test_import_results_is_idempotent_and_counts_what_it_adds(store):
     assert store.counts()["results"] == 4                                # all or nothing
 
 
+def test_has_history_sees_only_imported_results(store):
+    assert store.has_history() is False
+    handle(Ingest(store, NhsDetector()), result(1, T0, 120.0), 0.0)        # feed: not history
+    assert store.has_history() is False
+    store.import_results([("2", T0, 80.0)])
+    assert store.has_history() is True
+
+
 def test_history_overlap_counts_shared_and_conflicting_rows(store):
     store.import_results([("1", T0, 100.0), ("1", T0 + 60, 110.0), ("2", T0, 80.0)])
     handle(Ingest(store, NhsDetector()), result(1, T0 + 120, 120.0), 0.0)   # feed: not history

@@ -2,7 +2,8 @@ import csv
 
 import pytest
 
-from aki_alert.history import ImportSummary, fingerprint, read_history
+from aki_alert import history
+from aki_alert.history import ImportSummary, check_header, fingerprint, read_history
 from aki_alert.timeutil import parse_csv_time
 
 
@@ -29,7 +30,7 @@ def test_good_rows(tmp_path):
 def test_junk_is_skipped_and_counted_never_fatal(tmp_path):
     path = write(tmp_path, HEADER + "\n".join([
         "1,2024-01-01 10:00:00,,2024-01-02 10:00:00,95",     # half-empty
-        "x9,2024-01-01 10:00:00,90,,",                        # bad MRN
+        "x/9,2024-01-01 10:00:00,90,,",                       # bad MRN
         "3,not a date,90,2024-01-02 10:00:00,abc",            # bad date, non-number
         "4,2024-01-01 10:00:00,-5,2024-01-02 10:00:00,99999", # absurd
         ",,,,",                                                # empty row
@@ -44,10 +45,47 @@ def test_junk_is_skipped_and_counted_never_fatal(tmp_path):
     assert "2 absurd values" in s.describe()
 
 
+def test_alphanumeric_mrns_import_as_sent(tmp_path):
+    long = "A" + "1" * 32                                  # 33 characters: one too many
+    path = write(tmp_path, HEADER + "\n".join([
+        "RVJ1001,2024-01-01 10:00:00,90,,",
+        "K-0012345,2024-01-01 11:00:00,80,2024-01-02 11:00:00,81",
+        "rvj1001,2024-01-01 12:00:00,70,,",                # not normalised: another patient
+        f"{long},2024-01-01 10:00:00,90,,",
+        f"{'1' * 33},2024-01-01 10:00:00,90,,",
+        "-12,2024-01-01 10:00:00,90,,",                     # must start with a letter or digit
+        "RVJ_1001,2024-01-01 10:00:00,90,,",
+    ]) + "\n")
+    s = ImportSummary()
+    rows = list(read_history(path, s))
+    assert [m for m, _, _ in rows] == ["RVJ1001", "K-0012345", "K-0012345", "rvj1001"]
+    assert (s.rows, s.patients, s.results) == (7, 3, 4)
+    assert s.skipped == {"rows with a bad MRN": 4}
+
+
+def test_a_32_character_mrn_is_kept(tmp_path):
+    mrn = "K-" + "0" * 30
+    path = write(tmp_path, HEADER + f"{mrn},2024-01-01 10:00:00,90,,\n")
+    assert [m for m, _, _ in read_history(path, ImportSummary())] == [mrn]
+
+
+def test_progress_is_reported_every_million_results_or_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(history, "PROGRESS_RESULTS", 3)
+    path = write(tmp_path, HEADER + "".join(
+        f"{m},2024-01-01 10:00:00,90,2024-01-02 10:00:00,91\n" for m in range(1, 6)))
+    seen: list[int] = []
+    rows = list(read_history(path, ImportSummary(), seen.append))
+    assert len(rows) == 10
+    assert seen == [4, 8]                 # checked once a row, before the row's results
+
+
 def test_a_file_without_a_header_is_refused(tmp_path):
     path = write(tmp_path, "1,2024-01-01 10:00:00,90\n")
     with pytest.raises(ValueError, match="header"):
         list(read_history(path, ImportSummary()))
+    with pytest.raises(ValueError, match="header"):
+        check_header(path)
+    check_header(write(tmp_path, HEADER))
 
 
 def test_fingerprint_changes_with_content(tmp_path):

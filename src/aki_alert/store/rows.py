@@ -41,6 +41,11 @@ class RowOps:
             self._x("INSERT INTO meta (key, value) VALUES (?, ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
+    def has_history(self) -> bool:
+        """True when the state holds any result imported from a history file."""
+        return self._x("SELECT 1 FROM results WHERE source = 'history' LIMIT 1").fetchone() \
+            is not None
+
     # --- per message (call inside transaction()) ----------------------------------------
     def journal(self, digest: bytes, kind: str, mrn: str | None, status: str,
                 reason: str | None, raw: bytes) -> int | None:
