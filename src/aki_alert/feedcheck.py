@@ -164,11 +164,24 @@ def _check_one(raw: bytes, profile: hl7.FeedProfile, plain: hl7.FeedProfile,
     else:
         _, seps, segs = head
         _patient_numbers(segs, seps, profile, plain, report)
-    if head is None or kind == "ORU^R01":
-        dead = reason if outcome == DEAD else None
+    if head is not None and kind != "ORU^R01":
+        # Only ORU^R01 is read for results: a creatinine in another type (ORU^R30, OUL^R22 …)
+        # is never judged, and the service does not say so.
+        if not any(seg[0].strip() == "OBX" for seg in segs[1:]):
+            return
+        elsewhere = f"NOT JUDGED: {kind} messages are not read for results"
         for obx, read in each_obx(segs, seps, profile):
             key = _obx_key(obx, seps)
-            report.obx[(key, _obx_outcome(read, profile, dead, key.unit))] += 1
+            if isinstance(read, hl7.Note) and not read.suspicious:
+                got = _obx_outcome(read, profile, None, key.unit)
+            else:
+                got = ObxOutcome(elsewhere, not isinstance(read, hl7.Note), False, True)
+            report.obx[(key, got)] += 1
+        return
+    dead = reason if outcome == DEAD else None
+    for obx, read in each_obx(segs, seps, profile):
+        key = _obx_key(obx, seps)
+        report.obx[(key, _obx_outcome(read, profile, dead, key.unit))] += 1
 
 
 def _decision(event: hl7.Event, profile: hl7.FeedProfile) -> tuple[str, str]:
