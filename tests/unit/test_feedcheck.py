@@ -326,3 +326,17 @@ def test_dev_stream_is_all_judged(capsys):
     results = sum(m["count"] for m in doc["message_types"] if m["type"] == "ORU^R01")
     assert results > 0 and doc["creatinine_judged"] == results
     assert all(m["decision"] == "applied" for m in doc["message_types"])
+
+
+def test_integration_guide_profile_example_loads():
+    import re
+    import tomllib
+
+    from aki_alert.hl7.profile import profile_from
+
+    guide = (REPO / "docs" / "integration.md").read_text()
+    block, = re.findall(r"```toml\n(.*?)```", guide, re.S)
+    prof = profile_from(tomllib.loads(block))
+    r = check(oru("OBX|1|NM|CREA^Creatinine^WinPath||95|umol/L (SI)|||||F",
+                  pid="9434765919^^^NHS^NH~rvj0001001^^^RVJ^MR"), prof=prof)
+    assert r.judged == 1 and r.chosen == {("MR", "RVJ"): 1}
