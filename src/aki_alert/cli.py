@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "aki_alert.hospital.cli",   # generate, simulate, score, demo
     "aki_alert.statecmd",       # state status|check|backup|restore|reset
     "aki_alert.replay",         # replay
+    "aki_alert.feedcheck",      # feed check
     "aki_alert.console.process",  # console
 )
 

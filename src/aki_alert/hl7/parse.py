@@ -11,6 +11,7 @@ A message that can never be processed raises HL7Error with the reason.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 from ..patientid import is_valid_mrn, mrn_problem
 from ..timeutil import parse_hl7_date, parse_hl7_time
@@ -211,6 +212,27 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
         reason = "; ".join(n.reason for n in notes) if notes else "no creatinine result"
         return Other("ORU^R01", control, reason, tuple(notes))
     return Result(_mrn(pid, seps, profile), tuple(observations), tuple(notes))
+
+
+def each_obx(segs: list[list[str]], seps: Separators, profile: FeedProfile = DEFAULT_PROFILE
+             ) -> Iterator[tuple[list[str], Observation | Note | HL7Error]]:
+    """Each OBX of a result's segments as `parse` reads it, on its own: its Observation, the
+    Note saying why it is not judged, or the HL7Error that makes its message a dead letter.
+    Not on the hot path: for `aki-alert feed check`, which reports every OBX, not only the
+    first one that fails."""
+    obr_time = ""
+    for seg in segs[1:]:
+        name = seg[0].strip()
+        if name == "OBR":
+            obr_time = _ts_digits(first(field(seg, 7), seps))
+        elif name == "OBX":
+            notes: list[Note] = []
+            try:
+                obs = _observation(seg, seps, profile, obr_time, notes)
+            except HL7Error as e:
+                yield seg, e
+                continue
+            yield seg, obs if obs is not None else notes[-1]
 
 
 def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_time: str,
