@@ -122,10 +122,11 @@ def _op_read(path: str, state: str) -> dict:
 
 def _op_import(path: str, state: str) -> dict:
     from aki_alert import startup
+    from aki_alert.hl7 import DEFAULT_PROFILE
     from aki_alert.store.sqlite import SqliteStore
 
     store = SqliteStore(state)
-    startup._import(store, path, "bench")
+    startup._import(store, path, "bench", DEFAULT_PROFILE)
     n = store.db.execute("SELECT count(*) FROM results").fetchone()[0]
     store.close()
     return {"results": n}

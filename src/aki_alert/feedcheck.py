@@ -39,7 +39,7 @@ from .hl7.encoding import (
 from .hl7.encoding import DEFAULT as DEFAULT_SEPARATORS
 from .hl7.encoding import field as hl7_field
 from .hl7.encoding import separators as read_separators
-from .hl7.parse import each_obx, message_type, patient_id
+from .hl7.parse import each_obx, is_result_type, message_type, patient_id
 
 UNPARSEABLE = "unparseable"
 APPLIED, IGNORED, DEAD = "applied", "ignored", "dead letter"
@@ -164,9 +164,9 @@ def _check_one(raw: bytes, profile: hl7.FeedProfile, plain: hl7.FeedProfile,
     else:
         _, seps, segs = head
         _patient_numbers(segs, seps, profile, plain, report)
-    if head is not None and kind != "ORU^R01":
-        # Only ORU^R01 is read for results: a creatinine in another type (ORU^R30, OUL^R22 …)
-        # is never judged, and the service does not say so.
+    if head is not None and not is_result_type(kind):
+        # Only ORU and OUL messages are read for results: a creatinine in another type (an ADT
+        # carrying OBX segments …) is never judged, and the service does not say so.
         if not any(seg[0].strip() == "OBX" for seg in segs[1:]):
             return
         elsewhere = f"NOT JUDGED: {kind} messages are not read for results"
@@ -210,7 +210,7 @@ def _decision(event: hl7.Event, profile: hl7.FeedProfile) -> tuple[str, str]:
             return IGNORED, "merge of a number into itself"
         return APPLIED, "merge: MRG-1's results, admissions and episode move to PID-3's number"
     assert isinstance(event, hl7.Other)
-    if event.kind != "ORU^R01":
+    if not is_result_type(event.kind):
         return IGNORED, f"message type {event.kind} is not used"
     if any(n.suspicious for n in event.notes):
         return IGNORED, "a creatinine-looking OBX the profile does not name (NOT JUDGED)"

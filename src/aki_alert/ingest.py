@@ -220,8 +220,14 @@ class Ingest:
 
     def _demographics(self, mrn: str, event: hl7.Admission | hl7.Update) -> None:
         cached = self._patients.get(mrn)
-        if cached is not None:
-            cached.patient.birth, cached.patient.sex = event.birth, event.sex
+        if cached is None:
+            return
+        p = cached.patient
+        if isinstance(event, hl7.Admission):
+            p.birth, p.sex = event.birth, event.sex
+        else:                       # an update leaves what it does not send as it was
+            p.birth = p.birth if event.birth is None else event.birth
+            p.sex = p.sex if event.sex is None else event.sex
 
     def _merge(self, new: str, event: hl7.Merge, jid: int):
         """ADT^A40 and kin: the old number's results, admissions and episode move to `new`."""

@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from . import metrics
 from .config import Config
 from .detect import Detector
 from .detect.nhs import NhsDetector
+from .hl7 import FeedProfile
 from .history import ImportSummary, check_header, fingerprint, read_history
 from .provenance import Overlap, decide
 from .store import Store, open_store
@@ -36,11 +37,20 @@ def load_detector(cfg: Config) -> Detector:
         raise StartupError(f"cannot load the model: {e}") from e
 
 
-def _import(store: Store, path: str, digest: str) -> None:
+def _history(path: str, summary: ImportSummary, progress: Callable[[int], None],
+             profile: FeedProfile) -> Iterator[tuple[str, int, float]]:
+    """The history's results, their patient numbers normalised as the feed's are."""
+    rows = read_history(path, summary, progress)
+    if profile.strip_leading_zeros or profile.upper_case:
+        return ((profile.normalise(mrn), t, v) for mrn, t, v in rows)
+    return rows
+
+
+def _import(store: Store, path: str, digest: str, profile: FeedProfile) -> None:
     log.info("importing history %s", path)
     summary = ImportSummary()
     started = time.perf_counter()
-    added = store.import_results(read_history(path, summary, _progress("import", started)))
+    added = store.import_results(_history(path, summary, _progress("import", started), profile))
     if summary.results > added:
         summary.skipped["duplicate results"] += summary.results - added
         summary.results = added
@@ -61,7 +71,7 @@ def _progress(what: str, started: float) -> Callable[[int], None]:
     return report
 
 
-def _overlap(store: Store, path: str) -> Overlap | None:
+def _overlap(store: Store, path: str, profile: FeedProfile) -> Overlap | None:
     """How the history file relates to the state's history; None when the file is unusable."""
     try:
         if not store.has_history():
@@ -70,7 +80,8 @@ def _overlap(store: Store, path: str) -> Overlap | None:
             check_header(path)
             return Overlap(0, 0, 0)
         log.info("comparing history %s with the state's", path)
-        rows = read_history(path, ImportSummary(), _progress("comparison", time.perf_counter()))
+        rows = _history(path, ImportSummary(), _progress("comparison", time.perf_counter()),
+                        profile)
         return Overlap(*store.history_overlap(rows))
     except (ValueError, UnicodeError):
         return None
@@ -91,7 +102,7 @@ def reconcile(store: Store, cfg: Config) -> bool:
     recorded, recorded_env = meta.get("history_sha256"), meta.get("environment")
     overlap = None
     if digest is not None and recorded != digest and (recorded or recorded_env != cfg.environment):
-        overlap = _overlap(store, path)
+        overlap = _overlap(store, path, cfg.feed_profile)
     d = decide(cfg.on_history_change, recorded, digest, recorded_env, cfg.environment, overlap)
     metrics.PROVENANCE_MISMATCH.set(1 if d.mismatch else 0)
     if d.mismatch:
@@ -115,7 +126,7 @@ def reconcile(store: Store, cfg: Config) -> bool:
         return False
     if d.action in ("import", "merge", "rebuild"):
         try:
-            _import(store, path, digest)
+            _import(store, path, digest, cfg.feed_profile)
         except (ValueError, UnicodeError) as e:
             log.error("history file %s is not usable (%s): starting without it", path, e)
             return False

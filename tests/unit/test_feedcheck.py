@@ -207,17 +207,20 @@ def test_adt_updates_merges_and_garbage():
     assert r.exit_code == 0 and not r.obx
 
 
-def test_creatinine_in_a_message_type_the_service_does_not_read_fails():
+def test_point_of_care_results_are_judged_and_creatinine_elsewhere_fails():
     point_of_care = msg("ORU^R30^ORU_R30", "PID|1||1001^^^RVJ^MR",
                         "OBR|1|||CHEM|||20240301080000",
                         "OBX|1|NM|2160-0^Creatinine^LN||1.2|mg/dL|||||F")
     weight = msg("ADT^A01^ADT_A01", "PID|1||1001^^^RVJ^MR||DOE^JANE||19600101|F",
                  "OBX|1|NM|29463-7^Body weight^LN||70|kg|||||F")
     r = check(point_of_care, weight)
-    assert decisions(r) == {("ORU^R30", "ignored"): 1, ("ADT^A01", "applied"): 1}
+    assert decisions(r) == {("ORU^R30", "applied"): 1, ("ADT^A01", "applied"): 1}
+    assert r.exit_code == 0
+    in_adt = msg("ADT^A01^ADT_A01", "PID|1||1001^^^RVJ^MR||DOE^JANE||19600101|F",
+                 "OBX|1|NM|2160-0^Creatinine^LN||1.2|mg/dL|||||F")
+    r = check(in_adt)
     assert obx(r) == {
-        ("2160-0", "mg/dL", "F"): (1, "NOT JUDGED: ORU^R30 messages are not read for results"),
-        ("29463-7", "kg", "F"): (1, "ignored: not creatinine"),
+        ("2160-0", "mg/dL", "F"): (1, "NOT JUDGED: ADT^A01 messages are not read for results"),
     }
     assert r.exit_code == 1
 

@@ -240,3 +240,20 @@ def test_what_is_held_in_memory_judges_as_the_whole_history(tmp_path_factory, re
     ing.apply(result(7, newest, 100.0), 0.0)
     assert all(s >= newest - KEEP - 30 * DAY for s in ing._patients["7"].patient.times)
     store.close()
+
+
+def update(mrn, pid_tail: str) -> bytes:
+    return (f"MSH|^~\\&|PAS|X|||{format_hl7_time(T0)}||ADT^A08|||2.5\r"
+            f"PID|1||{mrn}{pid_tail}\r").encode()
+
+
+def test_an_update_changes_what_it_sends_and_keeps_the_rest(ingest, store):
+    handle(ingest, admit(7), 0.0)
+    handle(ingest, update(7, "||ANN JONES"), 0.0)          # no date of birth, no sex
+    name, birth, sex = store.db.execute(
+        "SELECT name, birth, sex FROM patients WHERE mrn = '7'").fetchone()
+    assert name == "ANN JONES" and birth is not None and sex == "F"
+    handle(ingest, update(7, "||||19500101|M"), 0.0)
+    p, _ = store.load_patient("7")
+    assert p.sex == "M" and store.db.execute(
+        "SELECT name FROM patients WHERE mrn = '7'").fetchone() == ("ANN JONES",)

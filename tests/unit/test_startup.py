@@ -10,6 +10,7 @@ import pytest
 
 from aki_alert import config, history, startup
 from aki_alert.history import ImportSummary, read_history
+from aki_alert.hl7 import DEFAULT_PROFILE
 from aki_alert.provenance import Overlap
 from aki_alert.store.sqlite import SqliteStore
 
@@ -45,7 +46,7 @@ def test_the_overlap_is_what_the_scan_found(tmp_path, state, text):
         store.import_results([("7", T0, 70.0), ("8", T0, 80.0)])
     path = tmp_path / "history.csv"
     path.write_text(text)
-    assert startup._overlap(store, str(path)) == scanned(store, str(path))
+    assert startup._overlap(store, str(path), DEFAULT_PROFILE) == scanned(store, str(path))
 
 
 def test_a_first_start_imports_without_scanning_the_file(tmp_path, monkeypatch, caplog):

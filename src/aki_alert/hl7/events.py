@@ -20,7 +20,8 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """ADT^A08 / A31: the patient's demographics changed (no admission)."""
+    """ADT^A08 / A31: the patient's demographics changed (no admission). A field the message
+    leaves empty (name "", birth or sex None) is not sent, and keeps its known value."""
 
     mrn: str
     name: str

@@ -1,7 +1,7 @@
 """Messages into events, as a feed profile reads them (pure functions).
 
 ADT^A01 admits (MRN, name, date of birth, sex), A08/A31 update the demographics, A03
-discharges, A40/A34/A47 merge the MRG-1 number into PID-3's; ORU^R01 carries results, of which
+discharges, A40/A34/A47 merge the MRG-1 number into PID-3's; ORU (and OUL) carry results, of which
 the creatinine OBXs are read: each with its own OBR's sample time (OBR-7, else its OBX-14),
 its OBX-11 status, its value (NM, or SN with a comparator) converted to µmol/L. Every other
 OBX is noted with the reason it is not judged. Other message types parse to `Other`.
@@ -31,6 +31,9 @@ _ADMIT = ("ADT^A01",)
 _UPDATE = ("ADT^A08", "ADT^A31")
 _DISCHARGE = ("ADT^A03",)
 _MERGE = ("ADT^A40", "ADT^A34", "ADT^A47")
+# Observation results, whatever the trigger (R01 from the lab; R30–R32 point of care; OUL from
+# lab automation): their creatinine is judged alike.
+_RESULT_TYPES = ("ORU^", "OUL^")
 # OBX-11 as acted on: table 0085's letters to the six the service distinguishes.
 _STATUS = {"": FINAL, "F": FINAL, "U": FINAL, "C": CORRECTED, "P": PRELIMINARY, "R": PRELIMINARY,
            "S": PRELIMINARY, "W": WRONG_PATIENT, "D": DELETED, "X": NOT_OBTAINED}
@@ -57,8 +60,8 @@ def parse(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event:
     if not field(msh, 11).strip():
         raise HL7Error("MSH has no MSH-12 version: an incomplete (truncated?) message")
     kind = message_type(msh, seps)
-    if kind == "ORU^R01":
-        return _result(segs, seps, profile, field(msh, 9))
+    if is_result_type(kind):
+        return _result(segs, seps, profile, field(msh, 9), kind)
     if kind in _ADMIT or kind in _UPDATE:
         mrn, name, birth, sex = _demographics(_pid(segs), seps, profile)
         cls = Admission if kind in _ADMIT else Update
@@ -70,6 +73,11 @@ def parse(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event:
     if not kind:
         raise HL7Error("MSH-9 message type is empty")
     return Other(kind, field(msh, 9), f"message type {kind} is not used")
+
+
+def is_result_type(kind: str) -> bool:
+    """True for a message type whose OBX creatinine results are judged (`TYPE^TRIGGER`)."""
+    return kind == "ORU^R01" or kind.startswith(_RESULT_TYPES)
 
 
 def message_type(msh: list[str], seps: Separators = DEFAULT) -> str:
@@ -187,7 +195,7 @@ def _merge(segs: list[list[str]], seps: Separators, profile: FeedProfile,
 
 
 def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
-            control: str) -> Result | Other:
+            control: str, kind: str) -> Result | Other:
     """One pass over the segments: the first PID; each OBX with its OBR's time."""
     pid = None
     obr_time = ""
@@ -207,10 +215,10 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
             if obs is not None:
                 observations.append(obs)
     if not any_obx:
-        raise HL7Error("ORU^R01 without an OBX segment: an incomplete (truncated?) result")
+        raise HL7Error(f"{kind} without an OBX segment: an incomplete (truncated?) result")
     if not observations:
         reason = "; ".join(n.reason for n in notes) if notes else "no creatinine result"
-        return Other("ORU^R01", control, reason, tuple(notes))
+        return Other(kind, control, reason, tuple(notes))
     return Result(_mrn(pid, seps, profile), tuple(observations), tuple(notes))
 
 
@@ -267,9 +275,9 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
     except ValueError:
         raise HL7Error(f"OBR-7 sample time {time_text!r} of {code} is not a 12- or 14-digit "
                        "time") from None
-    value_field = obx[5] if n > 5 else ""
-    if status in _NO_VALUE and not value_field.strip():
+    if status in _NO_VALUE:     # whatever value it carries is not to be used
         return Observation(when, time_text, None, status, "", "", code)
+    value_field = obx[5] if n > 5 else ""
     comparator, number = _value(value_field, obx[2].strip() if n > 2 else "", seps, code)
     unit = (first(obx[6], seps) if n > 6 and obx[6] else "") or spec.unit
     if not unit:

@@ -119,11 +119,14 @@ class RowOps:
         self._keep_revision(mrn, time_, "removed", journal_id)
         self._x("DELETE FROM results WHERE mrn = ? AND time = ?", (mrn, time_))
 
-    def update_patient(self, mrn: str, name: str, birth: int | None, sex: str | None) -> None:
-        """New demographics (ADT^A08/A31), without an admission."""
+    def update_patient(self, mrn: str, name: str | None, birth: int | None,
+                       sex: str | None) -> None:
+        """New demographics (ADT^A08/A31), without an admission; a field not sent (None,
+        or an empty name) keeps what was known."""
         self._x("INSERT INTO patients (mrn, name, birth, sex) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (mrn) DO UPDATE SET name = excluded.name, birth = excluded.birth, "
-                "sex = excluded.sex", (mrn, name, birth, sex))
+                "ON CONFLICT (mrn) DO UPDATE SET name = coalesce(excluded.name, patients.name), "
+                "birth = coalesce(excluded.birth, patients.birth), "
+                "sex = coalesce(excluded.sex, patients.sex)", (mrn, name or None, birth, sex))
 
     def merge_patient(self, old: str, new: str, journal_id: int) -> bool:
         """Move everything known under `old` to `new` (ADT^A40/A34/A47): results (a result
