@@ -16,6 +16,7 @@ from itertools import repeat
 from dataclasses import dataclass, field
 
 from .hl7 import MAX_CREATININE, MIN_CREATININE
+from .patientid import MAX_MRN_LENGTH, is_valid_mrn
 from .timeutil import parse_csv_time
 
 
@@ -75,7 +76,10 @@ def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, 
             if not mrn and not any(c.strip() for c in row):
                 continue
             summary.rows += 1
-            if not (mrn.isascii() and mrn.isdigit()):
+            # An MRN as the feed may send it (patientid.py): digits, or an alphanumeric
+            # hospital number such as RVJ1001; the usual all-digit one without the regex.
+            if not (mrn.isdigit() and mrn.isascii() and len(mrn) <= MAX_MRN_LENGTH) \
+                    and not is_valid_mrn(mrn):
                 summary.skipped["rows with a bad MRN"] += 1
                 continue
             # --- fast path: cells 1..end-1 filled, an even number of them, only "" after

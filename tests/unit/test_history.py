@@ -29,7 +29,7 @@ def test_good_rows(tmp_path):
 def test_junk_is_skipped_and_counted_never_fatal(tmp_path):
     path = write(tmp_path, HEADER + "\n".join([
         "1,2024-01-01 10:00:00,,2024-01-02 10:00:00,95",     # half-empty
-        "x9,2024-01-01 10:00:00,90,,",                        # bad MRN
+        "x_9,2024-01-01 10:00:00,90,,",                       # bad MRN
         "3,not a date,90,2024-01-02 10:00:00,abc",            # bad date, non-number
         "4,2024-01-01 10:00:00,-5,2024-01-02 10:00:00,99999", # absurd
         ",,,,",                                                # empty row
@@ -42,6 +42,20 @@ def test_junk_is_skipped_and_counted_never_fatal(tmp_path):
     assert s.skipped == {"half-empty results": 1, "rows with a bad MRN": 1, "bad dates": 1,
                          "non-numeric values": 1, "absurd values": 2}
     assert "2 absurd values" in s.describe()
+
+
+def test_alphanumeric_hospital_numbers_import(tmp_path):
+    """NHS trusts' hospital numbers (RVJ1001) are MRNs like the contract's digits: the feed
+    files results under them, so the history must too (patientid.py's one rule)."""
+    path = write(tmp_path, HEADER + "RVJ1001,2024-01-01 10:00:00,80,,\n"
+                                    "K0012345,2024-01-01 10:00:00,70,,\n"
+                                    "RVJ_1001,2024-01-01 10:00:00,90,,\n"
+                                    f"{'9' * 33},2024-01-01 10:00:00,90,,\n")
+    s = ImportSummary()
+    rows = list(read_history(path, s))
+    t = parse_csv_time("2024-01-01 10:00:00")
+    assert rows == [("RVJ1001", t, 80.0), ("K0012345", t, 70.0)]
+    assert s.skipped == {"rows with a bad MRN": 2}
 
 
 def test_a_file_without_a_header_is_refused(tmp_path):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from aki_alert import history
 from aki_alert.history import ImportSummary, read_history
 from aki_alert.hl7 import MAX_CREATININE, MIN_CREATININE
+from aki_alert.patientid import is_valid_mrn
 from aki_alert.store.sqlite import SqliteStore
 from aki_alert.timeutil import parse_csv_time
 
@@ -34,7 +35,7 @@ def reference(path: str) -> tuple[list[tuple[str, int, float]], ImportSummary]:
                 continue
             s.rows += 1
             mrn = row[0].strip()
-            if not (mrn.isascii() and mrn.isdigit()):
+            if not is_valid_mrn(mrn):
                 s.skipped["rows with a bad MRN"] += 1
                 continue
             kept = 0
@@ -81,8 +82,8 @@ bad_values = st.sampled_from(["abc", "-5", "99999", "nan", "inf", "-inf", "1e999
 value_flaws = st.sampled_from(["nan", "inf", "-inf", "1e999", "abc", " ", "", "99999", "-5"])
 junk = st.sampled_from(["", " ", "  ", "x", "\t", "1"])
 cells = st.one_of(good_dates, good_dates, good_values, good_values, bad_dates, bad_values, junk)
-mrns = st.one_of(st.sampled_from(["1", "22", "333", "007"]),
-                 st.sampled_from(["", " ", "x9", "٣", " 12 ", "1.5"]))
+mrns = st.one_of(st.sampled_from(["1", "22", "333", "007", "RVJ1001", "x9"]),
+                 st.sampled_from(["", " ", "x_9", "٣", " 12 ", "1.5", "-1", "9" * 33]))
 
 
 @st.composite
