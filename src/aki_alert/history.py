@@ -11,7 +11,7 @@ import csv
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import repeat
 from dataclasses import dataclass, field
 
@@ -48,7 +48,9 @@ def fingerprint(path: str) -> str:
 _TIME_CACHE_SIZE = 200_000
 
 
-def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, float]]:
+def read_history(path: str, summary: ImportSummary,
+                 normalise: Callable[[str], str] | None = None
+                 ) -> Iterator[tuple[str, int, float]]:
     """Yield (mrn, time, value) for every usable result; count what was skipped in `summary`.
 
     Repeated (mrn, time) pairs are yielded again: the store keeps the first and counts the rest.
@@ -76,6 +78,8 @@ def read_history(path: str, summary: ImportSummary) -> Iterator[tuple[str, int, 
             if not mrn and not any(c.strip() for c in row):
                 continue
             summary.rows += 1
+            if normalise is not None:
+                mrn = normalise(mrn)        # the feed profile's rule: "0001001" is "1001"
             # An MRN as the feed may send it (patientid.py): digits, or an alphanumeric
             # hospital number such as RVJ1001; the usual all-digit one without the regex.
             if not (mrn.isdigit() and mrn.isascii() and len(mrn) <= MAX_MRN_LENGTH) \

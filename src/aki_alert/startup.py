@@ -35,11 +35,17 @@ def load_detector(cfg: Config) -> Detector:
         raise StartupError(f"cannot load the model: {e}") from e
 
 
-def _import(store: Store, path: str, digest: str) -> None:
+def normaliser(cfg: Config):
+    """The feed profile's MRN normalisation for the history's numbers, when it has one: a
+    history keyed `0001001` must be found by a feed the profile reads as `1001`."""
+    return cfg.feed_profile.normalise_mrn if cfg.feed_profile.normalises_mrns else None
+
+
+def _import(store: Store, path: str, digest: str, cfg: Config) -> None:
     log.info("importing history %s", path)
     summary = ImportSummary()
     started = time.perf_counter()
-    added = store.import_results(read_history(path, summary))
+    added = store.import_results(read_history(path, summary, normaliser(cfg)))
     if summary.results > added:
         summary.skipped["duplicate results"] += summary.results - added
         summary.results = added
@@ -69,7 +75,8 @@ def reconcile(store: Store, cfg: Config) -> bool:
     overlap = None
     if digest is not None and recorded != digest and (recorded or recorded_env != cfg.environment):
         try:
-            overlap = Overlap(*store.history_overlap(read_history(path, ImportSummary())))
+            overlap = Overlap(*store.history_overlap(read_history(path, ImportSummary(),
+                                                                  normaliser(cfg))))
         except (ValueError, UnicodeError):
             overlap = None
     d = decide(cfg.on_history_change, recorded, digest, recorded_env, cfg.environment, overlap)
@@ -95,7 +102,7 @@ def reconcile(store: Store, cfg: Config) -> bool:
         return False
     if d.action in ("import", "merge", "rebuild"):
         try:
-            _import(store, path, digest)
+            _import(store, path, digest, cfg)
         except (ValueError, UnicodeError) as e:
             log.error("history file %s is not usable (%s): starting without it", path, e)
             return False

@@ -119,10 +119,8 @@ def patient_id(value: str, seps: Separators, profile: FeedProfile, where: str) -
             mrn = first(mrn, seps)
     else:
         mrn = _pick(value, seps, profile, where)
-    if profile.strip_leading_zeros:
-        mrn = mrn.lstrip("0") or mrn[-1:]
-    if profile.upper_case:
-        mrn = mrn.upper()
+    if profile.strip_leading_zeros or profile.upper_case:
+        mrn = profile.normalise_mrn(mrn)
     if not is_valid_mrn(mrn):
         raise HL7Error(f"{where} MRN {mrn!r} {mrn_problem(mrn)}" if mrn else f"{where} is empty")
     return mrn

@@ -114,6 +114,19 @@ class FeedProfile:
                 return c
         return None
 
+    def normalise_mrn(self, mrn: str) -> str:
+        """A patient number as this hospital's are compared (leading zeros, case): the same rule
+        for the feed's PID-3 and MRG-1 and for the history CSV."""
+        if self.strip_leading_zeros:
+            mrn = mrn.lstrip("0") or mrn[-1:]
+        if self.upper_case:
+            mrn = mrn.upper()
+        return mrn
+
+    @property
+    def normalises_mrns(self) -> bool:
+        return self.strip_leading_zeros or self.upper_case
+
     def factor(self, unit: str) -> float | None:
         """µmol/L per one `unit`; None for a unit the profile does not know."""
         return self.units.get(unit_key(unit))
