@@ -257,3 +257,32 @@ def test_an_update_changes_what_it_sends_and_keeps_the_rest(ingest, store):
     p, _ = store.load_patient("7")
     assert p.sex == "M" and store.db.execute(
         "SELECT name FROM patients WHERE mrn = '7'").fetchone() == ("ANN JONES",)
+
+
+@pytest.mark.parametrize("number", ["RVJ1001", "0001204"])
+def test_a_trusts_history_is_found_by_the_numbers_the_feed_files_under(tmp_path, number):
+    """Start-up's history import keys results by the MRN rule and the feed profile's
+    normalisation, as parse does PID-3: a result for `1204` sent as `0001204` (leading zeros
+    stripped), or for the alphanumeric `RVJ1001`, is judged against its history and pages."""
+    import argparse
+
+    from aki_alert import config
+    from aki_alert.startup import open_state, reconcile
+
+    (tmp_path / "history.csv").write_text("mrn,creatinine_date_0,creatinine_result_0\n"
+                                          f"{number},2024-02-29 08:00:00,80\n")
+    (tmp_path / "feed.toml").write_text("[patient]\nstrip_leading_zeros = true\n")
+    cfg = config.load(argparse.Namespace(), {
+        "MLLP_ADDRESS": "hospital:8440", "PAGER_ADDRESS": "hospital:8441",
+        "HISTORY_PATH": str(tmp_path / "history.csv"), "STATE_DIR": str(tmp_path / "state"),
+        "FEED_PROFILE": str(tmp_path / "feed.toml"), "DETECTOR": "nhs"})
+    store = open_state(cfg)
+    try:
+        assert reconcile(store, cfg)
+        ing = Ingest(store, NhsDetector(), profile=cfg.feed_profile)
+        page = ing.apply(messages.result(T0, number, 250.0), 0.0)
+        mrn = number.lstrip("0")
+        assert page is not None and page.body == f"{mrn},{format_hl7_time(T0)}"
+        assert store.load_patient(mrn)[0].values[0] == 80.0
+    finally:
+        store.close()
