@@ -211,7 +211,7 @@ class Ingest:
             else:
                 decision = "ignored"
                 store.set_journal_status(jid, decision, event.reason)
-                self._unjudged(event.notes)
+                self._unjudged(event.notes, mrn)
         # Committed: now the in-memory view may follow.
         if commit_memory is not None:
             commit_memory()
@@ -252,14 +252,16 @@ class Ingest:
             self._merged = self.store.merged_numbers()
         return commit_memory, "applied"
 
-    def _unjudged(self, notes: tuple[hl7.Note, ...]) -> None:
-        """Say so, loudly, when a result looks like creatinine but is not judged."""
+    def _unjudged(self, notes: tuple[hl7.Note, ...], mrn: str | None) -> None:
+        """Say so, loudly, when a result looks like creatinine but is not judged: the log
+        names the patient, whose result someone must look at."""
         for n in notes:
             if n.suspicious:
                 code = n.code[:32] or "(empty)"
                 metrics.UNRECOGNISED_CREATININE.labels(code=code).inc()
-                log.warning("creatinine-like result not judged: %s; name its code in the feed "
-                            "profile (FEED_PROFILE) if it is serum creatinine", n.reason)
+                log.warning("creatinine-like result of patient %s not judged: %s; name its code "
+                            "in the feed profile (FEED_PROFILE) if it is serum creatinine", mrn,
+                            n.reason)
 
     def _result(self, mrn: str, r: hl7.Result, jid: int, received: float):
         """Every creatinine observation of the message, in order: stored, corrected or removed
@@ -290,7 +292,7 @@ class Ingest:
                 reasons.append(f"{obs.code} {obs.time_text} {obs.status}: {action}")
             page = page or obs_page
         if r.notes:
-            self._unjudged(r.notes)
+            self._unjudged(r.notes, mrn)
             reasons.extend(n.reason for n in r.notes)
         if changes:
             decision = "applied"

@@ -63,7 +63,8 @@ def test_newline_separated_segments_are_tolerated():
 def test_result_without_creatinine_is_other():
     msg = RESULT.replace(b"CREATININE", b"SODIUM")
     assert hl7.parse(msg) == hl7.Other("ORU^R01", "", "SODIUM is not creatinine",
-                                       (hl7.Note("SODIUM", "SODIUM is not creatinine"),))
+                                       (hl7.Note("SODIUM", "SODIUM is not creatinine"),),
+                                       "151493085")
 
 
 def test_other_message_type():

@@ -93,6 +93,7 @@ class Other:
     control_id: str
     reason: str = ""
     notes: tuple[Note, ...] = ()
+    mrn: str | None = None      # a result message's patient, when its PID-3 could be read
 
 
 Event = Admission | Update | Discharge | Merge | Result | Other

@@ -218,7 +218,11 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
         raise HL7Error(f"{kind} without an OBX segment: an incomplete (truncated?) result")
     if not observations:
         reason = "; ".join(n.reason for n in notes) if notes else "no creatinine result"
-        return Other(kind, control, reason, tuple(notes))
+        try:
+            mrn = _mrn(pid, seps, profile)
+        except HL7Error:
+            mrn = None
+        return Other(kind, control, reason, tuple(notes), mrn)
     return Result(_mrn(pid, seps, profile), tuple(observations), tuple(notes))
 
 
