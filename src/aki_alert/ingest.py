@@ -248,8 +248,8 @@ class Ingest:
         """Say so, loudly, when a result looks like creatinine but is not judged."""
         for n in notes:
             if n.suspicious:
-                code = n.code[:32] or "(empty)"
-                metrics.UNRECOGNISED_CREATININE.labels(code=code).inc()
+                metrics.UNRECOGNISED_CREATININE.labels(
+                    code=metrics.unrecognised_code(n.code)).inc()
                 log.warning("creatinine-like result not judged: %s; name its code in the feed "
                             "profile (FEED_PROFILE) if it is serum creatinine", n.reason)
 

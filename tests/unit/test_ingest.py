@@ -240,3 +240,39 @@ def test_what_is_held_in_memory_judges_as_the_whole_history(tmp_path_factory, re
     ing.apply(result(7, newest, 100.0), 0.0)
     assert all(s >= newest - KEEP - 30 * DAY for s in ing._patients["7"].patient.times)
     store.close()
+
+
+def unknown_creatinine(mrn, t, code):
+    ts = format_hl7_time(t)
+    return (f"MSH|^~\\&|LAB|RVJ|||{ts}||ORU^R01|||2.5\rPID|1||{mrn}\rOBR|1||||||{ts}\r"
+            f"OBX|1|NM|{code}^Creatinine serum^L||90|umol/L|||||F\r").encode()
+
+
+def test_unrecognised_creatinine_codes_are_labelled_with_bounded_cardinality(
+        ingest, store, monkeypatch):
+    from prometheus_client import REGISTRY
+
+    from aki_alert import metrics
+
+    monkeypatch.setattr(metrics, "_unrecognised_codes", set())
+
+    def count(code):
+        return REGISTRY.get_sample_value("aki_unrecognised_creatinine_total",
+                                         {"code": code}) or 0.0
+
+    long_code = "X" * 40
+    codes = [long_code] + [f"CRX{i}" for i in range(metrics.MAX_UNRECOGNISED_CODES + 9)]
+    before = {c: count(c) for c in ("X" * 32, "CRX0", "CRX48", "CRX49", "CRX58", "other")}
+    for i, code in enumerate(codes):
+        ingest.apply(unknown_creatinine(100 + i, T0 + i, code), 0.0)
+    ingest.apply(unknown_creatinine(99, T0, "CRX0"), 0.0)   # a code seen before keeps its label
+    assert count("X" * 32) - before["X" * 32] == 1               # cut to 32 characters
+    assert count("CRX0") - before["CRX0"] == 2
+    assert count("CRX48") - before["CRX48"] == 1                  # the 50th distinct code
+    assert count("CRX49") == before["CRX49"] and count("CRX58") == before["CRX58"]
+    assert count("other") - before["other"] == 10                 # CRX49 … CRX58
+    assert len(metrics._unrecognised_codes) == metrics.MAX_UNRECOGNISED_CODES
+    # Every one is still journaled, with its code in the reason.
+    reasons = [r for (r,) in store.db.execute("SELECT reason FROM journal WHERE status = "
+                                              "'ignored' ORDER BY id")]
+    assert len(reasons) == len(codes) + 1 and "CRX58" in reasons[-2]
