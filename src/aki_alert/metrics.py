@@ -123,6 +123,9 @@ class _HotSeries:
 MESSAGES = HotCounter("aki_messages_received_total", "HL7 messages received", ("type",))
 ACKS = HotCounter("aki_acks_sent_total", "Acknowledgements sent", ("code",))
 DEAD_LETTERS = Counter("aki_dead_letters_total", "Messages set aside as unprocessable", ["reason"])
+RESULTS_DEAD_LETTERED = Counter(
+    "aki_results_dead_lettered_total", "Result messages (MSH-9 ORU) set aside as dead letters: "
+    "acknowledged, never judged (an unknown unit, a value out of range, a processing error)")
 DUPLICATES = Counter("aki_duplicate_messages_total", "Re-delivered messages ignored")
 DECISIONS = HotCounter(
     "aki_message_decisions_total", "What became of each message: applied, duplicate (a "

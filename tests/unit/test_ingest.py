@@ -276,3 +276,35 @@ def test_unrecognised_creatinine_codes_are_labelled_with_bounded_cardinality(
     reasons = [r for (r,) in store.db.execute("SELECT reason FROM journal WHERE status = "
                                               "'ignored' ORDER BY id")]
     assert len(reasons) == len(codes) + 1 and "CRX58" in reasons[-2]
+
+
+def test_dead_lettered_results_are_counted_apart(ingest, store):
+    from prometheus_client import REGISTRY
+
+    def dead_results():
+        return REGISTRY.get_sample_value("aki_results_dead_lettered_total") or 0.0
+
+    before = dead_results()
+    ts = format_hl7_time(T0)
+    bad_unit = (f"MSH|^~\\&|LAB|RVJ|||{ts}||ORU^R01|||2.5\rPID|1||7\rOBR|1||||||{ts}\r"
+                "OBX|1|NM|CREATININE||90|furlongs|||||F\r").encode()
+    ingest.apply(bad_unit, 0.0)
+    assert dead_results() - before == 1
+    bad_adt = (f"MSH|^~\\&|PAS|RVJ|||{ts}||ADT^A01|||2.5\rPID|1||7||X||notadate|F\r").encode()
+    ingest.apply(bad_adt, 0.0)
+    ingest.apply(b"garbage", 0.0)
+    assert dead_results() - before == 1
+    assert [r for (r,) in store.db.execute("SELECT status FROM journal")] == ["dead"] * 3
+
+
+@pytest.mark.parametrize("raw, says", [
+    (b"MSH|^~\\&|A|B|||20240301||ORU^R01|1|P|2.5\rPID|1||7", True),
+    (b"\n  MSH#^~\\&#A#B###2024##oru^r30^ORU_R30#", True),
+    (b"MSH|^~\\&|A|B|||20240301||ADT^A01|1|P|2.5\r", False),
+    (b"MSH|^~\\&|A|B|||x\rOBX|ORU|ORU|ORU|ORU|ORU|ORU|ORU|ORU", False),
+    (b"garbage", False), (b"MSH", False), (b"", False),
+])
+def test_is_result_message_reads_msh_9_only(raw, says):
+    from aki_alert.ingest import is_result_message
+
+    assert is_result_message(raw) is says
