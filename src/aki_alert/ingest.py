@@ -80,6 +80,16 @@ def message_digest(raw: bytes) -> bytes:
     return (head[6][:14] if len(head) > 7 else b"") + hashlib.blake2b(raw, digest_size=16).digest()
 
 
+def is_result_message(raw: bytes) -> bool:
+    """Whether a message that could not be parsed says it is a result (MSH-9 ORU or OUL), as far
+    as its first segment can be read: a dead letter of the kind that may hide an AKI."""
+    head = raw.lstrip()[:2048]
+    if not head.startswith(b"MSH") or len(head) < 4:
+        return False
+    msh = head.split(b"\r", 1)[0].split(b"\n", 1)[0].split(head[3:4])
+    return len(msh) > 8 and msh[8].strip().upper().startswith((b"ORU", b"OUL"))
+
+
 def explanation(j: Judgement) -> str:
     return json.dumps({
         "detector": j.detector, "version": j.version, "score": round(j.score, 6),
@@ -178,6 +188,8 @@ class Ingest:
         if new:
             metrics.DEAD_LETTERS.labels(reason=kind if kind in _DEAD_KINDS else "processing").inc()
             self._decided["dead"].inc()
+            if kind == "result" or is_result_message(raw):
+                metrics.RESULTS_DEAD_LETTERED.inc()
             log.warning("dead letter (journal %s): %s", new, reason)
 
     def _apply(self, digest: bytes, event: hl7.Event, kind: str, raw: bytes,
@@ -257,8 +269,8 @@ class Ingest:
         names the patient, whose result someone must look at."""
         for n in notes:
             if n.suspicious:
-                code = n.code[:32] or "(empty)"
-                metrics.UNRECOGNISED_CREATININE.labels(code=code).inc()
+                metrics.UNRECOGNISED_CREATININE.labels(
+                    code=metrics.unrecognised_code(n.code)).inc()
                 log.warning("creatinine-like result of patient %s not judged: %s; name its code "
                             "in the feed profile (FEED_PROFILE) if it is serum creatinine", mrn,
                             n.reason)

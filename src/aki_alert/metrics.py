@@ -123,6 +123,9 @@ class _HotSeries:
 MESSAGES = HotCounter("aki_messages_received_total", "HL7 messages received", ("type",))
 ACKS = HotCounter("aki_acks_sent_total", "Acknowledgements sent", ("code",))
 DEAD_LETTERS = Counter("aki_dead_letters_total", "Messages set aside as unprocessable", ["reason"])
+RESULTS_DEAD_LETTERED = Counter(
+    "aki_results_dead_lettered_total", "Result messages (MSH-9 ORU) set aside as dead letters: "
+    "acknowledged, never judged (an unknown unit, a value out of range, a processing error)")
 DUPLICATES = Counter("aki_duplicate_messages_total", "Re-delivered messages ignored")
 DECISIONS = HotCounter(
     "aki_message_decisions_total", "What became of each message: applied, duplicate (a "
@@ -137,6 +140,29 @@ UNRECOGNISED_CREATININE = Counter(
     "aki_unrecognised_creatinine_total", "Results that look like creatinine (their code or "
     "text) but that the feed profile does not name, so were not judged; by OBX-3 code",
     ["code"])
+# The code label is a lab's OBX-3 identifier (not patient data), cut to MAX_CODE_LENGTH; a
+# feed sending many distinct unknown codes must not grow the series without bound: after
+# MAX_UNRECOGNISED_CODES distinct ones, further codes are counted as "other" (the log line
+# and the journal's reason still name each).
+MAX_CODE_LENGTH = 32
+MAX_UNRECOGNISED_CODES = 50
+OTHER_CODES = "other"
+_unrecognised_codes: set[str] = set()
+
+
+def unrecognised_code(code: str) -> str:
+    """The `code` label for an unrecognised creatinine-like result: the code (cut to
+    MAX_CODE_LENGTH; "(empty)" when blank), or "other" once MAX_UNRECOGNISED_CODES distinct
+    codes have their own series."""
+    label = code[:MAX_CODE_LENGTH] or "(empty)"
+    if label in _unrecognised_codes:
+        return label
+    if len(_unrecognised_codes) >= MAX_UNRECOGNISED_CODES:
+        return OTHER_CODES
+    _unrecognised_codes.add(label)
+    return label
+
+
 MERGES = Counter("aki_patient_merges_total", "Patient numbers merged into others (ADT^A40 "
                  "and kin), by outcome: merged, repeated", ["outcome"])
 DUPLICATE_RESULTS = Counter(

@@ -3,12 +3,17 @@ durable state, on either backend: SQLite (`--state-dir` / STATE_DIR, the file st
 PostgreSQL (`--state-url` / STATE_URL, a postgresql:// URL).
 
 - `status` says what the state is (environment, history file, when it was built, schema) and what
-  it holds (patients, results by source, messages by status, dead letters, pages by status, the
-  oldest page still waiting). Read-only; safe while the service runs.
-- `check` runs the project's own consistency checks (every page points at a journaled message,
-  every applied result message has its result row, no page waits too long), and on SQLite also
-  its `integrity_check`, which has no PostgreSQL equivalent (the output says so). Exit 0 when
-  healthy, 1 with one line per problem. Read-only.
+  it holds (patients, results by source, messages by status, the journal's decisions by status
+  and message kind, dead letters, patient numbers merged into others, results corrected,
+  removed (OBX-11 W/D) or merged away, pages by status, the oldest page still waiting).
+  Read-only; safe while the service runs.
+- `check` runs the project's own consistency checks (every page, admission, merge and kept
+  revision points at a journaled message, every applied result message has its result row
+  unless it was withdrawn or merged away since, no merged-away number still holds results,
+  no page waits too long), and on SQLite also its `integrity_check`, which has no PostgreSQL
+  equivalent (the output says so). The journal is read with the feed profile the service
+  runs with (`--feed-profile` / FEED_PROFILE). Exit 0 when healthy, 1 with one line per
+  problem. Read-only.
 - `migrate [--dry-run]` reports the state's schema version and this release's, and applies the
   pending migrations in one transaction (the service also applies them when it opens a state).
   A state newer than this release is refused.
@@ -53,6 +58,7 @@ PENDING_MINUTES = 5         # `check`: a page waiting longer than this is a prob
 
 PAGE_STATUSES = ("pending", "delivered", "dead", "suppressed")
 JOURNAL_STATUSES = ("applied", "duplicate-result", "ignored", "dead")
+REVISION_ACTIONS = ("corrected", "removed", "merged")
 STATE_TABLES = {"meta", "patients", "admissions", "results", "journal", "outbox"}
 # OBX-11 statuses whose result is stored (W, D and X never are).
 _KEEPS_A_ROW = ("F", "C", "P")
@@ -192,6 +198,17 @@ def collect_status(store, now: float | None = None) -> dict:
     latest_msg = _one(store, "SELECT max(received_at) FROM journal")
     latest = {src: format_hl7_time(t) for src, t in store.query(
         "SELECT source, max(time) FROM results GROUP BY source")}
+    decisions: dict[str, dict] = {s: {"total": 0, "by_kind": {}} for s in JOURNAL_STATUSES}
+    for status, kind, n in store.query("SELECT status, kind, count(*) FROM journal "
+                                       "GROUP BY status, kind ORDER BY status, kind"):
+        d = decisions.setdefault(status, {"total": 0, "by_kind": {}})
+        d["total"] += n
+        d["by_kind"][kind] = n
+    v3 = "merges" in store.tables()      # a state before schema v3 has neither table
+    revisions = dict.fromkeys(REVISION_ACTIONS, 0)
+    if v3:
+        revisions.update(_pairs(store, "SELECT action, count(*) FROM result_revisions "
+                                       "GROUP BY action"))
     return {
         "state": store.storage(),
         "provenance": {
@@ -211,7 +228,12 @@ def collect_status(store, now: float | None = None) -> dict:
             "patients_admitted": _one(store, "SELECT count(*) FROM patients WHERE admitted <> 0"),
             "results": _pairs(store, "SELECT source, count(*) FROM results GROUP BY source"),
             "messages": _pairs(store, "SELECT status, count(*) FROM journal GROUP BY status"),
+            "decisions": decisions,
             "dead_letters": _one(store, "SELECT count(*) FROM dead_letters"),
+            "merges": _one(store, "SELECT count(*) FROM merges") if v3 else 0,
+            # Values kept for audit: corrected (replaced by a correction or a final after a
+            # preliminary), removed (OBX-11 W/D), merged (a merged-away number's results).
+            "result_revisions": revisions,
             "pages": _pairs(store, "SELECT status, count(*) FROM outbox GROUP BY status"),
             "oldest_pending_page_age_seconds": None if oldest is None
             else round(now - oldest, 1),
@@ -246,7 +268,10 @@ def format_status(s: dict) -> str:
         f"patients     {c['patients']:,} ({c['patients_admitted']:,} admitted)",
         f"results      {kv(c['results'])}",
         f"messages     {kv(c['messages'])}",
+        f"decisions    {_decisions(c['decisions'])}",
         f"dead letters {c['dead_letters']:,}",
+        f"merges       {c['merges']:,} patient number(s) merged into others",
+        f"revisions    {kv(c['result_revisions'])} (result values kept for audit)",
         f"pages        {kv(c['pages'])}",
         f"oldest pending page  {'-' if age is None else f'{age:.0f}s old'}",
         f"latest       message received {lt['message_received_at'] or '-'}, history result "
@@ -255,6 +280,18 @@ def format_status(s: dict) -> str:
     if st["archives"]:
         lines.append(f"archives     {', '.join(st['archives'])}")
     return "\n".join(lines)
+
+
+def _decisions(decisions: dict) -> str:
+    """`applied 3 (admission 1, result 2); dead 1 (unparseable 1); …`"""
+    parts = []
+    for status in (*JOURNAL_STATUSES, *sorted(set(decisions) - set(JOURNAL_STATUSES))):
+        d = decisions.get(status)
+        if d is None:
+            continue
+        kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(d["by_kind"].items()))
+        parts.append(f"{status} {d['total']:,}" + (f" ({kinds})" if kinds else ""))
+    return "; ".join(parts)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -272,8 +309,10 @@ NO_INTEGRITY_CHECK = ("note: SQLite's integrity_check has no PostgreSQL equivale
 
 
 def find_problems(store, pending_minutes: float = PENDING_MINUTES,
-                  now: float | None = None) -> list[str]:
-    """One line per problem: 'error: …' (the state is inconsistent) or 'warning: …'."""
+                  now: float | None = None, profile=None) -> list[str]:
+    """One line per problem: 'error: …' (the state is inconsistent) or 'warning: …'.
+    `profile`: the feed profile the journal's messages are read with (default: the
+    contract's), the service's, so that its codes and MRN rules are the ones applied."""
     from .store.admin import SCHEMA_VERSION
 
     now = time.time() if now is None else now
@@ -288,12 +327,13 @@ def find_problems(store, pending_minutes: float = PENDING_MINUTES,
     missing = STATE_TABLES - store.tables()
     if missing:
         return problems + [f"error: tables missing: {', '.join(sorted(missing))}"]
-    return problems + _consistency(store, now - pending_minutes * 60, now)
+    return problems + _consistency(store, now - pending_minutes * 60, now, profile)
 
 
-def _consistency(store, pending_before: float, now: float) -> list[str]:
+def _consistency(store, pending_before: float, now: float, profile=None) -> list[str]:
     from . import hl7
 
+    profile = hl7.DEFAULT_PROFILE if profile is None else profile
     problems = []
     for oid, body, jid in store.query(
             "SELECT o.id, o.body, o.journal_id FROM outbox o "
@@ -306,16 +346,18 @@ def _consistency(store, pending_before: float, now: float) -> list[str]:
         problems.append(f"error: admissions row {aid} (MRN {mrn}) refers to journal row {jid}, "
                         "which does not exist")
     # A result may be gone for a reason: withdrawn later (W/D) or merged into another number
-    # (kept track of from v3 on).
+    # (kept track of from v3 on). A number withdrawn from, then merged, lives on as the
+    # survivor.
     merged, withdrawn = {}, set()
     if "merges" in store.tables():
         merged = store.merged_numbers()
-        withdrawn = {(m, t) for m, t in store.query(
+        withdrawn = {(merged.get(m, m), t) for m, t in store.query(
             "SELECT mrn, time FROM result_revisions WHERE action = 'removed'")}
+        problems += _merge_problems(store, merged)
     for jid, raw in store.query("SELECT id, raw FROM journal WHERE status = 'applied' "
                                 "AND kind = 'result' ORDER BY id").fetchall():
         try:
-            r = hl7.parse(raw)
+            r = hl7.parse(raw, profile)
         except hl7.HL7Error as e:
             problems.append(f"error: journal row {jid} is an applied result but does not parse "
                             f"({e})")
@@ -345,9 +387,43 @@ def _consistency(store, pending_before: float, now: float) -> list[str]:
     return problems
 
 
+def _merge_problems(store, merged: dict[str, str]) -> list[str]:
+    """A merge, and every value kept for audit, point at a journaled message; a merged-away
+    number holds no results and is nobody's survivor (a chain is kept flat: A→B then B→C
+    records A→C)."""
+    problems = []
+    for table, what in (("merges", "old_mrn"), ("result_revisions", "mrn")):
+        for mrn, jid in store.query(
+                f"SELECT x.{what}, x.journal_id FROM {table} x LEFT JOIN journal j "
+                f"ON j.id = x.journal_id WHERE j.id IS NULL ORDER BY x.journal_id"):
+            problems.append(f"error: {table} row (MRN {mrn}) refers to journal row {jid}, "
+                            "which does not exist")
+    for old, n in store.query("SELECT r.mrn, count(*) FROM results r JOIN merges m "
+                              "ON m.old_mrn = r.mrn GROUP BY r.mrn ORDER BY r.mrn"):
+        problems.append(f"error: MRN {old} was merged into {merged[old]} but still holds "
+                        f"{n} result(s)")
+    for old, new in sorted(merged.items()):
+        if new in merged:
+            problems.append(f"error: MRN {old} was merged into {new}, which was itself merged "
+                            f"into {merged[new]}")
+    return problems
+
+
+def _check_profile(args: argparse.Namespace):
+    from . import hl7
+
+    if not getattr(args, "feed_profile", ""):
+        return hl7.DEFAULT_PROFILE
+    try:
+        return hl7.load_profile(args.feed_profile)
+    except hl7.ProfileError as e:
+        raise Refused(str(e)) from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    profile = _check_profile(args)
     with closing(open_state(args, readonly=True)) as store:
-        problems = find_problems(store, args.pending_minutes)
+        problems = find_problems(store, args.pending_minutes, profile=profile)
         where = store.location
     if args.state_url:
         print(NO_INTEGRITY_CHECK)
@@ -548,6 +624,9 @@ def register(sub) -> None:
     s.add_argument("--pending-minutes", type=float, default=PENDING_MINUTES,
                    help=f"a page pending longer than this is a problem (default "
                         f"{PENDING_MINUTES})")
+    s.add_argument("--feed-profile", default=os.environ.get("FEED_PROFILE", ""),
+                   help="the feed profile the service runs with, to read the journal's "
+                        "messages as it did (default: the contract's); env FEED_PROFILE")
     s.set_defaults(func=_guard(cmd_check))
 
     s = ssub.add_parser("migrate", help="bring the state's schema to this release's")

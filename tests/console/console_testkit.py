@@ -113,3 +113,45 @@ def request(server, path: str, auth: str | None = f"Bearer {TOKEN}",
         return Response(conn.getresponse())
     finally:
         conn.close()
+
+
+def lab_result(mrn, t, value, status="F", sent=None, kind="NM"):
+    """A result with an OBX-11 status and an SN value (`<^10`) or none (W, D); `sent`: MSH-7,
+    so that a correction of the same sample is other bytes."""
+    ts = format_hl7_time(t)
+    obx = ["OBX", "1", kind, "CREATININE", "", "" if value is None else str(value), "umol/L",
+           "", "", "", "", status]
+    return (f"MSH|^~\\&|LAB|RVJ|||{format_hl7_time(sent or t)}||ORU^R01|||2.5\r"
+            f"PID|1||{mrn}\rOBR|1||||||{ts}\r{'|'.join(obx)}\r").encode()
+
+
+def merge(old, new, t):
+    return (f"MSH|^~\\&|PAS|RVJ|||{format_hl7_time(t)}||ADT^A40|||2.5\rPID|1||{new}\r"
+            f"MRG|{old}\r").encode()
+
+
+def build_revisions_state(state: str) -> None:
+    """A trust's feed: RVJ1001 has a corrected result, a censored one (<10), a preliminary one
+    and two withdrawn ones (W, D); 2001 (paged, admitted) is merged into 2002, which had its
+    own result at one of 2001's sample times."""
+    store = open_state(state)
+    ingest = Ingest(store, NhsDetector())
+    msgs = [
+        lab_result("RVJ1001", T0, 100.0),
+        lab_result("RVJ1001", T0, 110.0, "C", sent=T0 + HOUR),
+        lab_result("RVJ1001", T0 + DAY, "<^10", kind="SN"),
+        lab_result("RVJ1001", T0 + 2 * DAY, 300.0),
+        lab_result("RVJ1001", T0 + 2 * DAY, None, "W", sent=T0 + 2 * DAY + HOUR),
+        lab_result("RVJ1001", T0 + 3 * DAY, 150.0),
+        lab_result("RVJ1001", T0 + 3 * DAY, None, "D", sent=T0 + 3 * DAY + HOUR),
+        lab_result("RVJ1001", T0 + 4 * DAY, 120.0, "P"),
+        admit(2001, T0 - HOUR, name="BOB JONES", sex="M"),
+        lab_result(2001, T0, 80.0),
+        lab_result(2001, T0 + DAY, 250.0),        # stage 3 over RV1 80: paged as 2001
+        lab_result(2002, T0, 90.0),               # 2002's own result at 2001's first time
+        lab_result(2002, T0 + 2 * DAY, 95.0),
+        merge(2001, 2002, T0 + 5 * DAY),
+    ]
+    for m in msgs:
+        ingest.apply(m, 0.0)
+    store.close()

@@ -8,9 +8,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from console_testkit import EVIL_NAME, TOKEN, basic, request
+from console_testkit import EVIL_NAME, TOKEN, basic, build_revisions_state, request
 
 from aki_alert.console import queries, server, start
+from aki_alert.patientid import MAX_MRN_LENGTH, is_valid_mrn
 
 PAGES = ("/", "/service", "/patients/7", "/?before=3")
 
@@ -177,3 +178,68 @@ def test_binds_to_the_given_host_only(state):
         assert s.server_address[0] == "127.0.0.1"
     finally:
         s.shutdown()
+
+
+# --- MRNs as the feed has them; a trust's statuses, corrections, withdrawals, merges ----------
+
+@pytest.fixture
+def rev_console(new_state):
+    build_revisions_state(new_state)
+    s = start("127.0.0.1", 0, TOKEN, new_state)
+    yield s
+    s.shutdown()
+
+
+@pytest.mark.parametrize("mrn", [
+    "RVJ1001", "rvj1001", "K0012345", "A-1", "9" * MAX_MRN_LENGTH, "Z" * MAX_MRN_LENGTH,
+    "A" * (MAX_MRN_LENGTH + 1), "-1", "a b", "A_1", "1.2", "\u0661\u0662", "é1", "A,1", "",
+    "1\x00", "../7", "7/x"])
+def test_the_patient_route_takes_exactly_the_mrns_the_feed_may_send(console, mrn):
+    from urllib.parse import quote
+
+    r = request(console, "/patients/" + quote(mrn, safe=""))
+    assert r.status == 404
+    # An MRN the service can hold is looked up (none of these is in the state); any other
+    # never reaches the state.
+    expect = "No patient with this MRN" if is_valid_mrn(mrn) else "No such patient"
+    assert expect in r.text, (mrn, r.text)
+
+
+def test_an_alphanumeric_mrns_page(rev_console):
+    r = request(rev_console, "/patients/RVJ1001")
+    assert r.status == 200
+    assert '<span id="mrn">RVJ1001</span>' in r.text
+    assert request(rev_console, "/patients/RVJ%31001").status == 200     # %31 is "1"
+
+
+def test_statuses_corrections_and_withdrawals_are_shown(rev_console):
+    text = request(rev_console, "/patients/RVJ1001").text
+    assert '<td class="n">&lt;10.0</td>' in text                       # censored, with "<"
+    assert '<span class="badge prelim">preliminary</span>' in text
+    assert '<span class="badge corr">corrected</span></td><td>feed' in text   # current, C
+    corrected = text.split('data-action="corrected"')[1].split("</tr>")[0]
+    assert "<del>100.0</del>" in corrected and ">corrected</span>" in corrected
+    wrong = text.split('data-action="removed"')[2].split("</tr>")[0]
+    assert "<del>300.0</del>" in wrong and "withdrawn (wrong patient)" in wrong
+    deleted = text.split('data-action="removed"')[1].split("</tr>")[0]
+    assert "<del>150.0</del>" in deleted and "withdrawn (deleted)" in deleted
+    # The page for a result withdrawn since says so.
+    assert "creatinine 300 µmol/L, since <span class=\"badge gone\">withdrawn (wrong " \
+           "patient)</span> by the lab" in text
+
+
+def test_a_merged_away_number_shows_the_pointer_not_a_404(rev_console):
+    r = request(rev_console, "/patients/2001")
+    assert r.status == 200
+    assert ("This patient's number <strong>2001</strong> was merged into "
+            '<a href="/patients/2002">2002</a> on ') in r.text
+    assert "moved to" in r.text and "<del>250.0</del>" in r.text
+
+
+def test_the_survivor_shows_the_merge_and_what_came_with_it(rev_console):
+    text = request(rev_console, "/patients/2002").text
+    assert 'Number <a href="/patients/2001">2001</a> was merged into this patient (2002)' \
+        in text
+    assert "from 2001 (merged)" in text                     # 2001's 250, now 2002's, paged
+    assert "merged, not kept</span> from 2001" in text and "<del>80.0</del>" in text
+    assert "BOB JONES" in text and "Paged for the result of 2024-03-02 08:00" in text

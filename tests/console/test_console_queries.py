@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from console_testkit import EVIL_NAME, T0, build_state, open_state, write
+from console_testkit import EVIL_NAME, T0, build_revisions_state, build_state, open_state, write
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from aki_alert.console import queries
-from aki_alert.timeutil import DAY, HOUR
+from aki_alert.timeutil import DAY, HOUR, format_hl7_time
 
 
 @pytest.fixture
@@ -211,3 +211,62 @@ def test_process_metrics_from_a_registry():
     assert pm.pages == {"delivered": 1} and pm.provenance_mismatch is None
     empty = queries.process_metrics(CollectorRegistry().collect())
     assert empty.connected is None and empty.received == {}
+
+
+# --- a trust's feed: statuses, corrections, withdrawals, merges --------------------------------
+
+@pytest.fixture
+def rev_db(new_state):
+    build_revisions_state(new_state)
+    conn = queries.connect(new_state)
+    yield conn
+    conn.close()
+
+
+def test_results_carry_their_status_and_comparator(rev_db):
+    p = queries.patient(rev_db, "RVJ1001")
+    assert [(r.time, r.value, r.status, r.comparator) for r in p.results] == [
+        (T0, 110.0, "C", None), (T0 + DAY, 10.0, "F", "<"), (T0 + 4 * DAY, 120.0, "P", None)]
+
+
+def test_corrected_and_withdrawn_values_are_kept_with_what_withdrew_them(rev_db):
+    p = queries.patient(rev_db, "RVJ1001")
+    assert [(r.time, r.value, r.action, r.withdrawn, r.mrn) for r in p.revisions] == [
+        (T0, 100.0, "corrected", None, "RVJ1001"),
+        (T0 + 2 * DAY, 300.0, "removed", "W", "RVJ1001"),
+        (T0 + 3 * DAY, 150.0, "removed", "D", "RVJ1001")]
+    assert p.merged_into is None and p.merged_from == []
+
+
+def test_a_merged_away_number_points_at_its_survivor(rev_db):
+    p = queries.patient(rev_db, "2001")
+    assert p is not None and p.results == [] and p.name is None and p.pages == []
+    assert (p.merged_into.old_mrn, p.merged_into.new_mrn) == ("2001", "2002")
+    assert p.merged_into.merged_at > 0
+    assert [(r.time, r.value, r.action, r.new_mrn) for r in p.revisions] == [
+        (T0, 80.0, "merged", "2002"), (T0 + DAY, 250.0, "merged", "2002")]
+
+
+def test_the_survivor_shows_the_merge_and_the_merged_numbers_pages(rev_db):
+    p = queries.patient(rev_db, "2002")
+    assert p.merged_into is None
+    assert [(m.old_mrn, m.new_mrn) for m in p.merged_from] == [("2001", "2002")]
+    # 2002 kept its own result at T0; 2001's other one moved in, with its page and admission.
+    assert [(r.time, r.value) for r in p.results] == [
+        (T0, 90.0), (T0 + DAY, 250.0), (T0 + 2 * DAY, 95.0)]
+    assert [a.body for a in p.pages] == [f"2001,{format_hl7_time(T0 + DAY)}"]
+    assert p.name == "BOB JONES" and [s.start for s in p.stays] == [T0 - HOUR]
+    assert {(r.mrn, r.time, r.action) for r in p.revisions} == {
+        ("2001", T0, "merged"), ("2001", T0 + DAY, "merged")}
+    # The moved page is the survivor's only: no other patient's range takes it.
+    assert queries.patient(rev_db, "2001").pages == []
+
+
+def test_withdrawn_as_reads_the_journal_reason():
+    t = T0 + DAY
+    reason = (f"CREATININE {format_hl7_time(T0)} D: removed; "
+              f"CREATININE {format_hl7_time(t)[:12]} W: removed")
+    assert queries._withdrawn_as(reason, T0) == "D"
+    assert queries._withdrawn_as(reason, t) == "W"
+    assert queries._withdrawn_as(reason, T0 + HOUR) is None
+    assert queries._withdrawn_as(None, T0) is None

@@ -90,6 +90,12 @@ def test_the_panels_the_issue_asks_for(dashboard):
     panel_with("aki_dead_letters_total")                                     # dead letters
     panel_with("aki_mllp_connected")                                         # connection state
     panel_with("aki_history_loaded")                                         # history loaded
+    # issue 16: results not judged, decisions, what was done with each creatinine result
+    panel_with("sum by (code)", "aki_unrecognised_creatinine_total")
+    panel_with("aki_results_dead_lettered_total")
+    panel_with("sum by (decision)", "aki_message_decisions_total")
+    panel_with("sum by (action)", "aki_result_actions_total")
+    panel_with("aki_patient_merges_total")
     assert "rate(aki_messages_received_total[$__rate_interval])" in joined
 
 

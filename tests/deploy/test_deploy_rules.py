@@ -47,7 +47,12 @@ REQUIRED = {
     "AkiAlertRateLow": "aki:positives_per_hour:baseline7d",
     "AkiRollingF3Low": "aki_rolling_f3) < 0.8",
     "AkiStateProvenanceMismatch": "aki_state_provenance_mismatch) == 1",
+    # issue 16: a result that looks like creatinine but is not judged, or a result set aside
+    "AkiUnrecognisedCreatinine": "increase(aki_unrecognised_creatinine_total[15m])",
+    "AkiResultsDeadLettered": "increase(aki_results_dead_lettered_total[15m])",
 }
+# Alerts that page at any hour whatever else they say: a result not judged may be a missed AKI.
+CRITICAL = ("AkiUnrecognisedCreatinine", "AkiResultsDeadLettered", "AkiPageDeadLettered")
 
 
 def load_rules() -> list[dict]:
@@ -115,6 +120,13 @@ def test_the_alerts_the_issue_asks_for_exist():
         assert fragment in by_name[name], f"{name}: expected {fragment!r} in {by_name[name]!r}"
     ratio = {r["record"]: r["expr"] for r in load_rules() if "record" in r}
     assert 'aki_results_judged_total{history="no"}' in ratio["aki:results_no_history:ratio1h"]
+
+
+def test_results_not_judged_page_at_any_hour():
+    by_name = {a["alert"]: a for a in alerts()}
+    for name in CRITICAL:
+        assert by_name[name]["labels"]["severity"] == "critical", name
+        assert "for" not in by_name[name], f"{name}: fires at once"
 
 
 def test_alert_names_are_unique():

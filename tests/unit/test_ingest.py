@@ -286,3 +286,71 @@ def test_a_trusts_history_is_found_by_the_numbers_the_feed_files_under(tmp_path,
         assert store.load_patient(mrn)[0].values[0] == 80.0
     finally:
         store.close()
+
+
+def unknown_creatinine(mrn, t, code):
+    ts = format_hl7_time(t)
+    return (f"MSH|^~\\&|LAB|RVJ|||{ts}||ORU^R01|||2.5\rPID|1||{mrn}\rOBR|1||||||{ts}\r"
+            f"OBX|1|NM|{code}^Creatinine serum^L||90|umol/L|||||F\r").encode()
+
+
+def test_unrecognised_creatinine_codes_are_labelled_with_bounded_cardinality(
+        ingest, store, monkeypatch):
+    from prometheus_client import REGISTRY
+
+    from aki_alert import metrics
+
+    monkeypatch.setattr(metrics, "_unrecognised_codes", set())
+
+    def count(code):
+        return REGISTRY.get_sample_value("aki_unrecognised_creatinine_total",
+                                         {"code": code}) or 0.0
+
+    long_code = "X" * 40
+    codes = [long_code] + [f"CRX{i}" for i in range(metrics.MAX_UNRECOGNISED_CODES + 9)]
+    before = {c: count(c) for c in ("X" * 32, "CRX0", "CRX48", "CRX49", "CRX58", "other")}
+    for i, code in enumerate(codes):
+        ingest.apply(unknown_creatinine(100 + i, T0 + i, code), 0.0)
+    ingest.apply(unknown_creatinine(99, T0, "CRX0"), 0.0)   # a code seen before keeps its label
+    assert count("X" * 32) - before["X" * 32] == 1               # cut to 32 characters
+    assert count("CRX0") - before["CRX0"] == 2
+    assert count("CRX48") - before["CRX48"] == 1                  # the 50th distinct code
+    assert count("CRX49") == before["CRX49"] and count("CRX58") == before["CRX58"]
+    assert count("other") - before["other"] == 10                 # CRX49 … CRX58
+    assert len(metrics._unrecognised_codes) == metrics.MAX_UNRECOGNISED_CODES
+    # Every one is still journaled, with its code in the reason.
+    reasons = [r for (r,) in store.db.execute("SELECT reason FROM journal WHERE status = "
+                                              "'ignored' ORDER BY id")]
+    assert len(reasons) == len(codes) + 1 and "CRX58" in reasons[-2]
+
+
+def test_dead_lettered_results_are_counted_apart(ingest, store):
+    from prometheus_client import REGISTRY
+
+    def dead_results():
+        return REGISTRY.get_sample_value("aki_results_dead_lettered_total") or 0.0
+
+    before = dead_results()
+    ts = format_hl7_time(T0)
+    bad_unit = (f"MSH|^~\\&|LAB|RVJ|||{ts}||ORU^R01|||2.5\rPID|1||7\rOBR|1||||||{ts}\r"
+                "OBX|1|NM|CREATININE||90|furlongs|||||F\r").encode()
+    ingest.apply(bad_unit, 0.0)
+    assert dead_results() - before == 1
+    bad_adt = (f"MSH|^~\\&|PAS|RVJ|||{ts}||ADT^A01|||2.5\rPID|1||7||X||notadate|F\r").encode()
+    ingest.apply(bad_adt, 0.0)
+    ingest.apply(b"garbage", 0.0)
+    assert dead_results() - before == 1
+    assert [r for (r,) in store.db.execute("SELECT status FROM journal")] == ["dead"] * 3
+
+
+@pytest.mark.parametrize("raw, says", [
+    (b"MSH|^~\\&|A|B|||20240301||ORU^R01|1|P|2.5\rPID|1||7", True),
+    (b"\n  MSH#^~\\&#A#B###2024##oru^r30^ORU_R30#", True),
+    (b"MSH|^~\\&|A|B|||20240301||ADT^A01|1|P|2.5\r", False),
+    (b"MSH|^~\\&|A|B|||x\rOBX|ORU|ORU|ORU|ORU|ORU|ORU|ORU|ORU", False),
+    (b"garbage", False), (b"MSH", False), (b"", False),
+])
+def test_is_result_message_reads_msh_9_only(raw, says):
+    from aki_alert.ingest import is_result_message
+
+    assert is_result_message(raw) is says

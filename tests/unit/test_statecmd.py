@@ -14,6 +14,7 @@ from v1_state import copy_as_v1, v1_columns
 
 from aki_alert.cli import main
 from aki_alert.detect.nhs import NhsDetector
+from aki_alert.hl7.profile import profile_from
 from aki_alert.ingest import Ingest
 from aki_alert.store.admin import MIGRATION_NOTES, SCHEMA_VERSION
 from aki_alert.store.sqlite import SqliteStore
@@ -31,6 +32,38 @@ def result(mrn, t, value):
 def admit(mrn):
     return (f"MSH|^~\\&|SIMULATION|SOUTH RIVERSIDE|||{format_hl7_time(T0)}||ADT^A01|||2.5\r"
             f"PID|1||{mrn}||ANN SMITH||19600101|F\r").encode()
+
+
+def obx_result(mrn, t, value, status="F", oru_time=None):
+    """A result with an OBX-11 status (C corrects, W/D withdraw: no value)."""
+    ts = format_hl7_time(t)
+    obx = ["OBX", "1", "SN", "CREATININE", "", "" if value is None else str(value), "", "",
+           "", "", "", status]
+    return (f"MSH|^~\\&|LAB|RVJ|||{oru_time or ts}||ORU^R01|||2.5\rPID|1||{mrn}\r"
+            f"OBR|1||||||{ts}\r{'|'.join(obx)}\r").encode()
+
+
+def merge(old, new, t=T0 + 2 * DAY):
+    return (f"MSH|^~\\&|PAS|RVJ|||{format_hl7_time(t)}||ADT^A40|||2.5\rPID|1||{new}\r"
+            f"MRG|{old}\r").encode()
+
+
+def fill_revisions(s):
+    """On top of fill(): a correction (9), a withdrawal (W, 9), a merge of 2001 into 2002, a
+    withdrawal then a merge (3001 into 3002), a repeated merge and a duplicate result."""
+    ing = Ingest(s, NhsDetector())
+    for raw in (
+        obx_result(9, T0, 90.0), obx_result(9, T0, 95.0, "C", format_hl7_time(T0 + 60)),
+        obx_result(9, T0 + DAY, 120.0), obx_result(9, T0 + DAY, None, "W",
+                                                    format_hl7_time(T0 + DAY + 60)),
+        obx_result(2001, T0, 80.0), obx_result(2002, T0 + DAY, 85.0), merge(2001, 2002),
+        obx_result(3001, T0, 70.0), obx_result(3001, T0, None, "W", format_hl7_time(T0 + 60)),
+        obx_result(3001, T0 + DAY, 72.0), merge(3001, 3002),
+        merge(2001, 2002, T0 + 3 * DAY),                 # again (other bytes): ignored
+        obx_result(2002, T0 + DAY, 85.0, "F", format_hl7_time(T0 + 3 * DAY)),  # duplicate
+    ):
+        ing.apply(raw, 0.0)
+    s.close()
 
 
 def fill(s):
@@ -62,6 +95,15 @@ def loc(request, tmp_path):
     """The same state in SQLite or in PostgreSQL."""
     where = location(request, tmp_path)
     fill(where.open())
+    return where
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def rev_loc(request, tmp_path):
+    """fill()'s state plus corrections, withdrawals and merges, in SQLite or PostgreSQL."""
+    where = location(request, tmp_path)
+    fill(where.open())
+    fill_revisions(where.open())
     return where
 
 
@@ -126,6 +168,13 @@ def test_status_json_reports_provenance_and_counts(loc, capsys):
     assert c["patients"] == 2 and c["patients_admitted"] == 1
     assert c["results"] == {"history": 2, "feed": 2}
     assert c["messages"] == {"applied": 3, "dead": 1} and c["dead_letters"] == 1
+    assert c["decisions"] == {
+        "applied": {"total": 3, "by_kind": {"admission": 1, "result": 2}},
+        "duplicate-result": {"total": 0, "by_kind": {}},
+        "ignored": {"total": 0, "by_kind": {}},
+        "dead": {"total": 1, "by_kind": {"unparseable": 1}}}
+    assert c["merges"] == 0
+    assert c["result_revisions"] == {"corrected": 0, "removed": 0, "merged": 0}
     assert c["pages"] == {"pending": 1}
     assert 0 <= c["oldest_pending_page_age_seconds"] < 60
     assert s["latest"]["feed_result"] == format_hl7_time(T0 + DAY)
@@ -140,6 +189,67 @@ def test_status_text_in_a_subprocess(loc):
     first = p.stdout.splitlines()[0]
     assert ("WAL" in first) == (loc.backend == "sqlite")
     assert "password" not in first
+
+
+def test_status_counts_merges_revisions_and_decisions(rev_loc, capsys):
+    rc, out, _ = run(capsys, "state", "status", *rev_loc.argv, "--json")
+    assert rc == 0
+    c = json.loads(out)["counts"]
+    assert c["merges"] == 2
+    # 9's 90 corrected; 9's 120 and 3001's 70 withdrawn; 2001's 80 and 3001's 72 merged away.
+    assert c["result_revisions"] == {"corrected": 1, "removed": 2, "merged": 2}
+    d = c["decisions"]
+    assert d["applied"] == {"total": 14, "by_kind": {"admission": 1, "merge": 2, "result": 11}}
+    assert d["ignored"] == {"total": 1, "by_kind": {"merge": 1}}
+    assert d["duplicate-result"] == {"total": 1, "by_kind": {"result": 1}}
+    assert d["dead"]["total"] == 1
+    assert c["messages"] == {"applied": 14, "ignored": 1, "duplicate-result": 1, "dead": 1}
+    rc, out, _ = run(capsys, "state", "status", *rev_loc.argv)
+    assert rc == 0
+    assert "decisions    applied 14 (admission 1, merge 2, result 11); duplicate-result 1 " \
+           "(result 1); ignored 1 (merge 1); dead 1 (unparseable 1)" in out
+    assert "merges       2 patient number(s) merged into others" in out
+    assert "revisions    corrected 1, merged 2, removed 2 (result values kept for audit)" in out
+
+
+def test_check_tolerates_corrected_withdrawn_and_merged_results(rev_loc, capsys):
+    rc, out, _ = run(capsys, "state", "check", *rev_loc.argv)
+    assert rc == 0, out
+    assert problems(out)[-1].endswith(" is consistent")
+
+
+def test_check_names_a_merged_away_number_that_still_holds_results(rev_loc, capsys):
+    change(rev_loc, "INSERT INTO results (mrn, time, value, source) VALUES ('2001', ?, 1.0, "
+                    "'feed')", T0 + 9 * DAY)
+    change(rev_loc, "INSERT INTO merges (old_mrn, new_mrn, merged_at, journal_id) "
+                    "SELECT '5005', '2001', merged_at, journal_id FROM merges "
+                    "WHERE old_mrn = '2001'")
+    change(rev_loc, "UPDATE result_revisions SET journal_id = 999 WHERE action = 'corrected'")
+    rc, out, _ = run(capsys, "state", "check", *rev_loc.argv)
+    assert rc == 1
+    assert problems(out) == [
+        "error: result_revisions row (MRN 9) refers to journal row 999, which does not exist",
+        "error: MRN 2001 was merged into 2002 but still holds 1 result(s)",
+        "error: MRN 5005 was merged into 2001, which was itself merged into 2002"]
+
+
+def test_check_reads_the_journal_with_the_feed_profile(loc, tmp_path, capsys):
+    s = loc.open()
+    ing = Ingest(s, NhsDetector(), profile=profile_from({
+        "patient": {"strip_leading_zeros": True},
+        "creatinine": [{"code": "CREA", "unit": "umol/L"}]}))
+    ing.apply(obx_result("0042", T0, 80.0).replace(b"CREATININE", b"CREA"), 0.0)
+    s.close()
+    rc, out, _ = run(capsys, "state", "check", *loc.argv)
+    assert rc == 1 and "is an applied result but is not one" in out
+    profile = tmp_path / "feed.toml"
+    profile.write_text('[patient]\nstrip_leading_zeros = true\n[[creatinine]]\n'
+                       'code = "CREA"\nunit = "umol/L"\n')
+    rc, out, _ = run(capsys, "state", "check", *loc.argv, "--feed-profile", str(profile))
+    assert rc == 0, out
+    rc, _, err = run(capsys, "state", "check", *loc.argv, "--feed-profile",
+                     str(tmp_path / "missing.toml"))
+    assert rc == 2 and "feed profile" in err
 
 
 def test_status_takes_the_state_from_the_environment(loc):

@@ -21,6 +21,9 @@ Indexes used (all created by the stores, none added here; PostgreSQL has the sam
   `body` finds them without scanning the outbox; on PostgreSQL a scan, see `patient()`);
   pending pages: the partial index `outbox_pending`.
 - results: the primary key (mrn, time); admissions: `admissions_mrn`; patients: the key.
+- result_revisions: `result_revisions_mrn` (mrn, time); its journal rows by the id. merges:
+  the key (old_mrn) for a merged-away number; the numbers merged into a patient by a scan of
+  `merges`, a row per merge (a few a week).
 - journal: the id only. `received_at` has no index, but it grows with the id, so the first
   message received after an instant is found by a binary search over ids (a few dozen point
   reads), and dead letters are searched among the latest `JOURNAL_WINDOW` messages only.
@@ -29,6 +32,7 @@ Indexes used (all created by the stores, none added here; PostgreSQL has the sam
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 import urllib.request
@@ -40,6 +44,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..store import is_postgres_url
+from ..timeutil import parse_hl7_time
 
 ALERTS_LIMIT = 200
 RESULTS_LIMIT = 5_000
@@ -235,6 +240,34 @@ class Result:
     time: int
     value: float
     source: str                 # history | feed
+    status: str = "F"           # OBX-11 as stored: F final, C corrected, P preliminary
+    comparator: str | None = None   # "<", ">", "<=", ">=": a censored value ("<10")
+
+
+# What became of a value kept in result_revisions.
+CORRECTED, REMOVED, MERGED = "corrected", "removed", "merged"
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """A value the patient's results no longer hold, kept for audit (result_revisions)."""
+
+    time: int                   # the result's sample time
+    value: float                # the value it had, µmol/L
+    status: str                 # the status it had
+    comparator: str | None
+    action: str                 # corrected | removed | merged
+    changed_at: float           # wall-clock time of the change
+    mrn: str                    # the number it was filed under (a merged-away one, maybe)
+    new_mrn: str | None         # merged: the number it moved to
+    withdrawn: str | None = None    # removed: "W" (wrong patient) or "D" (deleted), when known
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    old_mrn: str                # the merged-away number
+    new_mrn: str                # the number it lives on as
+    merged_at: float            # wall-clock time of the merge
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,20 +288,37 @@ class PatientView:
     stays: list[Stay] = field(default_factory=list)
     pages: list[Alert] = field(default_factory=list)      # oldest first
     truncated: bool = False     # more than RESULTS_LIMIT results: the earliest are left out
+    merged_into: Merge | None = None                       # this number was merged away
+    merged_from: list[Merge] = field(default_factory=list)  # numbers merged into this one
+    revisions: list[Revision] = field(default_factory=list)  # oldest sample time first
 
 
 def patient(db: Reader, mrn: str) -> PatientView | None:
-    """Everything the console shows of one patient; None when the MRN is unknown."""
+    """Everything the console shows of one patient; None when the MRN is unknown (no
+    demographics, results, kept revisions or merge under it)."""
     demo = db.execute("SELECT name, birth, sex, admitted, episode_start FROM patients "
                       "WHERE mrn = ?", (mrn,)).fetchone()
-    rows = db.execute("SELECT time, value, source FROM results WHERE mrn = ? "
-                      "ORDER BY time DESC LIMIT ?", (mrn, RESULTS_LIMIT + 1)).fetchall()
-    if demo is None and not rows:
+    rows = db.execute("SELECT time, value, source, status, comparator FROM results "
+                      "WHERE mrn = ? ORDER BY time DESC LIMIT ?",
+                      (mrn, RESULTS_LIMIT + 1)).fetchall()
+    into = db.execute("SELECT old_mrn, new_mrn, merged_at FROM merges WHERE old_mrn = ?",
+                      (mrn,)).fetchone()
+    # merges has no index on new_mrn: a scan of a table of one row per merge (a few a week).
+    merged_from = [Merge(*r) for r in db.execute(
+        "SELECT old_mrn, new_mrn, merged_at FROM merges WHERE new_mrn = ? "
+        "ORDER BY merged_at, old_mrn", (mrn,))]
+    # This number's own kept values, and those of the numbers merged into it.
+    revisions = [r for number in [mrn] + [m.old_mrn for m in merged_from]
+                 for r in _revisions(db, number)]
+    if demo is None and not rows and into is None and not merged_from and not revisions:
         return None
     name, birth, sex, admitted, episode = demo if demo is not None else (None,) * 5
     view = PatientView(mrn, name or None, birth, sex, bool(admitted), episode)
     view.truncated = len(rows) > RESULTS_LIMIT
     view.results = [Result(*r) for r in reversed(rows[:RESULTS_LIMIT])]
+    view.merged_into = Merge(*into) if into is not None else None
+    view.merged_from = merged_from
+    view.revisions = sorted(revisions, key=lambda r: (r.time, r.changed_at))
     view.stays = _stays(db.execute("SELECT event, time FROM admissions WHERE mrn = ? "
                                    "ORDER BY time, id", (mrn,)).fetchall())
     # ',' < '-': every body of this MRN lies in ['MRN,', 'MRN-'), a range of the UNIQUE index.
@@ -276,11 +326,46 @@ def patient(db: Reader, mrn: str) -> PatientView | None:
     # punctuation and '7,2024…' falls outside ['7,', '7-'). Its `COLLATE "C"` is not the
     # index's collation, so there the range is a scan of the outbox (a few thousand pages a
     # year; ~1.5 ms per 20,000 measured).
+    # A page decided under a number merged into this one keeps its body (the page as sent)
+    # and moved to this MRN: its range is that number's.
     body = f"o.body{db.bytewise}"
-    view.pages = [_alert(r) for r in db.execute(
-        f"SELECT {_ALERT_COLUMNS} FROM outbox o WHERE {body} >= ? AND {body} < ? AND o.mrn = ? "
-        "ORDER BY o.result_time LIMIT ?", (f"{mrn},", f"{mrn}-", mrn, ALERTS_LIMIT))]
+    pages = [_alert(r) for number in [mrn] + [m.old_mrn for m in merged_from]
+             for r in db.execute(
+                 f"SELECT {_ALERT_COLUMNS} FROM outbox o WHERE {body} >= ? AND {body} < ? "
+                 "AND o.mrn = ? ORDER BY o.result_time LIMIT ?",
+                 (f"{number},", f"{number}-", mrn, ALERTS_LIMIT))]
+    view.pages = sorted(pages, key=lambda a: (a.result_time, a.id))[:ALERTS_LIMIT]
     return view
+
+
+_WITHDRAWAL = re.compile(r"(\d{12,14}) ([WD]): removed")
+
+
+def _revisions(db: Reader, mrn: str) -> list[Revision]:
+    """The values kept for audit under `mrn` (index result_revisions_mrn), with whether a
+    removal was a wrong-patient (W) or a deletion (D), read from its journal row's reason."""
+    out = []
+    for t, value, status, comparator, action, changed, number, new, reason in db.execute(
+            "SELECT r.time, r.value, r.status, r.comparator, r.action, r.changed_at, r.mrn, "
+            "r.new_mrn, CASE WHEN r.action = 'removed' THEN j.reason END "
+            "FROM result_revisions r LEFT JOIN journal j ON j.id = r.journal_id "
+            "WHERE r.mrn = ? ORDER BY r.time DESC, r.changed_at DESC LIMIT ?",
+            (mrn, RESULTS_LIMIT)):
+        out.append(Revision(t, value, status, comparator, action, changed, number, new,
+                            _withdrawn_as(reason, t) if action == REMOVED else None))
+    return out
+
+
+def _withdrawn_as(reason: str | None, t: int) -> str | None:
+    """W or D: the OBX-11 status that removed the result sampled at `t`, as ingest records it
+    in the journal's reason ("CODE YYYYMMDDHHMMSS W: removed"); None when it does not say."""
+    for digits, status in _WITHDRAWAL.findall(reason or ""):
+        try:
+            if parse_hl7_time(digits) == t:
+                return status
+        except ValueError:
+            continue
+    return None
 
 
 def _stays(events: list[tuple[str, int | None]]) -> list[Stay]:

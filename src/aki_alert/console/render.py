@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from ..timeutil import DAY, HOUR, age_years, format_csv_time
-from .queries import (DEAD_LETTERS_LIMIT, Alert, AlertList, PatientView, ProcessMetrics,
-                      ServiceView)
+from .queries import (CORRECTED, DEAD_LETTERS_LIMIT, MERGED, REMOVED, Alert, AlertList,
+                      PatientView, ProcessMetrics, Result, Revision, ServiceView)
 
 DEAD_LETTERS_SHOWN = DEAD_LETTERS_LIMIT
 
@@ -147,6 +147,11 @@ code{font-size:12px;background:#eef2f6;padding:0 4px;border-radius:3px;overflow-
 .bars div{background:#4a7fb5;width:34px;min-height:1px}
 .bars span{display:block;font-size:11px;color:#667788;text-align:center}
 nav.pager{margin:10px 0}
+.merge{background:#fff;border-left:4px solid #1f5fa8;padding:8px 12px;margin:8px 0;
+box-shadow:0 1px 2px #0001}
+tr.revision td{color:#667788}tr.revision del{color:#8e1208}
+.prelim{background:#fff1c2;color:#7a5200}.corr{background:#e3ecf7;color:#1f4e79}
+.gone{background:#ffc9c4;color:#8e1208}
 """
 
 
@@ -455,6 +460,13 @@ def _explain(a: Alert, view: PatientView, window: str | None) -> str:
     parts = [f"<strong>Paged for the result of {e(fmt_sample(a.result_time))}</strong>: "]
     if a.value is not None:
         parts.append(f"creatinine {a.value:.0f} µmol/L")
+    else:
+        gone = next((r for r in reversed(view.revisions)
+                     if r.time == a.result_time and r.action == REMOVED), None)
+        if gone is not None:
+            label = WITHDRAWN_LABEL.get(gone.withdrawn or "", "withdrawn")
+            parts.append(f"creatinine {gone.value:.0f} µmol/L, since "
+                         f'<span class="badge gone">{e(label)}</span> by the lab')
     if a.baseline is not None and a.ratio is not None:
         parts.append(f" is {a.ratio:.2f}× the baseline {a.baseline:.0f} µmol/L"
                      f" ({e(WINDOW_TEXT.get(window or '', 'NHS reference value'))})")
@@ -489,6 +501,102 @@ def chart_pages(view: PatientView) -> list[ChartPage]:
         out.append(ChartPage(a.result_time, value, a.baseline,
                              baseline_window(times, values, a.result_time, a.baseline), a.stage))
     return out
+
+
+STATUS_LABEL = {"F": "final", "C": "corrected", "P": "preliminary"}
+WITHDRAWN_LABEL = {"W": "withdrawn (wrong patient)", "D": "withdrawn (deleted)"}
+
+
+def fmt_value(value: float, comparator: str | None) -> str:
+    """A result as the lab sent it: `94.0`, or a censored one with its bound, `<10.0`."""
+    return f"{comparator or ''}{value:.1f}"
+
+
+def status_badge(status: str) -> str:
+    label = STATUS_LABEL.get(status, status)
+    if status == "P":
+        return f'<span class="badge prelim">{e(label)}</span>'
+    if status == "C":
+        return f'<span class="badge corr">{e(label)}</span>'
+    return e(label)
+
+
+def _merge_notes(view: PatientView) -> str:
+    """The merge pointers: where a merged-away number lives on, and which numbers were merged
+    into this patient."""
+    out = []
+    m = view.merged_into
+    if m is not None:
+        out.append(f'<div class="merge" id="merged-into">This patient\'s number '
+                   f"<strong>{e(m.old_mrn)}</strong> was merged into "
+                   f'<a href="{e(patient_href(m.new_mrn))}">{e(m.new_mrn)}</a> on '
+                   f"{e(fmt_wall(m.merged_at))}: its results, admissions and pages are filed "
+                   f"under {e(m.new_mrn)} now.</div>")
+    for m in view.merged_from:
+        out.append(f'<div class="merge merged-from" data-mrn="{e(m.old_mrn)}">Number '
+                   f'<a href="{e(patient_href(m.old_mrn))}">{e(m.old_mrn)}</a> was merged into '
+                   f"this patient ({e(m.new_mrn)}) on {e(fmt_wall(m.merged_at))}: its results, "
+                   "admissions and pages are shown here.</div>")
+    return "".join(out)
+
+
+def _result_rows(view: PatientView, paged: set[int]) -> str:
+    """The results newest first, each followed by the values it replaced or that were taken
+    out at its sample time (struck through), and the values withdrawn at times that hold no
+    result any more."""
+    current = {r.time: r for r in view.results}
+    moved_in: dict[int, str] = {}           # sample time -> the merged number it came from
+    shown: list[Revision] = []
+    corrected_values = {(r.time, r.value) for r in view.revisions if r.action == CORRECTED}
+    for rev in view.revisions:
+        if rev.action == MERGED and rev.mrn != view.mrn:
+            now = current.get(rev.time)
+            if now is not None and (now.value == rev.value
+                                    or (rev.time, rev.value) in corrected_values):
+                moved_in[rev.time] = rev.mrn        # kept: it is the current result
+                continue
+        shown.append(rev)
+    entries: list[tuple[int, int, float, Result | Revision]] = []
+    entries += [(r.time, 0, 0.0, r) for r in view.results]
+    entries += [(r.time, 1, -r.changed_at, r) for r in shown]
+    entries.sort(key=lambda x: (-x[0], x[1], x[2]))
+    rows = []
+    for _, _, _, item in entries:
+        if isinstance(item, Result):
+            note = []
+            if item.time in paged:
+                note.append("paged")
+            if item.time in moved_in:
+                note.append(f"from {e(moved_in[item.time])} (merged)")
+            rows.append(
+                f'<tr class="result{" hl" if item.time in paged else ""}" '
+                f'data-time="{item.time}" data-status="{e(item.status)}">'
+                f"<td>{e(fmt_sample(item.time))}</td>"
+                f'<td class="n">{e(fmt_value(item.value, item.comparator))}</td>'
+                f"<td>{status_badge(item.status)}</td><td>{e(item.source)}</td>"
+                f"<td>{'; '.join(note)}</td></tr>")
+            continue
+        rev = item
+        if rev.action == CORRECTED:
+            what = '<span class="badge corr">corrected</span>'
+        elif rev.action == REMOVED:
+            label = WITHDRAWN_LABEL.get(rev.withdrawn or "", "withdrawn")
+            what = f'<span class="badge gone">{e(label)}</span>'
+        elif rev.mrn == view.mrn:
+            what = (f'<span class="badge corr">merged</span> moved to '
+                    f'<a href="{e(patient_href(rev.new_mrn or ""))}">{e(rev.new_mrn)}</a>')
+        else:
+            what = (f'<span class="badge gone">merged, not kept</span> from {e(rev.mrn)}: '
+                    "this patient had its own result at this time")
+        if rev.action != MERGED and rev.mrn != view.mrn:
+            what += f" (under {e(rev.mrn)}, before the merge)"
+        rows.append(
+            f'<tr class="revision" data-time="{rev.time}" data-action="{e(rev.action)}">'
+            f"<td>{e(fmt_sample(rev.time))}</td>"
+            f'<td class="n"><del>{e(fmt_value(rev.value, rev.comparator))}</del></td>'
+            f"<td>{e(STATUS_LABEL.get(rev.status, rev.status))}</td><td></td>"
+            f'<td>{what} <span class="small">{e(fmt_wall(rev.changed_at))}</span></td></tr>')
+    return "".join(rows)
 
 
 def patient_page(view: PatientView) -> str:
@@ -532,24 +640,23 @@ def patient_page(view: PatientView) -> str:
                        for a in reversed(view.pages)) or \
         '<p class="muted">No page for this patient.</p>'
     paged = {a.result_time for a in view.pages}
-    rows = "".join(
-        f'<tr class="{"hl" if r.time in paged else ""}" data-time="{r.time}">'
-        f"<td>{e(fmt_sample(r.time))}</td><td class=\"n\">{r.value:.1f}</td>"
-        f"<td>{e(r.source)}</td><td>{'paged' if r.time in paged else ''}</td></tr>"
-        for r in reversed(view.results))
+    rows = _result_rows(view, paged)
     truncated = ('<p class="muted">Only the latest results are shown.</p>'
                  if view.truncated else "")
     stays = "".join(f"<li>{e(fmt_sample(s.start))} – "
                     f"{e(fmt_sample(s.end) if s.end is not None else 'still admitted')}</li>"
                     for s in view.stays) or "<li class=\"muted\">none in the feed</li>"
     return layout(f"Patient {view.mrn}", (
-        f"<h1>Patient <span id=\"mrn\">{e(view.mrn)}</span></h1>{demo}"
+        f"<h1>Patient <span id=\"mrn\">{e(view.mrn)}</span></h1>{_merge_notes(view)}{demo}"
         f"<h2>Pages</h2>{explains}"
         f'<h2>Creatinine</h2><div class="chart">{svg}{legend}</div>{truncated}'
         f"<h2>Admissions</h2><ul>{stays}</ul>"
         '<h2>Results</h2><table id="results" class="narrow"><thead><tr><th>Sample time</th>'
-        '<th class="n">µmol/L</th><th>Source</th><th>Page</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table>"), "")
+        '<th class="n">µmol/L</th><th>Status</th><th>Source</th><th>Note</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+        '<p class="small muted">Struck through: values the patient\'s results no longer hold '
+        "(replaced by a correction, withdrawn by the lab, or not kept in a merge), kept for "
+        "audit. The chart and the detector use the current values only.</p>"), "")
 
 
 # --- the service ----------------------------------------------------------------------------

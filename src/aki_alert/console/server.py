@@ -28,6 +28,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote
 
+from ..patientid import is_valid_mrn
 from . import queries, render
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 REALM = "aki-alert"
 MAX_BUSY = 4              # requests reading the state and rendering at the same time
 BUSY_WAIT = 5.0           # seconds a request waits for a slot before a 503
-MAX_MRN_LENGTH = 20
 
 SECURITY_HEADERS = (
     ("Cache-Control", "no-store"),
@@ -188,8 +188,9 @@ class Handler(BaseHTTPRequestHandler):
             live = queries.process_metrics(queries.scrape(self.server.metrics_url))
             self._with_state(lambda db: render.service_page(queries.service(db), live))
         elif path.startswith("/patients/"):
+            # What the feed may file a patient under (patientid.py), and nothing else.
             mrn = unquote(path[len("/patients/"):])
-            if not (mrn.isascii() and mrn.isdigit() and len(mrn) <= MAX_MRN_LENGTH):
+            if not is_valid_mrn(mrn):
                 self._not_found("No such patient.")
                 return
             self._with_state(lambda db: self._patient(db, mrn))
