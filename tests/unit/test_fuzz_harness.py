@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from aki_alert import hl7
+from aki_alert.hl7 import acknowledgement
 from aki_alert.mllp import frame
 from fuzz.harness import Harness
 
@@ -33,6 +34,17 @@ def test_scenarios_as_one_input(harness, scenario):
     msgs = [(CORPUS / step["file"]).read_bytes() for step in scenario["steps"]]
     harness.run(b"\x1c".join(msgs))
     harness.run(b"".join(frame(m) for m in msgs))
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "fuzz"
+                                         / "regressions").iterdir()), ids=lambda p: p.name)
+def test_inputs_the_fuzzer_found(harness, path):
+    harness.run(path.read_bytes())
+
+
+def test_the_ack_echoes_no_control_character():
+    raw = (CORPUS / "control-id-with-control-chars.hl7").read_bytes()
+    assert b"\rMSA|AA|WP240315101500\r" in acknowledgement(raw)
 
 
 def test_oversized_frames_and_junk(harness):
