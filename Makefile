@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench fuzz clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,5 +24,18 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
+# Coverage-guided fuzzing of decode -> parse -> decide (tests/fuzz/fuzz_ingest.py) for a bounded
+# time. atheris is installed here, into the venv, not with the dev dependencies: `make test`
+# does not need it. New inputs go to .fuzz/corpus, a crash or hang to .fuzz/ (add it to
+# tests/corpus as a regression case).
+FUZZ_SECONDS ?= 60
+ATHERIS_VERSION := 3.0.0
+fuzz: $(STAMP)
+	$(PY) -m pip install --quiet 'atheris==$(ATHERIS_VERSION)'
+	mkdir -p .fuzz/corpus
+	$(PY) tests/fuzz/fuzz_ingest.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+		-rss_limit_mb=2048 -dict=tests/fuzz/hl7.dict -artifact_prefix=.fuzz/ -print_final_stats=1 \
+		.fuzz/corpus tests/corpus
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .fuzz

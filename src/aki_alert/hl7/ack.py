@@ -13,7 +13,12 @@ def control_id(raw: bytes) -> str:
     """MSH-10 of a raw message, or "" (also for a message too broken to parse)."""
     head = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
     fields = head.split(head[3:4] or b"|", 10)
-    return fields[9].decode("utf-8", "replace").strip() if len(fields) > 9 else ""
+    if len(fields) <= 9:
+        return ""
+    text = fields[9].decode("utf-8", "replace").strip()
+    # Echoed in MSA-2: never a control character (an MLLP block byte, 0x0B or 0x1C, in the
+    # ACK would end or restart its frame early at the hospital's end).
+    return text if text.isprintable() else "".join(c for c in text if c.isprintable())
 
 
 def ack(code: str = "AA", control: str = "") -> bytes:

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 
 from ..patientid import is_valid_mrn, mrn_problem
 from ..timeutil import parse_hl7_date, parse_hl7_time
-from .encoding import DEFAULT, EncodingError, Separators, components, field, first, segments
+from .encoding import (
+    DEFAULT, EncodingError, Separators, components, field, first, segments, unescape,
+)
 from .encoding import separators as read_separators
 from .events import (
     CORRECTED, DELETED, FINAL, NOT_OBTAINED, PRELIMINARY, WRONG_PATIENT, Admission, Discharge,
@@ -306,6 +308,8 @@ def _value(value: str, kind: str, seps: Separators, code: str) -> tuple[str, flo
             pass
     if seps.component in value and kind in ("SN", "", "NM", "ST"):
         parts = value.split(seps.repetition, 1)[0].split(seps.component)
+        if seps.escape and seps.escape in value:     # components are unescaped once split
+            parts = [unescape(p, seps) for p in parts]
         comparator = parts[0].strip()
         if len(parts) > 2 and any(p.strip() for p in parts[2:]):
             raise HL7Error(f"OBX-5 {value!r} of {code} is a range or ratio, not one value")
