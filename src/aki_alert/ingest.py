@@ -358,11 +358,20 @@ class Ingest:
             action = "corrected"
         if status == hl7.PRELIMINARY and self.profile.preliminary == "store":
             return ("stored" if action == "judged" else action), None, episode
-        page, episode = self._judge(mrn, obs, value, p, episode, jid, received)
+        page, episode, positive = self._judge(mrn, obs, value, p, episode, jid, received)
+        if action == "corrected" and not positive and episode == obs.time:
+            # The result that opened the episode is corrected to no injury: the episode goes
+            # with it, so that a real injury later is paged.
+            episode = None
+            store.open_episode(mrn, None)
+            log.warning("result of %s at %s that was paged is corrected to %g µmol/L, no "
+                        "longer an injury: its episode is closed", mrn, obs.time_text, value)
         return action, page, episode
 
     def _judge(self, mrn: str, obs: hl7.Observation, value: float, p: Patient,
-               episode: int | None, jid: int, received: float) -> tuple[Page | None, int | None]:
+               episode: int | None, jid: int, received: float
+               ) -> tuple[Page | None, int | None, bool]:
+        """(the page to send, the episode start after, whether the result is positive)."""
         store = self.store
         j = self.detector.judge(p, obs.time, value)
         metrics.CREATININE.observe(value)
@@ -370,12 +379,12 @@ class Ingest:
         metrics.child(metrics.RESULTS_JUDGED, "yes" if p.times else "no",
                       "yes" if p.birth is not None else "no").inc()
         if not j.positive:
-            return None, episode
+            return None, episode, False
         metrics.child(metrics.POSITIVES, j.detector).inc()
         if not opens_episode(episode, obs.time):
             log.info("positive result in an open episode, not paged again: %s,%s (episode "
                      "since %s)", mrn, obs.time_text, episode)
-            return None, episode
+            return None, episode, True
         body = f"{mrn},{obs.time_text}"
         send = self.page_from is None or obs.time >= self.page_from
         page_id = store.add_page(mrn, obs.time, body, explanation(j), jid,
@@ -384,8 +393,8 @@ class Ingest:
         store.open_episode(mrn, episode)
         if page_id is not None and send:
             log.info("page decided: %s %s", body, explanation(j))
-            return Page(body, received), episode
-        return None, episode
+            return Page(body, received), episode, True
+        return None, episode, True
 
 
 def _take(p: Patient, t: int, v: float | None) -> None:

@@ -65,6 +65,8 @@ def _observation(p: Patient, obs: hl7.Observation, detector: Detector, episodes:
     else:
         preliminary.discard(key)
     j = detector.judge(p, obs.time, obs.value)
+    if present and not j.positive and episodes.get(p.mrn) == obs.time:
+        del episodes[p.mrn]         # the paged result corrected to no injury: episode closed
     if j.positive and opens_episode(episodes.get(p.mrn), obs.time):
         episodes[p.mrn] = episode_start_after(episodes.get(p.mrn), obs.time)
         pages.append(f"{p.mrn},{obs.time_text}")

@@ -113,7 +113,7 @@ def test_decision_on_an_empty_state(case, store, caplog):
         assert case["error"] in reason
     for note in case.get("notes", []):
         # A creatinine-like code the profile does not name is never silent.
-        warned = any(note["code"] in r.getMessage() and "creatinine-like" in r.getMessage()
+        warned = any(f": {note['code']} " in r.getMessage() and "creatinine-like" in r.getMessage()
                      for r in caplog.records)
         assert warned == note["suspicious"], note
 

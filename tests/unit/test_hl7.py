@@ -169,3 +169,23 @@ def test_leap_day_is_a_date():
 def test_fractional_seconds_and_zone_offsets_are_accepted_and_not_echoed(sent, echoed):
     e = only(hl7.parse(RESULT.replace(b"|20240331012700\rOBX", f"|{sent}\rOBX".encode())))
     assert e.time_text == echoed and e.time == parse_hl7_time(echoed)
+
+
+def test_a_result_message_for_two_patients_is_a_dead_letter():
+    two = RESULT + b"PID|2||999\rOBR|2||||||20240331022700\rOBX|1|SN|CREATININE||300\r"
+    with pytest.raises(hl7.HL7Error, match="more than one patient"):
+        hl7.parse(two)
+    # The same patient twice (a repeated PID) is one patient.
+    assert hl7.parse(RESULT + b"PID|2||151493085\r").mrn == "151493085"
+
+
+@pytest.mark.parametrize("value", ["1_000", "1e2", "١٠٠", "0x10", "12,5"])
+def test_values_are_hl7_numbers_only(value):
+    with pytest.raises(hl7.HL7Error, match="not a number"):
+        hl7.parse(RESULT.replace(b"94.11504200406928", value.encode()))
+
+
+def test_a_value_in_mg_dl_sent_as_umol_l_is_below_the_floor():
+    with pytest.raises(hl7.HL7Error, match="outside"):
+        hl7.parse(RESULT.replace(b"CREATININE||94.11504200406928",
+                                 b"2160-0^Creatinine^LN||1.2|umol/L"))

@@ -162,7 +162,7 @@ def result(obx5: str, obx2: str = "SN", unit: str = "umol/L") -> bytes:
             f"OBX|1|{obx2}|14682-9^Creatinine^LN||{obx5}|{unit}|||||F\r").encode()
 
 
-numbers = st.decimals(min_value=1, max_value=5000, places=3, allow_nan=False)
+numbers = st.decimals(min_value=10, max_value=5000, places=3, allow_nan=False)
 
 
 @given(st.sampled_from(["", "<", ">", "<=", ">=", "="]), numbers,

@@ -354,3 +354,17 @@ def test_is_result_message_reads_msh_9_only(raw, says):
     from aki_alert.ingest import is_result_message
 
     assert is_result_message(raw) is says
+
+
+def corrected(mrn, t, value: float) -> bytes:
+    return result(mrn, t, value).replace(f"||{value}".encode(),
+                                         f"||{value}|umol/L|||||C".encode())
+
+
+def test_a_paged_result_corrected_to_no_injury_closes_its_episode(ingest, store):
+    handle(ingest, result(7, T0, 80.0), 0.0)
+    assert handle(ingest, result(7, T0 + DAY, 250.0), 0.0)[1] is not None
+    assert handle(ingest, corrected(7, T0 + DAY, 85.0), 0.0)[1] is None
+    assert store.load_patient("7")[1] is None                      # no episode any more
+    page = handle(ingest, result(7, T0 + 4 * DAY, 250.0), 0.0)[1]
+    assert page is not None and page.body == f"7,{format_hl7_time(T0 + 4 * DAY)}"

@@ -11,6 +11,7 @@ A message that can never be processed raises HL7Error with the reason.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 
 from ..patientid import is_valid_mrn, mrn_problem
@@ -25,9 +26,13 @@ from .events import (
 )
 from .profile import DEFAULT_PROFILE, FeedProfile, not_creatinine
 
-# Creatinine outside this range (µmol/L) is a unit or transcription error, not a patient.
-MIN_CREATININE = 1.0
+# Creatinine outside this range (µmol/L) is a unit or transcription error, not a patient: the
+# lowest seen in this hospital's cohorts is about 20, and a value in mg/dL sent as µmol/L (1.2)
+# falls below the floor instead of entering a baseline.
+MIN_CREATININE = 10.0
 MAX_CREATININE = 5_000.0
+# HL7's NM: an optional sign, digits, an optional decimal point (no exponent, no `_`, ASCII).
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
 
 _ADMIT = ("ADT^A01",)
 _UPDATE = ("ADT^A08", "ADT^A31")
@@ -209,6 +214,10 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
         if name == "PID":
             if pid is None:
                 pid = seg
+            elif field(seg, 3) != field(pid, 3):
+                raise HL7Error(f"{kind} holds results of more than one patient (two PID "
+                               "segments): each patient's results must come in a message of "
+                               "their own")
         elif name == "OBR":
             obr_time = _ts_digits(first(field(seg, 7), seps))
         elif name == "OBX":
@@ -302,10 +311,9 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
 def _value(value: str, kind: str, seps: Separators, code: str) -> tuple[str, float]:
     """(comparator, number) of OBX-5: NM `94.1`, SN `^94.1` / `<^10`, or a text `<10`."""
     if seps.component not in value and seps.escape not in value:
-        try:
-            return "", float(value)         # the usual case
-        except ValueError:
-            pass
+        text = value.strip()
+        if _NUMBER.fullmatch(text):
+            return "", float(text)          # the usual case
     if seps.component in value and kind in ("SN", "", "NM", "ST"):
         parts = value.split(seps.repetition, 1)[0].split(seps.component)
         if seps.escape and seps.escape in value:     # components are unescaped once split
@@ -324,8 +332,6 @@ def _value(value: str, kind: str, seps: Separators, code: str) -> tuple[str, flo
             if text.startswith(c):
                 comparator, text = c, text[len(c):].strip()
                 break
-    try:
-        number = float(text)
-    except ValueError:
-        raise HL7Error(f"OBX-5 creatinine {value!r} of {code} is not a number") from None
-    return ("" if comparator == "=" else comparator), number
+    if not _NUMBER.fullmatch(text):
+        raise HL7Error(f"OBX-5 creatinine {value!r} of {code} is not a number")
+    return ("" if comparator == "=" else comparator), float(text)
