@@ -39,7 +39,7 @@ from .hl7.encoding import (
 from .hl7.encoding import DEFAULT as DEFAULT_SEPARATORS
 from .hl7.encoding import field as hl7_field
 from .hl7.encoding import separators as read_separators
-from .hl7.parse import each_obx, is_result_type, message_type, patient_id
+from .hl7.parse import each_obx, is_result_type, message_type, patient_id, repetitions
 
 UNPARSEABLE = "unparseable"
 APPLIED, IGNORED, DEAD = "applied", "ignored", "dead letter"
@@ -318,7 +318,7 @@ def _patient_numbers(segs: list[list[str]], seps: Separators, profile: hl7.FeedP
     ids = report.ids
     value = hl7_field(pid, 3)
     ids["with PID-3"] += 1
-    reps = _repetitions(value, seps)
+    reps = repetitions(value, seps)
     if len(reps) > 1:
         ids["several identifiers in PID-3"] += 1
     if reps and (reps[0][2] == "NH" or reps[0][1] in ("NHS", "NH")):
@@ -335,20 +335,6 @@ def _patient_numbers(segs: list[list[str]], seps: Separators, profile: hl7.FeedP
         ids["patient number looks like an NHS number"] += 1
     if raw != mrn:
         ids["changed by normalisation"] += 1
-
-
-def _repetitions(value: str, seps: Separators) -> list[tuple[str, str, str]]:
-    """(identifier, assigning authority, identifier type) of each repetition of a CX field."""
-    out = []
-    for rep in value.split(seps.repetition):
-        comps = rep.split(seps.component)
-        ident = first(comps[0], seps)
-        if not ident:
-            continue
-        authority = comps[3].split(seps.subcomponent)[0] if len(comps) > 3 else ""
-        kind = comps[4] if len(comps) > 4 else ""
-        out.append((ident, first(authority, seps).upper(), first(kind, seps).upper()))
-    return out
 
 
 def _nhs_number(s: str) -> bool:

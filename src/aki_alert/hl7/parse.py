@@ -142,8 +142,10 @@ def patient_id(value: str, seps: Separators, profile: FeedProfile, where: str) -
     return mrn
 
 
-def _pick(value: str, seps: Separators, profile: FeedProfile, where: str) -> str:
-    reps = []
+def repetitions(value: str, seps: Separators) -> list[tuple[str, str, str]]:
+    """(identifier, assigning authority, identifier type) of each non-empty repetition of a CX
+    field (PID-3, MRG-1)."""
+    out = []
     for rep in value.split(seps.repetition):
         comps = rep.split(seps.component)
         ident = first(comps[0], seps)
@@ -151,7 +153,12 @@ def _pick(value: str, seps: Separators, profile: FeedProfile, where: str) -> str
             continue
         authority = comps[3].split(seps.subcomponent)[0] if len(comps) > 3 else ""
         kind = comps[4] if len(comps) > 4 else ""
-        reps.append((ident, first(authority, seps).upper(), first(kind, seps).upper()))
+        out.append((ident, first(authority, seps).upper(), first(kind, seps).upper()))
+    return out
+
+
+def _pick(value: str, seps: Separators, profile: FeedProfile, where: str) -> str:
+    reps = repetitions(value, seps)
     if profile.assigning_authorities:
         reps = [r for r in reps if r[1] in profile.assigning_authorities]
         if not reps:
