@@ -79,7 +79,7 @@ def test_other_message_type():
     (ADMIT.replace(b"19680919", b"1968-09"), "date of birth"),
     (RESULT.replace(b"94.11504200406928", b"high"), "not a number"),
     (RESULT.replace(b"94.11504200406928", b"-3"), "outside"),
-    (RESULT.replace(b"94.11504200406928", b"nan"), "outside"),
+    (RESULT.replace(b"94.11504200406928", b"nan"), "not a number"),
     (RESULT.replace(b"|20240331012700\rOBX", b"|2024033101\rOBX"), "OBR-7"),
     (RESULT.replace(b"|20240331012700\rOBX", b"|20241331012700\rOBX"), "OBR-7"),
 ])
@@ -108,7 +108,7 @@ def test_control_id():
 mrns = st.integers(min_value=100, max_value=999_999_999).map(str)
 times = st.integers(min_value=parse_hl7_time("19700101000000"),
                     max_value=parse_hl7_time("20991231235959"))
-values = st.floats(min_value=1.0, max_value=5000.0, allow_nan=False)
+values = st.floats(min_value=hl7.MIN_CREATININE, max_value=hl7.MAX_CREATININE, allow_nan=False)
 
 
 @given(mrns, times, values)
