@@ -55,7 +55,7 @@ def poisoned(stream, seed: int = 9) -> tuple[list[bytes], list[bytes], list[byte
         garbage,                                                   # random bytes
         b"this is not HL7",
         b"",                                                       # an empty frame
-        oru("12AB345", "20240415110000", "95.2"),                  # MRN with letters
+        oru("12AB.345", "20240415110000", "95.2"),                 # MRN with a dot
         oru("", "20240415110000", "95.2"),                         # no MRN
         oru("1234567", "", "95.2", kind=ORU_UNSCORED),             # no sample time
         oru("1234567", "2024041511", "95.2", kind=ORU_UNSCORED),   # a 10-digit time
@@ -66,7 +66,7 @@ def poisoned(stream, seed: int = 9) -> tuple[list[bytes], list[bytes], list[byte
          ).encode() + b"9" * (2 << 20),                            # a 2 MiB frame (cap 1 MiB)
     ]
     poison += [(rng.randrange(n), m) for m in anywhere]
-    harmless = [(msh("ADT^A08") + "PID|1||1234567\r").encode(),   # a type we do not use
+    harmless = [(msh("ADT^A02") + "PID|1||1234567\r").encode(),   # a type we do not use
                 oru("1234567", "20240415110000", "4.1", test="POTASSIUM")]   # another test
     inserts = poison + [(rng.randrange(n), m) for m in harmless]
     messages = list(stream.messages)

@@ -106,10 +106,11 @@ def test_nhs_column_is_the_simplified_nhs_algorithm_over_history_and_stream(file
         ev = hl7.parse(m)
         if isinstance(ev, hl7.Result):
             ts, vs = seen.setdefault(ev.mrn, ([], []))
-            if nhs_stage(ts, vs, ev.time, ev.value).stage >= 2:
-                flagged.add((ev.mrn, ev.time))
-            ts.append(ev.time)
-            vs.append(ev.value)
+            obs, = ev.observations
+            if nhs_stage(ts, vs, obs.time, obs.value).stage >= 2:
+                flagged.add((ev.mrn, obs.time))
+            ts.append(obs.time)
+            vs.append(obs.value)
     rows = read_aki(out / "aki.csv")
     for r in rows:
         assert r.nhs == ((r.mrn, r.time) in flagged)

@@ -46,12 +46,13 @@ def test_nhs_reference_f3_equals_the_offline_column_and_a_live_nhs_client(tmp_pa
             ev = hl7.parse(c.recv())
             if isinstance(ev, hl7.Result):
                 ts, vs = seen.setdefault(ev.mrn, ([], []))
-                if nhs_stage(ts, vs, ev.time, ev.value).stage >= 2 and ev.mrn not in paged:
+                obs, = ev.observations
+                if nhs_stage(ts, vs, obs.time, obs.value).stage >= 2 and ev.mrn not in paged:
                     paged.add(ev.mrn)
-                    pager.request("POST", "/page", body=f"{ev.mrn},{ev.time_text}")
+                    pager.request("POST", "/page", body=f"{ev.mrn},{obs.time_text}")
                     assert pager.getresponse().read() == b"ok\n"
-                ts.append(ev.time)
-                vs.append(ev.value)
+                ts.append(obs.time)
+                vs.append(obs.value)
             c.send(ACK)
         assert h.wait_done(5.0)
         live = h.score()

@@ -332,7 +332,7 @@ def test_loinc_moles_pages_and_an_unnamed_local_code_is_never_silent(trust_run):
                           [r for r in run.messages if b"L1202a" in r][0])
     assert len(rows) == 1 and rows[0][0] == "ignored", rows
     assert "CREA" in rows[0][1] and "feed profile does not name it" in rows[0][1], rows
-    assert "creatinine-like result not judged" in run.log
+    assert "creatinine-like result of patient" in run.log and "not judged: CREA" in run.log
 
 
 def test_upward_correction_pages_once(trust_run):
