@@ -270,3 +270,38 @@ def test_withdrawn_as_reads_the_journal_reason():
     assert queries._withdrawn_as(reason, t) == "W"
     assert queries._withdrawn_as(reason, T0 + HOUR) is None
     assert queries._withdrawn_as(None, T0) is None
+
+
+# --- what the clinician needs: the results since a page, the pages not delivered ---------------
+
+def test_the_latest_result_since_each_page(clinical):
+    from console_testkit import MRN32
+
+    db = queries.connect(clinical["state"])
+    try:
+        by = {a.mrn: a for a in queries.alerts(db).alerts}
+    finally:
+        db.close()
+    assert (by["ABS1"].since_count, by["ABS1"].latest_time, by["ABS1"].latest_value) == (
+        2, T0 + 3 * DAY, 250.0)
+    assert (by["RISE1"].since_count, by["RISE1"].latest_value) == (1, 96.0)
+    assert (by[MRN32].since_count, by[MRN32].latest_time) == (0, None)
+
+
+def test_pages_not_delivered_are_counted_and_listed(clinical):
+    from console_testkit import MRN32
+
+    db = queries.connect(clinical["state"])
+    try:
+        data = queries.alerts(db)
+        v = queries.service(db)
+        later = queries.alerts(db, now=time.time() + 3600)
+    finally:
+        db.close()
+    assert data.undelivered == 2                       # RISE1 dead, MRN32 pending 10 min
+    assert later.undelivered == 3                      # FRESH is overdue an hour later
+    assert v.undelivered_count == 2
+    assert [(a.mrn, a.status, a.last_error) for a in v.undelivered] == [
+        (MRN32, "pending", "timeout"), ("RISE1", "dead", "400 Bad Request: unknown MRN")]
+    now = time.time()
+    assert {a.mrn for a in data.alerts if a.not_delivered(now)} == {"RISE1", MRN32}
