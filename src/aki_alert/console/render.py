@@ -53,6 +53,12 @@ def fmt_wall(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + " UTC"
 
 
+def fmt_wall_html(t: float | None) -> str:
+    """fmt_wall, breakable between the date and the time only."""
+    day, _, clock = fmt_wall(t).partition(" ")
+    return f'<span class="nw">{e(day)}</span> <span class="nw">{e(clock)}</span>'
+
+
 def fmt_ago(t: float | None, now: float) -> str:
     if t is None:
         return "never"
@@ -146,7 +152,7 @@ def fmt_since(a: Alert, digits: int = 0) -> str:
     change = (f" ({s.change:+.{digits}f})" if s.change is not None else "")
     return (f'<span class="since trend-{e(s.trend or "unknown")}" data-trend="{e(s.trend)}">'
             f"{arrow} {s.latest_value:.{digits}f}{change}</span>"
-            f'<span class="small muted"> {e(fmt_sample(s.latest_time))}</span>')
+            f'<span class="small muted when"> {e(fmt_sample(s.latest_time))}</span>')
 
 
 TREND_ARROW = {"rising": "↑", "falling": "↓", "steady": "→"}
@@ -175,7 +181,7 @@ a{color:#1f5fa8}
 table{border-collapse:collapse;background:#fff;width:100%;box-shadow:0 1px 2px #0001}
 th,td{padding:5px 8px;border-bottom:1px solid #e3e8ee;text-align:left;vertical-align:top}
 th{background:#eef2f6;font-weight:600;font-size:12px;color:#44546a;white-space:nowrap}
-td.nw{white-space:nowrap}
+td.nw,span.nw{white-space:nowrap}
 table.narrow{width:auto;min-width:520px}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 tr.hl td{background:#fff4f2}
@@ -199,6 +205,10 @@ padding:8px 12px;margin:8px 0 12px;font-weight:600;border-radius:3px}
 bdi.name{display:inline-block;max-width:22em;overflow:hidden;text-overflow:ellipsis;
 white-space:nowrap;vertical-align:bottom;unicode-bidi:isolate}
 .trend-rising{color:#8e1208;font-weight:600}.trend-falling{color:#14632d;font-weight:600}
+.since{white-space:nowrap}
+#alerts .when,#alerts .version,#alerts .attempts{display:block;white-space:nowrap}
+#alerts td.mrn{overflow-wrap:anywhere;min-width:6em;max-width:11em}
+#alerts bdi.name{max-width:12em}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:8px 0 4px}
 .card{background:#fff;padding:10px 14px;box-shadow:0 1px 2px #0001;min-width:170px;
 border-radius:4px;max-width:100%}
@@ -231,6 +241,7 @@ tr.revision td{color:#667788}tr.revision del{color:#8e1208}
 header{padding:8px 12px;gap:4px 16px}
 main{padding:10px 10px 32px}
 table.narrow{min-width:0;width:100%}
+.chart{overflow-x:auto}.chart svg{min-width:640px}
 .card{min-width:0;flex:1 1 140px}
 dl.kv{grid-template-columns:1fr;gap:0 0}dl.kv dd{margin-bottom:6px}
 .err{max-width:none}
@@ -240,13 +251,14 @@ table.stack thead{display:none}
 table.stack{background:none;box-shadow:none}
 table.stack tr{background:#fff;margin:0 0 10px;box-shadow:0 1px 2px #0002;border-radius:4px;
 padding:4px 0}
-table.stack td{border:0;padding:2px 10px;text-align:left;display:flex;gap:8px;
-flex-wrap:wrap;align-items:baseline}
-table.stack td::before{content:attr(data-label);flex:0 0 7.5em;color:#667788;font-size:12px}
-table.stack td.wide{display:block}
-table.stack td.wide::before{display:block}
+table.stack td{border:0;padding:2px 10px 2px 122px;text-align:left;
+position:relative;min-height:1.7em;overflow-wrap:anywhere}
+table.stack td::before{content:attr(data-label);position:absolute;left:10px;width:104px;
+color:#667788;font-size:12px;font-weight:400;font-style:normal;line-height:1.2;padding-top:3px}
 table.stack td.nw{white-space:normal}
 table.stack td.opt{display:none}
+#alerts .when,#alerts .version,#alerts .attempts{display:inline}
+#alerts td.mrn{max-width:none;min-width:0}
 }
 """
 
@@ -337,13 +349,14 @@ def alerts_page(data: AlertList, now: float, before: int | None = None,
             f'<td class="n" data-label="Baseline">{fmt_num(a.baseline)}</td>'
             f'<td class="n" data-label="Ratio">{fmt_num(a.ratio, 2)}'
             f'{"×" if a.ratio is not None else ""}</td>'
-            f'<td class="nw since-cell" data-label="Latest since">{fmt_since(a)}</td>'
-            f'<td class="nw opt" data-label="Detector">{e(a.detector or "—")} '
-            f'<span class="muted small">{e(a.version or "")}</span></td>'
+            f'<td class="since-cell" data-label="Latest since">{fmt_since(a)}</td>'
+            f'<td class="opt" data-label="Detector">{e(a.detector or "—")} '
+            f'<span class="muted small version">{e(a.version or "")}</span></td>'
             f'<td class="n nw opt" data-label="Score">{e(fmt_score(a))}</td>'
-            f'<td class="delivery" data-label="Delivery">{delivery_badge(a, now)}</td>'
-            f'<td class="n" data-label="Attempts">{a.attempts}</td>'
-            f'<td class="small muted nw" data-label="Decided">{e(fmt_wall(a.created_at))}</td>'
+            f'<td class="delivery" data-label="Delivery">{delivery_badge(a, now)}'
+            f'<span class="small muted attempts"> {a.attempts} attempt'
+            f'{"" if a.attempts == 1 else "s"}</span></td>'
+            f'<td class="small muted" data-label="Decided">{fmt_wall_html(a.created_at)}</td>'
             "</tr>")
     if not rows:
         table = '<p class="muted">No pages yet.</p>'
@@ -354,7 +367,7 @@ def alerts_page(data: AlertList, now: float, before: int | None = None,
             '<th class="n">Baseline</th><th class="n">Ratio</th>'
             '<th title="the latest result sampled after the paged one, and its change">'
             'Latest since</th><th>Detector</th><th class="n">Score</th>'
-            '<th>Delivery</th><th class="n">Attempts</th><th>Decided</th></tr></thead>'
+            '<th>Delivery</th><th>Decided</th></tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
     nav = []
     if before is not None:
@@ -536,7 +549,7 @@ def chart_svg(results: Sequence[tuple[int, float]], pages: Sequence[ChartPage] =
                    f'y1="{ay}" y2="{ay}" stroke="#8e1208" stroke-width="1.2" '
                    'stroke-dasharray="8 3"><title>354 µmol/L: above it, a ratio of 1.5 or more '
                    "is stage 3</title></line>")
-        labels.append((y(ABSOLUTE_LIMIT), "> 354: stage 3 (with ×1.5)", "#8e1208", "700"))
+        labels.append((y(ABSOLUTE_LIMIT), "> 354: stage 3", "#8e1208", "700"))
     # Baselines.
     for p in pages:
         if p.baseline is None:
