@@ -85,6 +85,11 @@ def test_sqlite_queries_use_indexes_that_exist(db, state):
         (1,))
     assert "PRIMARY KEY (mrn=?)" in plan(
         "SELECT time, value, source FROM results WHERE mrn = ? ORDER BY time DESC", ("7",))
+    # The results since a page (each alert row), the pages pending too long.
+    assert "PRIMARY KEY (mrn=? AND time>?)" in plan(
+        "SELECT count(*) FROM results r WHERE r.mrn = ? AND r.time > ?", ("7", 0))
+    assert "USING INDEX outbox_pending" in plan(
+        "SELECT count(*) FROM outbox WHERE status = 'pending' AND created_at < ?", (0.0,))
 
 
 def test_postgres_queries_use_indexes_that_exist(db, state):
@@ -106,6 +111,10 @@ def test_postgres_queries_use_indexes_that_exist(db, state):
         "SELECT time, value, source FROM results WHERE mrn = ? ORDER BY time DESC", ("7",))
     assert "admissions_mrn" in plan(
         "SELECT event, time FROM admissions WHERE mrn = ? ORDER BY time, id", ("7",))
+    assert "results_pkey" in plan(
+        "SELECT count(*) FROM results r WHERE r.mrn = ? AND r.time > ?", ("7", 0))
+    assert "outbox_pending" in plan(
+        "SELECT count(*) FROM outbox WHERE status = 'pending' AND created_at < ?", (0.0,))
 
 
 def test_a_patients_pages_are_found_whatever_the_database_collation(postgres_url):
