@@ -66,6 +66,8 @@ SETTINGS = (
     Setting("CONSOLE_TOKEN", "--console-token", "", "s3cret-token",
             "bearer token (or basic-auth password) the console requires; required with "
             "CONSOLE_PORT"),
+    Setting("CONSOLE_REFRESH", "--console-refresh", "30", "60",
+            "seconds between the console pages' automatic reloads (0: none)"),
     Setting("LOG_FORMAT", "--log-format", "text", "json", "text or json"),
     Setting("LOG_LEVEL", "--log-level", "INFO", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
@@ -91,6 +93,7 @@ class Config:
     console_port: int
     console_host: str
     console_token: str | None
+    console_refresh: int
     log_format: str
     log_level: str
 
@@ -162,6 +165,10 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
             raise ConfigError(f"{name}={port!r} is not a port number 0–65535; "
                               f"example: {name}={by_env[name].example}")
         ports[name] = int(port)
+    refresh = raw["CONSOLE_REFRESH"]
+    if not refresh.isdigit() or int(refresh) > 3600:
+        raise ConfigError(f"CONSOLE_REFRESH={refresh!r} is not a number of seconds from 0 to "
+                          "3600; example: CONSOLE_REFRESH=60 (0: no automatic reload)")
     if ports["CONSOLE_PORT"] and not raw["CONSOLE_TOKEN"]:
         raise ConfigError("CONSOLE_TOKEN is not set: the console shows patient data and needs "
                           "a token; example: CONSOLE_TOKEN=s3cret-token (or CONSOLE_PORT=0)")
@@ -185,6 +192,7 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         console_port=ports["CONSOLE_PORT"],
         console_host=raw["CONSOLE_HOST"],
         console_token=raw["CONSOLE_TOKEN"] or None,
+        console_refresh=int(refresh),
         log_format=_choice(by_env["LOG_FORMAT"], raw["LOG_FORMAT"], ("text", "json")),
         log_level=_choice(by_env["LOG_LEVEL"], raw["LOG_LEVEL"].upper(),
                           ("DEBUG", "INFO", "WARNING", "ERROR")),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from console_testkit import TOKEN, build_state
+from console_testkit import TOKEN, build_clinical_state, build_state
 
 from aki_alert.console import start
 
@@ -33,5 +33,44 @@ def new_state(request, tmp_path) -> str:
 @pytest.fixture(scope="module")
 def console(state):
     server = start("127.0.0.1", 0, TOKEN, state["state"])
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def clinical_postgres_url():
+    """A database of its own for the module (`module_postgres_url` holds `state`'s)."""
+    import uuid
+
+    from integration.service_process import POSTGRES_ADMIN_URL
+
+    psycopg = pytest.importorskip("psycopg")
+    name = f"aki_c_{uuid.uuid4().hex[:12]}"
+    try:
+        conn = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as e:
+        pytest.skip(f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {e}")
+    conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.close()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def clinical(request, tmp_path_factory) -> dict:
+    """console_testkit's pages of each NHS rule and delivery fate, on one backend (a state of
+    its own, not `state`'s)."""
+    if request.param == "sqlite":
+        where = str(tmp_path_factory.mktemp("console-clinical") / "state.db")
+    else:
+        where = request.getfixturevalue("clinical_postgres_url")
+    return {**build_clinical_state(where), "state": where, "backend": request.param}
+
+
+@pytest.fixture(scope="module")
+def clinical_console(clinical):
+    server = start("127.0.0.1", 0, TOKEN, clinical["state"])
     yield server
     server.shutdown()

@@ -155,3 +155,41 @@ def build_revisions_state(state: str) -> None:
     for m in msgs:
         ingest.apply(m, 0.0)
     store.close()
+
+
+MRN32 = "K1234567890ABCDEFGHIJ1234567890X"       # MAX_MRN_LENGTH: what the feed may send
+RTL_NAME = "محمد عبد الله بن عبد الرحمن الهاشمي القرشي المكي"   # > NAME_MAX, right to left
+
+
+def build_clinical_state(state: str) -> dict:
+    """Pages of each NHS rule and delivery fate:
+
+    - ABS1: 168 then 380 (ratio 2.26, > 354 µmol/L): stage 3 by the absolute rule; delivered;
+      then 300 and 250 since the page (falling).
+    - RISE1: 60 then 89 a day later (ratio 1.48, +29 µmol/L in 48 h): stage 1 by the rise; the
+      pager refused it (dead), 96 since (steady).
+    - MRN32 (32 characters, admitted with a long right-to-left name): 100 then 250, stage 2 by
+      the ratio; still pending 10 minutes after it was decided (not delivered), no result since.
+    - FRESH: paged a moment ago, pending (not overdue).
+    """
+    store = open_state(state)
+    ingest = Ingest(store, NhsDetector())
+    msgs = [
+        result("ABS1", T0, 168.0), result("ABS1", T0 + DAY, 380.0),
+        result("ABS1", T0 + 2 * DAY, 300.0), result("ABS1", T0 + 3 * DAY, 250.0),
+        result("RISE1", T0, 60.0), result("RISE1", T0 + DAY, 89.0),
+        result("RISE1", T0 + 2 * DAY, 96.0),
+        admit(MRN32, T0 - HOUR, name=RTL_NAME, sex="M"),
+        result(MRN32, T0, 100.0), result(MRN32, T0 + DAY, 250.0),
+        result("FRESH", T0, 100.0), result("FRESH", T0 + DAY, 160.0),
+    ]
+    for m in msgs:
+        ingest.apply(m, 0.0)
+    bodies = dict(store.db.execute("SELECT mrn, body FROM outbox"))
+    with store.transaction():
+        store.page_delivered(bodies["ABS1"], 1)
+        store.page_failed(bodies["RISE1"], 1, "400 Bad Request: unknown MRN", dead=True)
+        store.page_failed(bodies[MRN32], 4, "timeout", dead=False)
+    store.close()
+    write(state, "UPDATE outbox SET created_at = created_at - 600 WHERE mrn = ?", [(MRN32,)])
+    return {"pages": {"ABS1": T0 + DAY, "RISE1": T0 + DAY, MRN32: T0 + DAY, "FRESH": T0 + DAY}}

@@ -1,5 +1,7 @@
 """The console in headless Chromium against the real `aki-alert serve` process (DETECTOR=nhs),
-fed by the built-in hospital with a small generated stream.
+fed by the built-in hospital with a small generated stream; and against console_testkit's
+pages of each NHS rule and delivery fate, on both backends. Every page at desktop width
+(1280 px) and phone width (390 px), where nothing may overflow the page horizontally.
 
 Needs Debian's chromium and chromedriver and the selenium package; skips with the reason when
 any is missing. Screenshots of each page go to the test's temporary directory and to
@@ -136,13 +138,34 @@ def shots(tmp_path_factory):
     return d
 
 
-def screenshot(driver, shots: Path, name: str) -> Path:
+DESKTOP, PHONE = 1280, 390
+
+
+def set_width(driver, width: int | None) -> None:
+    """Lay the page out `width` CSS pixels wide (PHONE: a phone, mobile viewport rules and
+    touch); None: back to the window's size."""
+    if width is None:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        return
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": 844 if width <= 480 else 900, "deviceScaleFactor": 1,
+        "mobile": width <= 480})
+
+
+def assert_no_horizontal_overflow(driver, width: int) -> None:
+    scroll, inner = driver.execute_script(
+        "return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert scroll <= inner and scroll <= width, (
+        f"{driver.current_url} is {scroll} px wide at {width} px (innerWidth {inner})")
+
+
+def screenshot(driver, shots: Path, name: str, width: int = 1400) -> Path:
     """The whole page (up to 3000 px high) as PNG, in `shots` and in out/console-screenshots."""
     m = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
     height = min(3000, int(m["cssContentSize"]["height"]))
     png = driver.execute_cdp_cmd("Page.captureScreenshot", {
         "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": 1400, "height": height, "scale": 1}})["data"]
+        "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})["data"]
     path = shots / f"{name}.png"
     path.write_bytes(base64.b64decode(png))
     shutil.copy(path, SHOTS / path.name)
@@ -238,3 +261,127 @@ def test_service_page_shows_the_feed_and_provenance(running, browser, shots):
     assert "console-e2e-hospital" in text and "nhs-england-2014" in text
     assert browser.find_element(By.ID, "provenance")
     assert screenshot(browser, shots, "service").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("width", [DESKTOP, PHONE])
+def test_every_page_fits_the_screen(running, browser, shots, width):
+    """The real service's pages at desktop and phone width: no horizontal page overflow."""
+    db = sqlite3.connect(f"file:{running['state']}?mode=ro", uri=True)
+    (mrn,) = db.execute("SELECT o.mrn FROM outbox o ORDER BY (SELECT count(*) FROM results r "
+                        "WHERE r.mrn = o.mrn) DESC, o.id LIMIT 1").fetchone()
+    db.close()
+    login(browser, running["url"])
+    set_width(browser, width)
+    try:
+        for name, path in (("alerts", "/"), ("patient", f"/patients/{mrn}"),
+                           ("service", "/service")):
+            browser.get(running["url"] + path)
+            assert browser.find_element(By.TAG_NAME, "h1").text
+            assert_no_horizontal_overflow(browser, width)
+            assert browser.find_element(By.ID, "refresh").text.startswith("Updates every")
+            screenshot(browser, shots, f"{name}-{width}", width)
+    finally:
+        set_width(browser, None)
+
+
+# --- each rule, each delivery fate, on both backends ------------------------------------------
+
+def login_to(driver, server) -> str:
+    from console_testkit import TOKEN as KIT_TOKEN
+
+    driver.get(f"http://console:{KIT_TOKEN}@127.0.0.1:{server.port}/")
+    return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.mark.parametrize("width", [DESKTOP, PHONE])
+def test_rules_delivery_and_names_as_a_clinician_sees_them(clinical_console, clinical, browser,
+                                                          shots, width):
+    from console_testkit import MRN32, RTL_NAME
+
+    url = login_to(browser, clinical_console)
+    tag = f"{clinical['backend']}-{width}"
+    set_width(browser, width)
+    try:
+        browser.get(url + "/")
+        assert_no_horizontal_overflow(browser, width)
+        alarm = browser.find_element(By.ID, "undelivered")
+        assert alarm.is_displayed() and "2 pages in the outbox not delivered" in alarm.text
+        red = browser.find_elements(By.CSS_SELECTOR, "tr.alert.undelivered")
+        assert {r.get_attribute("data-mrn") for r in red} == {"RISE1", MRN32}
+        badge = red[0].find_element(By.CSS_SELECTOR, ".badge.d-undelivered")
+        assert badge.is_displayed() and badge.value_of_css_property("background-color") == \
+            "rgba(179, 38, 30, 1)"
+        # The long right-to-left name: cut, isolated, and the full name on hover.
+        name = browser.find_element(By.CSS_SELECTOR, f"tr.alert[data-mrn='{MRN32}'] bdi.name")
+        assert name.get_attribute("title") == RTL_NAME and name.text.endswith("…")
+        assert name.size["width"] <= width
+        screenshot(browser, shots, f"clinical-alerts-{tag}", width)
+
+        # The 32-character MRN, by its link.
+        browser.find_element(By.CSS_SELECTOR, f"tr.alert[data-mrn='{MRN32}'] td.mrn a").click()
+        assert browser.find_element(By.ID, "mrn").text == MRN32
+        assert_no_horizontal_overflow(browser, width)
+        head = browser.find_element(By.CSS_SELECTOR, ".explain.undelivered .headline")
+        assert head.text.startswith("Not delivered")
+        screenshot(browser, shots, f"clinical-patient-mrn32-{tag}", width)
+
+        # The absolute rule: named, and the point drawn above the 354 line.
+        browser.get(url + "/patients/ABS1")
+        assert_no_horizontal_overflow(browser, width)
+        rule = browser.find_element(By.CSS_SELECTOR, ".explain .rule[data-rule='absolute']")
+        assert "by the absolute rule" in rule.text and "The ratio alone would be stage 2" in \
+            rule.text
+        chart = browser.find_element(By.CSS_SELECTOR, "svg.creatinine-chart")
+        line = chart.find_element(By.CSS_SELECTOR, "line.absolute")
+        point = chart.find_element(By.CSS_SELECTOR, "g.trigger circle")
+        assert point.rect["y"] + point.rect["height"] / 2 < line.rect["y"]
+        since = browser.find_element(By.CSS_SELECTOR, ".explain .since-page")
+        assert since.get_attribute("data-trend") == "falling" and "250 µmol/L" in since.text
+        screenshot(browser, shots, f"clinical-patient-absolute-{tag}", width)
+
+        # The rise, refused by the pager.
+        browser.get(url + "/patients/RISE1")
+        assert_no_horizontal_overflow(browser, width)
+        text = browser.find_element(By.CSS_SELECTOR, ".explain").text
+        assert "by the 48-hour rise rule" in text and "400 Bad Request: unknown MRN" in text
+        assert browser.find_element(By.CSS_SELECTOR, "g.rise")
+        screenshot(browser, shots, f"clinical-patient-rise-{tag}", width)
+
+        browser.get(url + "/service")
+        assert_no_horizontal_overflow(browser, width)
+        card = browser.find_element(By.XPATH, "//div[@class='k'][.='Pages not delivered']/..")
+        assert card.find_element(By.CSS_SELECTOR, ".badge.bad").text == "2"
+        rows = browser.find_elements(By.CSS_SELECTOR, "#not-delivered-pages tr.undelivered")
+        assert {r.get_attribute("data-mrn") for r in rows} == {"RISE1", MRN32}
+        screenshot(browser, shots, f"clinical-service-{tag}", width)
+    finally:
+        set_width(browser, None)
+
+
+def test_the_page_refreshes_and_keeps_its_scroll_position(clinical, browser):
+    """A meta refresh reloads the same URL; the browser restores where the reader was."""
+    from aki_alert.console import start
+    from console_testkit import TOKEN as KIT_TOKEN
+
+    s = start("127.0.0.1", 0, KIT_TOKEN, clinical["state"], refresh=2)
+    try:
+        url = login_to(browser, s)
+        set_width(browser, PHONE)
+        browser.get(url + "/")
+        browser.execute_script("window.scrollTo(0, 400); window.__before_reload = 1")
+        y = browser.execute_script("return window.scrollY")
+        assert y > 0
+        wait_for(lambda: browser.execute_script("return window.__before_reload") is None, 10)
+        assert browser.execute_script(
+            "return performance.getEntriesByType('navigation')[0].type") == "reload"
+        assert browser.execute_script("return window.scrollY") == y
+        # Paused: no reload.
+        browser.find_element(By.CSS_SELECTOR, "#refresh a").click()
+        assert "paused" in browser.find_element(By.ID, "refresh").text
+        browser.execute_script("window.__paused = 1")
+        import time
+        time.sleep(3)
+        assert browser.execute_script("return window.__paused") == 1
+    finally:
+        set_width(browser, None)
+        s.shutdown()

@@ -243,3 +243,134 @@ def test_the_survivor_shows_the_merge_and_what_came_with_it(rev_console):
     assert "from 2001 (merged)" in text                     # 2001's 250, now 2002's, paged
     assert "merged, not kept</span> from 2001" in text and "<del>80.0</del>" in text
     assert "BOB JONES" in text and "Paged for the result of 2024-03-02 08:00" in text
+
+
+# --- clinically honest: the rule, the delivery, the results since, names, queries ------------
+
+def test_a_32_character_mrn_that_was_paged_is_linked_and_shown(clinical_console):
+    from console_testkit import MRN32
+
+    assert len(MRN32) == MAX_MRN_LENGTH and is_valid_mrn(MRN32)
+    assert f'<a href="/patients/{MRN32}">{MRN32}</a>' in request(clinical_console, "/").text
+    r = request(clinical_console, f"/patients/{MRN32}")
+    assert r.status == 200 and f'<span id="mrn">{MRN32}</span>' in r.text
+    assert "by the ratio rule (C1/RV1 ≥ 2)" in r.text
+    r = request(clinical_console, f"/patients/{MRN32}X")
+    assert r.status == 404 and "No such patient" in r.text
+
+
+def test_each_rule_is_named_on_the_patient_page(clinical_console):
+    text = request(clinical_console, "/patients/ABS1").text
+    assert "creatinine 380 µmol/L is above 354 µmol/L, with a ratio of 2.26× the baseline 168" \
+        in text and "by the absolute rule" in text and "by the ratio rule" not in text
+    assert '<line class="absolute" data-value="354"' in text
+    assert "Since the page: 2 results; the latest, 250 µmol/L on 2024-03-04 08:00, 130 µmol/L " \
+           "lower than the paged result (0.66×)." in text
+    text = request(clinical_console, "/patients/RISE1").text
+    assert "creatinine 89 µmol/L: a rise of 29 µmol/L over the result of 2024-03-01 08:00 " \
+           "(60 µmol/L), more than 26 µmol/L within 48 hours" in text
+    assert "by the 48-hour rise rule" in text and '<g class="rise"' in text
+
+
+def test_pages_never_delivered_are_red_everywhere_with_the_pagers_answer(clinical_console):
+    from console_testkit import MRN32
+
+    alerts = request(clinical_console, "/").text
+    assert 'role="alert">2 pages in the outbox <strong>not delivered</strong>' in alerts
+    red = {row.split('data-mrn="')[1].split('"')[0]
+           for row in alerts.split('<tr class="alert undelivered"')[1:]}
+    assert red == {"RISE1", MRN32}
+    assert "pager: <bdi>400 Bad Request: unknown MRN</bdi>" in alerts
+    assert "pager: <bdi>timeout</bdi>" in alerts
+    patient = request(clinical_console, "/patients/RISE1").text
+    assert "Not delivered: the page for the result of 2024-03-02 08:00 never reached the " \
+           "pager</strong> (it refused the page; dead-lettered after 1 attempt(s))" in patient
+    assert "The pager answered: <bdi>400 Bad Request: unknown MRN</bdi>" in patient
+    assert "Paged for the result" not in patient
+    assert "Paged for the result" in request(clinical_console, "/patients/ABS1").text
+    service = request(clinical_console, "/service").text
+    assert 'Pages not delivered</div><div class="v"><span class="badge bad">2</span>' in service
+    table = service.split('id="not-delivered-pages"')[1].split("</table>")[0]
+    assert f'data-mrn="{MRN32}"' in table and 'data-mrn="RISE1"' in table
+    assert "FRESH" not in table and "ABS1" not in table
+
+
+def test_a_long_right_to_left_name_is_isolated_and_cut(clinical_console):
+    from console_testkit import MRN32, RTL_NAME
+
+    for path in ("/", f"/patients/{MRN32}"):
+        text = request(clinical_console, path).text
+        assert f'<bdi class="name" title="{RTL_NAME}">{RTL_NAME[:39].rstrip()}…</bdi>' in text
+
+
+@pytest.mark.parametrize("path, says", [
+    ("/?page=abc", "Unknown query parameter &#x27;page&#x27;"),
+    ("/?limit=-1", "limit= takes a number of pages from 1 to 1000"),
+    ("/?status=dead", "Unknown query parameter"),
+    ("/?before=99999999999999999999", "before= takes a page id"),
+    ("/?before=1&before=2", "given more than once"),
+    ("/?before=%ff", "The query string cannot be read"),
+    ("/service?x=1", "this page takes refresh= only"),
+    ("/patients/ABS1?before=3", "this page takes refresh= only"),
+    ("/?refresh=1", "refresh= takes 0"),
+])
+def test_bad_query_values_are_400_with_a_clear_message(clinical_console, path, says):
+    r = request(clinical_console, path)
+    assert r.status == 400, r.text
+    assert says in r.text and "400 · Bad request" in r.text
+    assert_security_headers(r)
+
+
+def test_limit_pages_the_alerts(clinical_console):
+    r = request(clinical_console, "/?limit=2")
+    assert r.status == 200 and r.text.count('<tr class="alert') == 2
+    older = r.text.split('href="/?before=')[1].split('"')[0]
+    assert older.endswith("&amp;limit=2")
+    r = request(clinical_console, "/?before=" + older.replace("&amp;", "&"))
+    assert r.status == 200 and r.text.count('<tr class="alert') == 2
+
+
+def test_pages_refresh_themselves_unless_paused(clinical_console, clinical):
+    for path in ("/", "/service", "/patients/ABS1"):
+        text = request(clinical_console, path).text
+        assert f'<meta http-equiv="refresh" content="{server.REFRESH}">' in text
+        assert f'<a href="{path}?refresh=0">pause</a>' in text
+        paused = request(clinical_console, path + "?refresh=0").text
+        assert "http-equiv" not in paused and f'<a href="{path}">resume</a>' in paused
+    assert 'content="60"' in request(clinical_console, "/?before=9&refresh=60").text
+    assert '<a href="/?before=9&amp;refresh=0">pause</a>' in request(
+        clinical_console, "/?before=9&refresh=60").text
+    s = start("127.0.0.1", 0, TOKEN, clinical["state"], refresh=0)
+    try:
+        text = request(s, "/").text
+        assert "http-equiv" not in text and 'id="refresh"' not in text
+    finally:
+        s.shutdown()
+
+
+def test_an_aborted_connection_is_one_debug_line_not_a_traceback(clinical_console, monkeypatch,
+                                                                 caplog, capfd):
+    import struct
+    import time
+
+    from aki_alert.console import render
+
+    # A page big enough that the client is gone before it is written.
+    monkeypatch.setattr(render, "alerts_page", lambda *a, **k: "x" * 8_000_000)
+    with caplog.at_level(logging.DEBUG, logger="aki_alert.console"):
+        s = socket.create_connection(("127.0.0.1", clinical_console.port), timeout=5)
+        s.sendall(f"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+                  .encode())
+        assert s.recv(1024).startswith(b"HTTP/1.1 200")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()                                       # a reset, mid-response
+        deadline = time.monotonic() + 5
+        while "went away" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = [r for r in caplog.records if "went away" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.DEBUG
+    assert lines[0].exc_info is None
+    assert "Error" in lines[0].getMessage()             # BrokenPipeError or ConnectionResetError
+    out, err = capfd.readouterr()
+    assert "Traceback" not in err and "Exception occurred" not in err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

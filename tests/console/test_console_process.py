@@ -3,11 +3,14 @@ on a command line (a PostgreSQL URL may hold a password)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from console_testkit import TOKEN, request
 
+from aki_alert import config
 from aki_alert.cli import main
 from aki_alert.console.process import READY, STATE_ENV, spawn
 
@@ -36,3 +39,20 @@ def test_the_command_takes_the_state_as_a_flag_or_from_the_environment(state, mo
     assert f"give --state or {STATE_ENV}" in capsys.readouterr().err
     monkeypatch.setenv(STATE_ENV, state["state"])
     assert main(once) == 0
+
+
+def test_the_refresh_interval_goes_from_the_setting_to_the_pages(state):
+    env = {"MLLP_ADDRESS": "h:1", "PAGER_ADDRESS": "h:2"}
+    assert config.load(argparse.Namespace(), environ=env).console_refresh == 30
+    assert config.load(argparse.Namespace(), environ={**env, "CONSOLE_REFRESH": "0"}) \
+        .console_refresh == 0
+    for bad in ("-1", "abc", "3601", "1.5"):
+        with pytest.raises(config.ConfigError, match="CONSOLE_REFRESH"):
+            config.load(argparse.Namespace(), environ={**env, "CONSOLE_REFRESH": bad})
+    child, url = spawn("127.0.0.1", 0, TOKEN, state["state"], 0, refresh=45)
+    try:
+        r = request(SimpleNamespace(port=int(url.rsplit(":", 1)[1])), "/")
+        assert '<meta http-equiv="refresh" content="45">' in r.text
+    finally:
+        child.terminate()
+        child.wait(5)

@@ -85,6 +85,11 @@ def test_sqlite_queries_use_indexes_that_exist(db, state):
         (1,))
     assert "PRIMARY KEY (mrn=?)" in plan(
         "SELECT time, value, source FROM results WHERE mrn = ? ORDER BY time DESC", ("7",))
+    # The results since a page (each alert row), the pages pending too long.
+    assert "PRIMARY KEY (mrn=? AND time>?)" in plan(
+        "SELECT count(*) FROM results r WHERE r.mrn = ? AND r.time > ?", ("7", 0))
+    assert "USING INDEX outbox_pending" in plan(
+        "SELECT count(*) FROM outbox WHERE status = 'pending' AND created_at < ?", (0.0,))
 
 
 def test_postgres_queries_use_indexes_that_exist(db, state):
@@ -106,6 +111,10 @@ def test_postgres_queries_use_indexes_that_exist(db, state):
         "SELECT time, value, source FROM results WHERE mrn = ? ORDER BY time DESC", ("7",))
     assert "admissions_mrn" in plan(
         "SELECT event, time FROM admissions WHERE mrn = ? ORDER BY time, id", ("7",))
+    assert "results_pkey" in plan(
+        "SELECT count(*) FROM results r WHERE r.mrn = ? AND r.time > ?", ("7", 0))
+    assert "outbox_pending" in plan(
+        "SELECT count(*) FROM outbox WHERE status = 'pending' AND created_at < ?", (0.0,))
 
 
 def test_a_patients_pages_are_found_whatever_the_database_collation(postgres_url):
@@ -270,3 +279,38 @@ def test_withdrawn_as_reads_the_journal_reason():
     assert queries._withdrawn_as(reason, t) == "W"
     assert queries._withdrawn_as(reason, T0 + HOUR) is None
     assert queries._withdrawn_as(None, T0) is None
+
+
+# --- what the clinician needs: the results since a page, the pages not delivered ---------------
+
+def test_the_latest_result_since_each_page(clinical):
+    from console_testkit import MRN32
+
+    db = queries.connect(clinical["state"])
+    try:
+        by = {a.mrn: a for a in queries.alerts(db).alerts}
+    finally:
+        db.close()
+    assert (by["ABS1"].since_count, by["ABS1"].latest_time, by["ABS1"].latest_value) == (
+        2, T0 + 3 * DAY, 250.0)
+    assert (by["RISE1"].since_count, by["RISE1"].latest_value) == (1, 96.0)
+    assert (by[MRN32].since_count, by[MRN32].latest_time) == (0, None)
+
+
+def test_pages_not_delivered_are_counted_and_listed(clinical):
+    from console_testkit import MRN32
+
+    db = queries.connect(clinical["state"])
+    try:
+        data = queries.alerts(db)
+        v = queries.service(db)
+        later = queries.alerts(db, now=time.time() + 3600)
+    finally:
+        db.close()
+    assert data.undelivered == 2                       # RISE1 dead, MRN32 pending 10 min
+    assert later.undelivered == 3                      # FRESH is overdue an hour later
+    assert v.undelivered_count == 2
+    assert [(a.mrn, a.status, a.last_error) for a in v.undelivered] == [
+        (MRN32, "pending", "timeout"), ("RISE1", "dead", "400 Bad Request: unknown MRN")]
+    now = time.time()
+    assert {a.mrn for a in data.alerts if a.not_delivered(now)} == {"RISE1", MRN32}

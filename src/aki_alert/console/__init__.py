@@ -15,15 +15,15 @@ routing), `process` (the child process and its command).
 
 from __future__ import annotations
 
-from .server import ConsoleServer
+from .server import REFRESH, ConsoleServer
 
 __all__ = ["ConsoleServer", "start"]
 
 
 def start(host: str, port: int, token: str | None, state: str,
-          metrics_url: str | None = None) -> ConsoleServer:
+          metrics_url: str | None = None, refresh: int = REFRESH) -> ConsoleServer:
     """Serve the console of `state` (a SQLite file's path or a postgresql:// URL) on host:port
     (0: any free port) in a daemon thread of this process; returns the server (`.port`, `.url`,
     `shutdown()`). Raises OSError when the port cannot be opened and ValueError without a
-    token."""
-    return ConsoleServer((host, port), token or "", state, metrics_url).start()
+    token. `refresh`: seconds between the pages' automatic reloads (0: none)."""
+    return ConsoleServer((host, port), token or "", state, metrics_url, refresh).start()

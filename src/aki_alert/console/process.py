@@ -18,6 +18,7 @@ import sys
 import time
 
 from . import start
+from .server import MAX_REFRESH, REFRESH
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,12 @@ class ConsoleStartError(OSError):
     pass
 
 
-def spawn(host: str, port: int, token: str, state: str,
-          metrics_port: int) -> tuple[subprocess.Popen, str]:
+def spawn(host: str, port: int, token: str, state: str, metrics_port: int,
+          refresh: int = REFRESH) -> tuple[subprocess.Popen, str]:
     """Start the console of `state` (a SQLite file's path or a postgresql:// URL) beside this
     process; returns it and its URL. Raises ConsoleStartError if it cannot serve."""
     cmd = [sys.executable, "-m", "aki_alert", "console", "--host", host, "--port", str(port),
-           "--parent-pid", str(os.getpid())]
+           "--parent-pid", str(os.getpid()), "--refresh", str(refresh)]
     if metrics_port:
         cmd += ["--metrics-url", f"http://127.0.0.1:{metrics_port}/metrics"]
     child = subprocess.Popen(cmd, env=dict(os.environ, CONSOLE_TOKEN=token, **{STATE_ENV: state}),
@@ -68,6 +69,9 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--metrics-url", help="the service's /metrics, for its live figures")
     p.add_argument("--parent-pid", type=int, help="exit when this process is gone")
+    p.add_argument("--refresh", type=int, default=None, metavar="SECONDS",
+                   help="seconds between the pages' automatic reloads, 0 for none (default: "
+                   f"CONSOLE_REFRESH, else {REFRESH})")
     p.set_defaults(func=run)
 
 
@@ -82,8 +86,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"aki-alert console: no state; give --state or {STATE_ENV}, example: "
               "--state /var/lib/aki-alert/state.db", file=sys.stderr)
         return 2
+    refresh = args.refresh
+    if refresh is None:
+        raw = os.environ.get("CONSOLE_REFRESH", "").strip()
+        refresh = int(raw) if raw.isdigit() else REFRESH
+    if not 0 <= refresh <= MAX_REFRESH:
+        print(f"aki-alert console: --refresh {refresh} is not 0 to {MAX_REFRESH} seconds; "
+              "example: --refresh 30", file=sys.stderr)
+        return 2
     try:
-        server = start(args.host, args.port, token, state, args.metrics_url)
+        server = start(args.host, args.port, token, state, args.metrics_url, refresh)
     except OSError as e:
         print(f"aki-alert console: {args.host}:{args.port} cannot be opened: {e.strerror or e}",
               file=sys.stderr)

@@ -45,6 +45,7 @@ from typing import Any
 
 from ..store import is_postgres_url
 from ..timeutil import parse_hl7_time
+from .explain import OVERDUE_SECONDS, not_delivered
 
 ALERTS_LIMIT = 200
 RESULTS_LIMIT = 5_000
@@ -158,6 +159,9 @@ class Alert:
     ratio: float | None
     value: float | None         # the triggering creatinine result, µmol/L
     name: str | None            # patient name when the patient was admitted
+    since_count: int = 0        # the patient's results sampled after the paged one
+    latest_time: int | None = None      # the latest of them
+    latest_value: float | None = None
 
     @property
     def delivery(self) -> str:
@@ -166,17 +170,28 @@ class Alert:
             return "retrying" if self.attempts > 0 else "pending"
         return self.status
 
+    def not_delivered(self, now: float) -> bool:
+        """The page never reached the pager: dead-lettered, or pending long after (explain)."""
+        return not_delivered(self.status, self.created_at, now)
+
 
 _ALERT_COLUMNS = (
     "o.id, o.mrn, o.result_time, o.body, o.created_at, o.status, o.attempts, o.last_error, "
     "o.delivered_at, o.explanation, "
     "(SELECT r.value FROM results r WHERE r.mrn = o.mrn AND r.time = o.result_time), "
-    "(SELECT p.name FROM patients p WHERE p.mrn = o.mrn)"
+    "(SELECT p.name FROM patients p WHERE p.mrn = o.mrn), "
+    # The results since the page: their count and the latest (results' primary key).
+    "(SELECT count(*) FROM results r WHERE r.mrn = o.mrn AND r.time > o.result_time), "
+    "(SELECT r.time FROM results r WHERE r.mrn = o.mrn AND r.time > o.result_time "
+    "ORDER BY r.time DESC LIMIT 1), "
+    "(SELECT r.value FROM results r WHERE r.mrn = o.mrn AND r.time > o.result_time "
+    "ORDER BY r.time DESC LIMIT 1)"
 )
 
 
 def _alert(row: tuple) -> Alert:
-    (id_, mrn, rtime, body, created, status, attempts, err, delivered, expl, value, name) = row
+    (id_, mrn, rtime, body, created, status, attempts, err, delivered, expl, value, name,
+     since, latest_time, latest_value) = row
     try:
         e = json.loads(expl) if expl else {}
     except ValueError:
@@ -197,6 +212,7 @@ def _alert(row: tuple) -> Alert:
         score=num("score"), threshold=num("threshold"),
         stage=int(stage) if stage is not None else None,
         baseline=num("baseline"), ratio=num("ratio"), value=value, name=name,
+        since_count=since or 0, latest_time=latest_time, latest_value=latest_value,
     )
 
 
@@ -205,6 +221,7 @@ class AlertList:
     alerts: list[Alert]
     by_status: dict[str, int]        # whole outbox, by delivery (delivered, retrying, ...)
     older_than: int | None           # `before` for the next (older) page, None at the end
+    undelivered: int = 0             # whole outbox: pages that never reached the pager
 
 
 def _outbox_by_status(db: Reader) -> dict[str, int]:
@@ -218,9 +235,16 @@ def _outbox_by_status(db: Reader) -> dict[str, int]:
     return by_status
 
 
-def alerts(db: Reader, limit: int = ALERTS_LIMIT,
-           before: int | None = None) -> AlertList:
+def _overdue(db: Reader, now: float) -> int:
+    """Pages still pending OVERDUE_SECONDS after they were decided (index outbox_pending)."""
+    return db.execute("SELECT count(*) FROM outbox WHERE status = 'pending' AND created_at < ?",
+                      (now - OVERDUE_SECONDS,)).fetchone()[0]
+
+
+def alerts(db: Reader, limit: int = ALERTS_LIMIT, before: int | None = None,
+           now: float | None = None) -> AlertList:
     """The latest pages, newest first; `before` an outbox id to page back in time."""
+    now = time.time() if now is None else now
     if before is None:
         rows = db.execute(f"SELECT {_ALERT_COLUMNS} FROM outbox o ORDER BY o.id DESC LIMIT ?",
                           (limit + 1,)).fetchall()
@@ -230,7 +254,7 @@ def alerts(db: Reader, limit: int = ALERTS_LIMIT,
     items = [_alert(r) for r in rows[:limit]]
     older = items[-1].id if len(rows) > limit and items else None
     by_status = _outbox_by_status(db)
-    return AlertList(items, by_status, older)
+    return AlertList(items, by_status, older, by_status.get("dead", 0) + _overdue(db, now))
 
 
 # --- one patient ----------------------------------------------------------------------------
@@ -422,6 +446,8 @@ class ServiceView:
     dead_letters: list[DeadLetter]
     dead_letters_window: int            # how many latest messages were searched
     outbox_errors: list[OutboxError]
+    undelivered: list[Alert] = field(default_factory=list)   # latest pages never delivered
+    undelivered_count: int = 0          # all of them: dead-lettered, or pending long after
 
 
 def _first_id_from(db: Reader, lo: int, hi: int, t: float) -> int:
@@ -467,8 +493,14 @@ def service(db: Reader, now: float | None = None,
     errors = [OutboxError(*r) for r in db.execute(
         "SELECT id, mrn, body, status, attempts, last_error, created_at FROM outbox "
         "WHERE last_error IS NOT NULL ORDER BY id DESC LIMIT ?", (OUTBOX_ERRORS_LIMIT,))]
+    # Dead pages: a scan of the outbox (as by_status); overdue ones: the outbox_pending index.
+    undelivered = [_alert(r) for r in db.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM outbox o WHERE o.status = 'dead' "
+        "OR (o.status = 'pending' AND o.created_at < ?) ORDER BY o.id DESC LIMIT ?",
+        (now - OVERDUE_SECONDS, OUTBOX_ERRORS_LIMIT))]
     return ServiceView(now, meta, last or 0, last_received, per_minute, pending, oldest,
-                       by_status, last_delivered, dead, JOURNAL_WINDOW, errors)
+                       by_status, last_delivered, dead, JOURNAL_WINDOW, errors, undelivered,
+                       by_status.get("dead", 0) + _overdue(db, now))
 
 
 def _preview(raw: bytes | str | None, n: int = 80) -> str:

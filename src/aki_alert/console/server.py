@@ -23,10 +23,12 @@ import hashlib
 import hmac
 import logging
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from ..patientid import is_valid_mrn
 from . import queries, render
@@ -36,6 +38,68 @@ log = logging.getLogger(__name__)
 REALM = "aki-alert"
 MAX_BUSY = 4              # requests reading the state and rendering at the same time
 BUSY_WAIT = 5.0           # seconds a request waits for a slot before a 503
+REFRESH = 30              # seconds between a page's automatic reloads (0: none)
+MAX_REFRESH = 3600
+MAX_LIMIT = 1000          # pages on one alerts page (?limit=)
+MAX_ID = 2**63 - 1        # outbox ids are 64-bit (PostgreSQL's bigint)
+
+# A client that goes away mid-response (closed tab, reload, a proxy's timeout).
+ABORTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+
+
+class BadQuery(ValueError):
+    """A query string the page does not take; its message is shown in the 400 page."""
+
+
+def _whole(name: str, value: str, lo: int, hi: int, what: str) -> int:
+    if not (value.isascii() and value.isdigit()) or len(value) > 19 or not lo <= int(value) <= hi:
+        raise BadQuery(f"{name}= takes {what}; got {value[:40]!r}.")
+    return int(value)
+
+
+def _before(value: str) -> int:
+    return _whole("before", value, 1, MAX_ID, "a page id (a whole number from 1)")
+
+
+def _limit(value: str) -> int:
+    return _whole("limit", value, 1, MAX_LIMIT, f"a number of pages from 1 to {MAX_LIMIT}")
+
+
+def _refresh(value: str) -> int:
+    seconds = _whole("refresh", value, 0, MAX_REFRESH,
+                     f"0 (no automatic updates) or seconds from 5 to {MAX_REFRESH}")
+    if 0 < seconds < 5:
+        raise BadQuery(f"refresh= takes 0 (no automatic updates) or seconds from 5 to "
+                       f"{MAX_REFRESH}; got {value!r}.")
+    return seconds
+
+
+# The query parameters each page takes, and how each is read.
+ALERTS_QUERY: dict[str, Callable[[str], int]] = {"before": _before, "limit": _limit,
+                                                 "refresh": _refresh}
+PAGE_QUERY: dict[str, Callable[[str], int]] = {"refresh": _refresh}
+
+
+def parse_query(query: str, takes: dict[str, Callable[[str], int]]) -> dict[str, int]:
+    """The parameters of a query string, each read by `takes[name]`; BadQuery for anything
+    else: an unknown name, one given twice, a value out of range, a malformed string."""
+    if not query:
+        return {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True,
+                          max_num_fields=len(takes) + 1, errors="strict")
+    except (ValueError, UnicodeError):
+        raise BadQuery("The query string cannot be read.") from None
+    out: dict[str, int] = {}
+    for name, value in pairs:
+        if name not in takes:
+            allowed = ", ".join(f"{k}=" for k in takes)
+            raise BadQuery(f"Unknown query parameter {name[:40]!r}: this page takes "
+                           f"{allowed} only.")
+        if name in out:
+            raise BadQuery(f"{name}= is given more than once.")
+        out[name] = takes[name](value)
+    return out
 
 SECURITY_HEADERS = (
     ("Cache-Control", "no-store"),
@@ -78,9 +142,12 @@ class ConsoleServer(ThreadingHTTPServer):
     request_queue_size = 16
 
     def __init__(self, address: tuple[str, int], token: str, state: str,
-                 metrics_url: str | None = None) -> None:
+                 metrics_url: str | None = None, refresh: int = REFRESH) -> None:
         if not token:
             raise ValueError("the console needs a token")
+        if not 0 <= refresh <= MAX_REFRESH:
+            raise ValueError(f"refresh must be 0 to {MAX_REFRESH} seconds")
+        self.refresh = refresh        # seconds between a page's automatic reloads
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.token_digest = hashlib.sha256(token.encode("utf-8")).digest()
@@ -104,6 +171,17 @@ class ConsoleServer(ThreadingHTTPServer):
                                         name="console-http", daemon=True)
         self._thread.start()
         return self
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away mid-request is one DEBUG line, not a traceback on stderr;
+        anything else is logged with its traceback (never printed to stderr by the base
+        class)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ABORTED):
+            log.debug("console client %s went away: %s", client_address[0],
+                      type(exc).__name__)
+            return
+        log.error("console request from %s failed", client_address[0], exc_info=exc)
 
     def shutdown(self) -> None:
         """Stop serving and close the listening socket (idempotent)."""
@@ -177,32 +255,44 @@ class Handler(BaseHTTPRequestHandler):
             return
         path, _, query = self.path.partition("?")
         if path == "/":
-            before = parse_qs(query).get("before", [""])[0]
-            if before and not before.isdigit():
-                self._send(400, render.error_page(400, "Bad request", "before= takes a page id."))
-                return
+            takes = ALERTS_QUERY
+        elif path == "/service" or path.startswith("/patients/"):
+            takes = PAGE_QUERY
+        else:
+            self._not_found("No such page: try the alerts, a patient or the service page.")
+            return
+        try:
+            params = parse_query(query, takes)
+        except BadQuery as e:
+            self._send(400, render.error_page(400, "Bad request", str(e)))
+            return
+        # The page's own URL without refresh=, for the pause/resume link.
+        kept = {k: v for k, v in params.items() if k != "refresh"}
+        here = path + (f"?{urlencode(kept)}" if kept else "")
+        seconds = params.get("refresh", self.server.refresh)
+        refresh = render.Refresh(seconds, here, paused=params.get("refresh") == 0)
+        if path == "/":
+            before, limit = params.get("before"), params.get("limit")
             self._with_state(lambda db: render.alerts_page(
-                queries.alerts(db, before=int(before) if before else None), time.time(),
-                int(before) if before else None))
+                queries.alerts(db, limit=limit or queries.ALERTS_LIMIT, before=before),
+                time.time(), before, refresh, limit))
         elif path == "/service":
             live = queries.process_metrics(queries.scrape(self.server.metrics_url))
-            self._with_state(lambda db: render.service_page(queries.service(db), live))
-        elif path.startswith("/patients/"):
+            self._with_state(lambda db: render.service_page(queries.service(db), live, refresh))
+        else:
             # What the feed may file a patient under (patientid.py), and nothing else.
             mrn = unquote(path[len("/patients/"):])
             if not is_valid_mrn(mrn):
                 self._not_found("No such patient.")
                 return
-            self._with_state(lambda db: self._patient(db, mrn))
-        else:
-            self._not_found("No such page: try the alerts, a patient or the service page.")
+            self._with_state(lambda db: self._patient(db, mrn, refresh))
 
     def _not_found(self, message: str) -> None:
         self._send(404, render.error_page(404, "Not found", message))
 
-    def _patient(self, db: queries.Reader, mrn: str) -> str | None:
+    def _patient(self, db: queries.Reader, mrn: str, refresh: render.Refresh) -> str | None:
         view = queries.patient(db, mrn)
-        return None if view is None else render.patient_page(view)
+        return None if view is None else render.patient_page(view, time.time(), refresh)
 
     def _with_state(self, build) -> None:
         """Run `build(db)` on a fresh read-only connection, under the busy limit; None from

@@ -64,6 +64,85 @@ def nhs_stage(times: Sequence[int], values: Sequence[float], time: int,
     return NhsResult(0, baseline, ratio)
 
 
+# --- which rule gave the stage (explanations; not on the hot path) ---------------------------
+
+# The rules, as an explanation names them. `judge` does not use these: `nhs_stage` keeps its
+# literal thresholds (a module global is a dictionary look-up per result on the hot path);
+# tests/unit/test_nhs_rules.py checks that `nhs_reason` agrees with it on every input.
+RATIO, ABSOLUTE, RISE = "ratio", "absolute", "rise"
+ABSOLUTE_LIMIT = 354.0          # µmol/L: above it, a ratio >= 1.5 is stage 3
+RISE_LIMIT = 26.0               # µmol/L over the lowest result of the previous 48 hours
+RISE_WINDOW = 48 * HOUR
+
+
+def ratio_stage(ratio: float | None) -> int:
+    """The stage the ratio alone gives: 3 (>= 3), 2 (>= 2), 1 (>= 1.5) or 0."""
+    if ratio is None:
+        return 0
+    return 3 if ratio >= 3.0 else 2 if ratio >= 2.0 else 1 if ratio >= 1.5 else 0
+
+
+def stage_rule(stage: int | None, ratio: float | None) -> str | None:
+    """Which rule gave `stage` to a result whose NHS ratio (C1/RV1 or C1/RV2) is `ratio`: a
+    page's stored explanation is enough.
+
+    RATIO: the ratio's own stage. ABSOLUTE: stage 3 with a ratio of 1.5 to 3, which only
+    C1 > 354 µmol/L gives. RISE: stage 1 without a ratio of 1.5, which only the 48-hour rise
+    of more than 26 µmol/L gives. None: no stage, or a stage this ratio cannot have (not the
+    NHS algorithm's)."""
+    if not stage:
+        return None
+    by_ratio = ratio_stage(ratio)
+    if by_ratio == stage:
+        return RATIO
+    if stage == 3 and by_ratio in (1, 2):
+        return ABSOLUTE
+    if stage == 1 and by_ratio == 0:
+        return RISE
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class NhsReason:
+    """`nhs_stage` with its workings: which rule gave the stage and from what."""
+
+    stage: int
+    rule: str | None                    # RATIO, ABSOLUTE, RISE; None for stage 0
+    baseline: float | None              # the RV that gave the ratio
+    ratio: float | None
+    window: str | None                  # "RV1" or "RV2": which reference value the baseline is
+    rise_from: tuple[int, float] | None  # the lowest result of the previous 48 hours
+
+
+def nhs_reason(times: Sequence[int], values: Sequence[float], time: int,
+               value: float) -> NhsReason:
+    """The NHS stage of a result at `time` (as `nhs_stage`), the rule that gave it, the
+    reference value of the ratio and the lowest result of the previous 48 hours."""
+    end = bisect_left(times, time)
+    start = bisect_left(times, time - LOOKBACK, 0, end)
+    if start == end:
+        return NhsReason(0, None, None, None, None, None)
+    week = bisect_left(times, time - 7 * DAY, start, end)
+    ratio = baseline = window = None
+    for name, lo, hi in (("RV1", week, end), ("RV2", start, week)):
+        if lo == hi:
+            continue
+        rv = min(values[lo:hi]) if name == "RV1" else median(values[lo:hi])
+        if rv > 0 and (ratio is None or value / rv > ratio):
+            ratio, baseline, window = value / rv, rv, name
+    two_days = bisect_left(times, time - RISE_WINDOW, start, end)
+    rise_from = None
+    if two_days < end:
+        i = min(range(two_days, end), key=lambda k: (values[k], times[k]))
+        rise_from = (times[i], values[i])
+    stage = ratio_stage(ratio)
+    if stage and value > ABSOLUTE_LIMIT:
+        stage = 3
+    if not stage and rise_from is not None and value - rise_from[1] > RISE_LIMIT:
+        stage = 1
+    return NhsReason(stage, stage_rule(stage, ratio), baseline, ratio, window, rise_from)
+
+
 class NhsDetector:
     """Pages on any NHS stage (1–3), the full algorithm; `min_stage=2` is the hospital's variant."""
 
