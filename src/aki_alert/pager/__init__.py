@@ -167,14 +167,17 @@ class Dispatcher:
 
     def _post_now(self, body: str) -> str | None:
         """http.client's twin of `_post`: None when the pager accepted the page. A kept-alive
-        connection the pager has since closed is reopened once, as aiohttp's pool does."""
+        connection the pager has since closed is reopened once, as aiohttp's pool does. Its
+        answer time joins the event loop's in `answers` (a deque: its append is atomic)."""
         conn = self._inline
         reused = conn.sock is not None
         while True:
             try:
+                sent = time.perf_counter()
                 conn.request("POST", "/page", body.encode(), {"Content-Type": "text/plain"})
                 resp = conn.getresponse()
                 text = resp.read().decode("utf-8", "replace")
+                self.answers.add(time.perf_counter() - sent)   # the hedge delay's evidence
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
                 if reused and isinstance(e, (http.client.RemoteDisconnected, BrokenPipeError,
