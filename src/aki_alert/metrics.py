@@ -137,10 +137,10 @@ PAGES = Counter("aki_pages_total", "Page attempts by outcome", ["outcome"])
 OUTBOX_DEPTH = Gauge("aki_outbox_pending", "Pages decided but not yet accepted by the pager")
 OUTBOX_OLDEST = Gauge(
     "aki_outbox_oldest_age_seconds", "Age of the oldest undelivered page (0 when none)")
-PAGE_ATTEMPTS = Counter(
+PAGE_ATTEMPTS = HotCounter(
     "aki_page_attempts_total", "Page attempts started, by kind: inline (from the feed's "
     "thread), first, retry (after a failure), hedge (beside an attempt not yet answered), "
-    "probe (one page let through the open circuit)", ["kind"])
+    "probe (one page let through the open circuit)", ("kind",))
 PAGER_CIRCUIT_OPEN = Gauge(
     "aki_pager_circuit_open", "1 while the pager circuit is open: the pager accepted nothing "
     "for a while, pages wait and one at a time is sent as a probe")

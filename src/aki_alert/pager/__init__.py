@@ -94,6 +94,7 @@ class Dispatcher:
         self._waiters: deque[asyncio.Future] = deque()    # pages held by the open circuit
         self._probe_timer: asyncio.TimerHandle | None = None
         self.tasks_started = 0                # deliveries handed to the event loop
+        self._inline_attempts = metrics.PAGE_ATTEMPTS.labels("inline")
         # Page body -> wall time it became pending, for every page being sent (either way).
         self._created: dict[str, float] = {}
         metrics.OUTBOX_DEPTH.set_function(lambda: len(self._created))
@@ -149,7 +150,7 @@ class Dispatcher:
         if time.monotonic() >= self._inline_paused_until and self.circuit.closed \
                 and self.may_send():
             attempts = 1
-            metrics.PAGE_ATTEMPTS.labels(kind="inline").inc()
+            self._inline_attempts.inc()
             error = self._post_now(body)
             if error is None:
                 self._record_delivery(body, attempts, received)
@@ -269,7 +270,7 @@ class Dispatcher:
 
     def _launch(self, flight: dict[asyncio.Task, _Attempt], body: str, attempt: _Attempt,
                 timeout: float, kind: str) -> None:
-        metrics.PAGE_ATTEMPTS.labels(kind=kind).inc()
+        metrics.PAGE_ATTEMPTS.labels(kind).inc()
         task = asyncio.get_running_loop().create_task(self._post(body, attempt, timeout))
         flight[task] = attempt
 
