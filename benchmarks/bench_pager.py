@@ -153,7 +153,8 @@ def main() -> None:
     ap.add_argument("--outage", type=float, default=60.0,
                     help="seconds the pager is down from the hospital's start (default 60)")
     ap.add_argument("--outage-kind", default="hang", choices=("503", "hang", "refuse"))
-    ap.add_argument("--before", type=Path, help="a source tree (its src/) to run degraded too")
+    ap.add_argument("--before", type=Path,
+                    help="a source tree (DIR/src) to run healthy and degraded too")
     ap.add_argument("--only", default="healthy,degraded,down")
     ap.add_argument("--data", type=Path, help="a generated hospital directory to reuse")
     args = ap.parse_args()
@@ -192,7 +193,8 @@ def main() -> None:
         s = r.score
         ratio = ""
         if base is not None and r is not base and base.score.latency_p90:
-            ratio = f"  (p90 {s.latency_p90 / base.score.latency_p90:.0f}× the healthy)"
+            x = s.latency_p90 / base.score.latency_p90
+            ratio = f"  (p90 {x:.{2 if x < 10 else 0}f}× the healthy)"
         same = "" if base is None or (s.tp, s.fp, s.fn) == (base.score.tp, base.score.fp,
                                                             base.score.fn) else "  DIFFERS"
         print(f"{r.name:44}{_ms(s.latency_p50)} / {_ms(s.latency_p90)} / "

@@ -367,6 +367,8 @@ class Dispatcher:
                 return "timeout"
             except aiohttp.ClientError as e:
                 return f"{type(e).__name__}: {e}"
+            except Exception as e:  # noqa: BLE001 - any other failure is a failed attempt too
+                return f"{type(e).__name__}: {e}"
             elapsed = loop.time() - attempt.started
             self.answers.add(elapsed)
             metrics.PAGER_ANSWER.observe(elapsed)
