@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from aki_alert import metrics
 from aki_alert.hospital.pager_server import PagerFaults, PagerServer
 from aki_alert.pager import Dispatcher, Policy
 from aki_alert.pager.policy import ATTEMPT_TIMEOUT_CAP, PROBE_CAP
@@ -158,13 +159,14 @@ def test_dispatcher_under_a_degraded_pager_delivers_every_page_once(store):
     """Half the requests 500, one in ten hung (far longer than the test): 300 pages 2 ms apart,
     concurrently, each recorded delivered once; a hung attempt is hedged, not waited out."""
     faults = PagerFaults(fail_rate=0.5, hang_rate=0.1, hang_seconds=60.0, seed=7)
+    hedges = metrics.PAGE_ATTEMPTS.labels("hedge")
+    hedged_before = hedges.value
     pager, d, recorded, t0 = asyncio.run(page_through(store, faults, 300, 0.002))
     repeats = assert_each_delivered_once(store, pager, recorded, 300)
     assert pager.responses[0] > 10 and pager.responses[500] > 100, pager.responses
     assert d.circuit.closed and d.circuit.opened == 0     # it answers: the circuit stays shut
+    assert hedges.value - hedged_before >= pager.responses[0] // 2   # hangs were hedged
     assert repeats <= 15                                  # a hedge beside a slow 200, rarely
-    latest = max(pager.accepted_at.values()) - t0
-    assert latest < 0.6 + 300 * 0.01, latest               # no page waited out a hang
 
 
 @pytest.mark.parametrize("kind", ["503", "hang", "refuse"])
@@ -180,7 +182,7 @@ def test_dispatcher_holds_pages_behind_the_circuit_and_sends_them_at_the_pagers_
     assert d.circuit.opened >= 1 and d.circuit.closed
     returned = pager._started + outage[1]
     late = max(pager.accepted_at.values()) - returned
-    assert 0 <= late < SMALL.probe_cap + SMALL.attempt_timeout + 0.5, late
+    assert 0 <= late < 2.0, late          # the 10 s target, scaled down as the policy is
     # The last 0.6 s of the outage: probes only (at most one per probe_first, ~one per
     # probe_cap once backed off), where 40 pages retrying every 0.25 s would make ~100.
     window = [t for t in pager.arrivals if returned - 0.6 <= t < returned]

@@ -221,3 +221,50 @@ def test_backoff_is_capped_and_jittered():
     delays = [backoff(n, first=0.1, cap=2.0) for n in range(1, 30)]
     assert all(0.05 <= d <= 2.0 for d in delays)
     assert max(delays[10:]) <= 2.0 and min(delays[10:]) >= 1.0
+
+
+def test_a_hung_attempt_is_hedged_long_before_its_timeout(store):
+    async def go():
+        async with FakePager(["hang"]) as p:      # the first request hangs 2 s
+            d = Dispatcher(store, p.address, policy=fast(5.0, hedge_max=0.1))
+            await d.start()
+            pid = queue(store, "9,20240101000000")
+            started = time.monotonic()
+            d.submit("9,20240101000000", None)
+            while d.in_flight:
+                await asyncio.sleep(0.005)
+            took = time.monotonic() - started
+            await d.drain(0.1)
+            return p, pid, took
+    p, pid, took = asyncio.run(go())
+    assert took < 1.0                             # not the 2 s hang, nor the 5 s timeout
+    assert p.received == ["9,20240101000000"] * 2
+    assert status(store, pid) == ("delivered", 2, None)
+
+
+def test_an_open_circuit_holds_new_pages_from_the_reader_thread(store):
+    async def go():
+        d = Dispatcher(store, "127.0.0.1:1", policy=fast(0.2, open_after=0.05,
+                                                         probe_first=10.0))
+        await d.start()
+        ids = []
+        for i in range(3):
+            ids.append(queue(store, f"{i},20240101000000"))
+            d.submit(f"{i},20240101000000", None)
+        for _ in range(200):
+            if not d.circuit.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert not d.circuit.closed
+        # A page decided now is not sent inline (it would only fail): it waits with the rest.
+        ids.append(queue(store, "9,20240101000000"))
+        d.claim(["9,20240101000000"])
+        await asyncio.to_thread(d.send_now, "9,20240101000000", time.perf_counter())
+        await asyncio.sleep(0.05)
+        waiting = len(d._waiters)
+        await d.drain(0.01)
+        return ids, waiting
+    ids, waiting = asyncio.run(go())
+    assert waiting == 4
+    assert status(store, ids[-1]) == ("pending", 0, None)
+    assert all(status(store, i)[0] == "pending" for i in ids)
