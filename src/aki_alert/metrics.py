@@ -178,6 +178,20 @@ PAGES = Counter("aki_pages_total", "Page attempts by outcome", ["outcome"])
 OUTBOX_DEPTH = Gauge("aki_outbox_pending", "Pages decided but not yet accepted by the pager")
 OUTBOX_OLDEST = Gauge(
     "aki_outbox_oldest_age_seconds", "Age of the oldest undelivered page (0 when none)")
+PAGE_ATTEMPTS = HotCounter(
+    "aki_page_attempts_total", "Page attempts started, by kind: inline (from the feed's "
+    "thread), first, retry (after a failure), hedge (beside an attempt not yet answered), "
+    "probe (one page let through the open circuit)", ("kind",))
+PAGER_CIRCUIT_OPEN = Gauge(
+    "aki_pager_circuit_open", "1 while the pager circuit is open: the pager accepted nothing "
+    "for a while, pages wait and one at a time is sent as a probe")
+PAGER_CIRCUIT_OPENS = Counter(
+    "aki_pager_circuit_opens_total", "Times the pager circuit opened")
+PAGER_ANSWER = Histogram(
+    "aki_pager_answer_seconds", "Time the pager took to answer a page attempt (any HTTP "
+    "status; attempts it never answered are not included)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 CONNECTED = Gauge("aki_mllp_connected", "1 while connected to the hospital's MLLP endpoint")
 RECONNECTS = Counter("aki_mllp_connects_total", "MLLP connection attempts by outcome", ["outcome"])
 FRONT_RESTARTS = Counter(

@@ -64,6 +64,39 @@ def test_pager_fault_outage_window():
         assert post_page(h.hospital.pager_port, b"1001")[0] == 200
 
 
+def test_pager_fault_hang_for_a_while_then_504():
+    with hospital(pager_faults=PagerFaults(hang_rate=1.0, hang_seconds=0.2)) as h:
+        started = time.monotonic()
+        assert post_page(h.hospital.pager_port, b"1001")[0] == 504
+        assert time.monotonic() - started >= 0.2
+        assert h.hospital.pager.responses[0] == 1 and h.score().pages == 0
+
+
+def test_pager_outage_that_answers_nothing():
+    with hospital(pager_faults=PagerFaults(outage=(0.0, 0.6), outage_kind="hang",
+                                           hang_seconds=5.0)) as h:
+        with pytest.raises((TimeoutError, socket.timeout)):
+            post_page(h.hospital.pager_port, b"1001", timeout=0.3)
+        time.sleep(0.4)
+        assert post_page(h.hospital.pager_port, b"1001")[0] == 200
+
+
+def test_pager_outage_that_refuses_connections():
+    with hospital(pager_faults=PagerFaults(outage=(0.1, 0.6), outage_kind="refuse")) as h:
+        assert post_page(h.hospital.pager_port, b"1001")[0] == 200
+        time.sleep(0.2)
+        with pytest.raises(ConnectionRefusedError):
+            post_page(h.hospital.pager_port, b"1001")
+        time.sleep(0.5)
+        assert post_page(h.hospital.pager_port, b"1001")[0] == 200   # same port, listening
+        assert h.score().pages == 2
+
+
+def test_pager_outage_kind_is_checked():
+    with pytest.raises(ValueError, match="outage_kind"):
+        PagerFaults(outage=(0, 1), outage_kind="flaky")
+
+
 def _run_stream(h, page_after: dict[int, bytes]) -> None:
     """ACK every message; after message i, send the page `page_after[i]` (before ACKing it)."""
     c = Client(h.hospital.mllp_port)

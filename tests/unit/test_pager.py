@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 from aiohttp import web
 
 from aki_alert import pager as pager_mod
-from aki_alert.pager import Dispatcher, backoff
+from aki_alert.pager import Dispatcher, Policy, backoff
 from aki_alert.store import open_store
 
 
@@ -51,9 +52,9 @@ def store(tmp_path, backend):
     s.close()
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    monkeypatch.setattr(pager_mod, "BACKOFF_FIRST", 0.001)
+def fast(timeout: float = 0.5, **kw) -> Policy:
+    """The default policy, with a millisecond's backoff and the given attempt timeout."""
+    return replace(Policy(), backoff_first=0.001, attempt_timeout=timeout, **kw)
 
 
 def queue(store, body):
@@ -76,7 +77,7 @@ async def settle(d):
 
 
 async def deliver(store, address, pages, timeout=0.5):
-    d = Dispatcher(store, address, timeout=timeout)
+    d = Dispatcher(store, address, policy=fast(timeout))
     await d.start()
     for _, body in pages:
         d.submit(body, None)
@@ -109,7 +110,7 @@ def test_refused_connection_is_retried_and_pending_pages_resent_at_start(store):
     pid = queue(store, "8,20240101000000")
 
     async def refused():
-        d = Dispatcher(store, "127.0.0.1:1", timeout=0.2)
+        d = Dispatcher(store, "127.0.0.1:1", policy=fast(0.2))
         await d.start()                    # resends the pending row, which fails
         await asyncio.sleep(0.05)
         await d.drain(0.01)
@@ -130,7 +131,7 @@ async def send_now(store, address, bodies, *, between=0.0):
     """What the reader thread does with each page it decides: queue and claim it, then
     send_now from a thread of its own; then the event loop finishes what was handed to it.
     Returns the dispatcher and the pages' ids."""
-    d = Dispatcher(store, address, timeout=0.5)
+    d = Dispatcher(store, address, policy=fast(0.5))
     await d.start()
     ids = []
     for body in bodies:
@@ -157,7 +158,7 @@ def test_send_now_delivers_from_the_reader_thread_without_the_event_loop(store):
 def test_a_claimed_page_is_not_resent_by_housekeeping_while_the_reader_sends_it(store):
     async def go():
         async with FakePager([]) as p:
-            d = Dispatcher(store, p.address, timeout=0.5)
+            d = Dispatcher(store, p.address, policy=fast(0.5))
             await d.start()
             pid = queue(store, "1,20240101000000")     # decided, pending in the outbox ...
             d.claim(["1,20240101000000"])              # ... and claimed in the same hold
@@ -190,7 +191,7 @@ def test_a_hung_pager_stalls_the_reader_only_for_the_inline_timeout(store, monke
 
     async def go():
         async with FakePager(["hang"]) as p:
-            d = Dispatcher(store, p.address, timeout=0.5)
+            d = Dispatcher(store, p.address, policy=fast(0.5))
             await d.start()
             pid = queue(store, "1,20240101000000")
             d.claim(["1,20240101000000"])
@@ -220,3 +221,50 @@ def test_backoff_is_capped_and_jittered():
     delays = [backoff(n, first=0.1, cap=2.0) for n in range(1, 30)]
     assert all(0.05 <= d <= 2.0 for d in delays)
     assert max(delays[10:]) <= 2.0 and min(delays[10:]) >= 1.0
+
+
+def test_a_hung_attempt_is_hedged_long_before_its_timeout(store):
+    async def go():
+        async with FakePager(["hang"]) as p:      # the first request hangs 2 s
+            d = Dispatcher(store, p.address, policy=fast(5.0, hedge_max=0.1))
+            await d.start()
+            pid = queue(store, "9,20240101000000")
+            started = time.monotonic()
+            d.submit("9,20240101000000", None)
+            while d.in_flight:
+                await asyncio.sleep(0.005)
+            took = time.monotonic() - started
+            await d.drain(0.1)
+            return p, pid, took
+    p, pid, took = asyncio.run(go())
+    assert took < 1.0                             # not the 2 s hang, nor the 5 s timeout
+    assert p.received == ["9,20240101000000"] * 2
+    assert status(store, pid) == ("delivered", 2, None)
+
+
+def test_an_open_circuit_holds_new_pages_from_the_reader_thread(store):
+    async def go():
+        d = Dispatcher(store, "127.0.0.1:1", policy=fast(0.2, open_after=0.05,
+                                                         probe_first=10.0))
+        await d.start()
+        ids = []
+        for i in range(3):
+            ids.append(queue(store, f"{i},20240101000000"))
+            d.submit(f"{i},20240101000000", None)
+        for _ in range(200):
+            if not d.circuit.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert not d.circuit.closed
+        # A page decided now is not sent inline (it would only fail): it waits with the rest.
+        ids.append(queue(store, "9,20240101000000"))
+        d.claim(["9,20240101000000"])
+        await asyncio.to_thread(d.send_now, "9,20240101000000", time.perf_counter())
+        await asyncio.sleep(0.05)
+        waiting = len(d._waiters)
+        await d.drain(0.01)
+        return ids, waiting
+    ids, waiting = asyncio.run(go())
+    assert waiting == 4
+    assert status(store, ids[-1]) == ("pending", 0, None)
+    assert all(status(store, i)[0] == "pending" for i in ids)

@@ -49,8 +49,13 @@ def register(sub) -> None:
     s.add_argument("--corrupt-every", type=int, default=0, metavar="N")
     s.add_argument("--pager-fail-rate", type=float, default=0.0, help="fraction answered 500")
     s.add_argument("--pager-hang-rate", type=float, default=0.0, help="fraction never answered")
+    s.add_argument("--pager-hang-seconds", type=float, default=3600.0, metavar="S",
+                   help="how long a hung page request waits before a 504 (default 3600)")
     s.add_argument("--pager-outage", metavar="START:END",
-                   help="seconds after start during which the pager answers 503")
+                   help="seconds after start during which the pager is down")
+    s.add_argument("--pager-outage-kind", choices=("503", "hang", "refuse"), default="503",
+                   help="how the pager is down in its outage: answers 503 (default), answers "
+                        "nothing, or refuses connections")
     s.add_argument("--seed", type=int, default=0, help="seed of the pager's fault draws")
     s.set_defaults(func=cmd_simulate)
 
@@ -111,7 +116,9 @@ def cmd_simulate(args) -> int:
         resume_state=args.resume, speed=args.speed, pages_out=args.pages_out,
         mllp_faults=MllpFaults(args.disconnect_every, args.split_writes, args.corrupt_every),
         pager_faults=PagerFaults(fail_rate=args.pager_fail_rate, hang_rate=args.pager_hang_rate,
-                                 outage=_outage(args.pager_outage), seed=args.seed))
+                                 hang_seconds=args.pager_hang_seconds,
+                                 outage=_outage(args.pager_outage),
+                                 outage_kind=args.pager_outage_kind, seed=args.seed))
 
     async def run() -> None:
         mllp, pager = await hospital.start()
