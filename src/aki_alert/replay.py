@@ -26,8 +26,8 @@ payloads are used byte for byte.
 a readable MSH-7 keep their place in the file), so an admission precedes the results it
 explains and each result is judged against the results before it.
 
-**Paging.** Replay never talks to the pager. A positive result that opens an AKI episode puts a
-page in the outbox, as live. By default, a result sampled more than `--cutoff-hours` (24) before
+**Paging.** Replay never talks to the pager. A positive result that opens an AKI episode (or is
+paged again in one, repage.py) puts a page in the outbox, as live. By default, a result sampled more than `--cutoff-hours` (24) before
 now gets its page recorded as `suppressed`: a page about a result a day or days old would reach
 a clinician who can no longer act on it as the emergency a page announces, and it would arrive
 unannounced, out of any context; those AKIs are listed in the report instead, for a clinical
