@@ -62,7 +62,7 @@ def test_small_stream_pages_once_and_survives_garbage(tmp_path, pager, backend):
     history.write_text(HISTORY)
     msgs = [result(7, "20240302080000", 110), b"this is not HL7",
             result(7, "20240303080000", 260), result(7, "20240303080000", 260),
-            result(7, "20240304080000", 400)]
+            result(7, "20240304080000", 270)]       # same episode, no worse: not paged
     hospital = MllpHospital(msgs)
     state = backend.state(tmp_path / "state")
     proc = start(hospital.port, pager.port, state, history)
