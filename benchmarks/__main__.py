@@ -6,7 +6,7 @@ import importlib
 import sys
 
 BENCHMARKS = ("bench_model", "bench_ingest", "bench_instructions", "bench_throughput",
-              "bench_console", "bench_import", "bench_startup", "bench_pager")
+              "bench_console", "bench_import", "bench_startup", "bench_pager", "bench_repage")
 
 
 def main() -> int:

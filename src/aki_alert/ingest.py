@@ -23,8 +23,9 @@ from .detect import LOOKBACK, Detector, Judgement, Patient
 from .episodes import episode_start_after, opens_episode
 from .logs import REQUEST_ID
 from .mllp import FrameError
+from .repage import PagedResult, Policy, policy_for, should_repage
 from .store import Store, is_storage_failure
-from .timeutil import DAY
+from .timeutil import DAY, format_hl7_time
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +91,30 @@ def is_result_message(raw: bytes) -> bool:
     return len(msh) > 8 and msh[8].strip().upper().startswith((b"ORU", b"OUL"))
 
 
-def explanation(j: Judgement) -> str:
-    return json.dumps({
+def explanation(j: Judgement, repage_of: int | None = None) -> str:
+    """The outbox's explanation of a page; a re-page names the earlier page's result time."""
+    doc = {
         "detector": j.detector, "version": j.version, "score": round(j.score, 6),
         "threshold": j.threshold, "stage": j.stage, "baseline": j.baseline, "ratio": j.ratio,
-    })
+    }
+    if repage_of is not None:
+        doc["repage_of"] = format_hl7_time(repage_of)
+    return json.dumps(doc)
 
 
 class Ingest:
     def __init__(self, store: Store, detector: Detector,
                  page_from: int | None = None,
-                 profile: hl7.FeedProfile = hl7.DEFAULT_PROFILE) -> None:
+                 profile: hl7.FeedProfile = hl7.DEFAULT_PROFILE,
+                 repage: Policy | None = None) -> None:
         """`page_from`: results sampled before this time are judged and open their episode,
         but their page is recorded as suppressed, not sent (a replay of old messages).
-        `profile`: what this hospital's feed means (hl7/profile.py)."""
+        `profile`: what this hospital's feed means (hl7/profile.py).
+        `repage`: when a positive inside an episode pages again (repage.py; default: the
+        policy shipped for this detector)."""
         self.store = store
         self.detector = detector
+        self.repage = policy_for(detector.name) if repage is None else repage
         self.page_from = page_from
         self.profile = profile
         self._patients: OrderedDict[str, _Cached] = OrderedDict()
@@ -338,9 +347,11 @@ class Ingest:
             if store.result_at(mrn, obs.time) is None:
                 return "nothing-to-remove", None, episode
             store.remove_result(mrn, obs.time, jid)
-            if episode == obs.time:         # its page was for a withdrawn result
-                episode = None
-                store.open_episode(mrn, None)
+            if episode == obs.time:
+                # Its page was for a withdrawn result: the episode is the patient's page
+                # before it whose result still stands (a re-paged episode's first), if any.
+                episode = store.page_before(mrn, obs.time)
+                store.open_episode(mrn, episode)
             log.warning("result of %s at %s withdrawn (OBX-11 %s): removed from the baseline",
                         mrn, obs.time_text, status)
             return "removed", None, episode
@@ -361,9 +372,9 @@ class Ingest:
         page, episode, positive = self._judge(mrn, obs, value, p, episode, jid, received)
         if action == "corrected" and not positive and episode == obs.time:
             # The result that opened the episode is corrected to no injury: the episode goes
-            # with it, so that a real injury later is paged.
-            episode = None
-            store.open_episode(mrn, None)
+            # with it, as for a withdrawn one, so that a real injury later is paged.
+            episode = store.page_before(mrn, obs.time)
+            store.open_episode(mrn, episode)
             log.warning("result of %s at %s that was paged is corrected to %g µmol/L, no "
                         "longer an injury: its episode is closed", mrn, obs.time_text, value)
         return action, page, episode
@@ -381,20 +392,37 @@ class Ingest:
         if not j.positive:
             return None, episode, False
         metrics.child(metrics.POSITIVES, j.detector).inc()
+        repage_of = None
         if not opens_episode(episode, obs.time):
-            log.info("positive result in an open episode, not paged again: %s,%s (episode "
-                     "since %s)", mrn, obs.time_text, episode)
-            return None, episode, True
+            if not self._repages(mrn, episode, obs.time, value, j, p):  # type: ignore[arg-type]
+                log.info("positive result in an open episode, not paged again: %s,%s (episode "
+                         "since %s)", mrn, obs.time_text, episode)
+                return None, episode, True
+            repage_of = episode
+            metrics.REPAGES.inc()
+            log.warning("positive result markedly worse than the episode's page: paged again: "
+                        "%s,%s (episode since %s)", mrn, obs.time_text, episode)
         body = f"{mrn},{obs.time_text}"
         send = self.page_from is None or obs.time >= self.page_from
-        page_id = store.add_page(mrn, obs.time, body, explanation(j), jid,
+        page_id = store.add_page(mrn, obs.time, body, explanation(j, repage_of), jid,
                                  "pending" if send else "suppressed")
         episode = episode_start_after(episode, obs.time)
         store.open_episode(mrn, episode)
         if page_id is not None and send:
-            log.info("page decided: %s %s", body, explanation(j))
+            log.info("page decided: %s %s", body, explanation(j, repage_of))
             return Page(body, received), episode, True
         return None, episode, True
+
+    def _repages(self, mrn: str, episode: int, time: int, value: float, j: Judgement,
+                 p: Patient) -> bool:
+        """Whether a positive inside the episode starting at `episode` pages again (the rare
+        path: one indexed read of the episode's page from the outbox)."""
+        if not self.repage.enabled:
+            return False
+        row = self.store.page_at(mrn, episode)
+        paged = PagedResult.from_explanation(episode, row) if row is not None else None
+        return paged is not None and should_repage(self.repage, paged, time, value, j,
+                                                   p.times, p.values)
 
 
 def _take(p: Patient, t: int, v: float | None) -> None:

@@ -174,6 +174,9 @@ STORAGE_FAILURES = Counter(
 RESULTS_JUDGED = HotCounter(
     "aki_results_judged_total", "Creatinine results judged", ("history", "admission"))
 POSITIVES = Counter("aki_positive_results_total", "Results judged AKI", ["detector"])
+REPAGES = Counter(
+    "aki_repages_total", "Positives inside an open episode paged again: markedly worse than "
+    "the episode's page (repage.py)")
 PAGES = Counter("aki_pages_total", "Page attempts by outcome", ["outcome"])
 OUTBOX_DEPTH = Gauge("aki_outbox_pending", "Pages decided but not yet accepted by the pager")
 OUTBOX_OLDEST = Gauge(

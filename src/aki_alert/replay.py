@@ -26,15 +26,15 @@ payloads are used byte for byte.
 a readable MSH-7 keep their place in the file), so an admission precedes the results it
 explains and each result is judged against the results before it.
 
-**Paging.** Replay never talks to the pager. A positive result that opens an AKI episode puts a
-page in the outbox, as live. By default, a result sampled more than `--cutoff-hours` (24) before
-now gets its page recorded as `suppressed`: a page about a result a day or days old would reach
-a clinician who can no longer act on it as the emergency a page announces, and it would arrive
-unannounced, out of any context; those AKIs are listed in the report instead, for a clinical
-review of each patient. Positives within the cutoff are queued `pending`. With `--page-missed`
-every page is queued `pending`. The running service sends pending pages from the outbox at its
-start, so **restart the service after a replay** (that also makes it reload the patients it keeps
-in memory, which the replay changed underneath it).
+**Paging.** Replay never talks to the pager. A positive result that opens an AKI episode (or is
+paged again in one, repage.py) puts a page in the outbox, as live. By default, a result sampled
+more than `--cutoff-hours` (24) before now gets its page recorded as `suppressed`: a page about
+a result a day or days old would reach a clinician who can no longer act on it as the emergency
+a page announces, and it would arrive unannounced, out of any context; those AKIs are listed in
+the report instead, for a clinical review of each patient. Positives within the cutoff are
+queued `pending`. With `--page-missed` every page is queued `pending`. The running service sends
+pending pages from the outbox at its start, so **restart the service after a replay** (that also
+makes it reload the patients it keeps in memory, which the replay changed underneath it).
 
 **The state.** SQLite in `--state-dir` / STATE_DIR, or PostgreSQL with `--state-url` /
 STATE_URL, as the service is configured; the same behaviour and report on both. A state of an

@@ -62,7 +62,7 @@ def test_small_stream_pages_once_and_survives_garbage(tmp_path, pager, backend):
     history.write_text(HISTORY)
     msgs = [result(7, "20240302080000", 110), b"this is not HL7",
             result(7, "20240303080000", 260), result(7, "20240303080000", 260),
-            result(7, "20240304080000", 400)]
+            result(7, "20240304080000", 270)]       # same episode, no worse: not paged
     hospital = MllpHospital(msgs)
     state = backend.state(tmp_path / "state")
     proc = start(hospital.port, pager.port, state, history)
@@ -397,3 +397,44 @@ def test_sigterm_during_a_long_history_import_exits_0_and_loses_nothing(tmp_path
     assert code == 0 and "imported" in log
     # The interrupted import left nothing behind; the second one imported every row once.
     assert state.value("SELECT count(*) FROM results WHERE source = 'history'") == 600_000
+
+
+def test_repages_live_are_the_offline_ones_across_a_restart(tmp_path, pager, backend):
+    """A generated stream, NHS detector (whose shipped re-page policy pages again): the service
+    pages exactly what offline.py decides, re-pages included, though killed (-9) midway and
+    sent the whole stream again on the same state: each page decided once, no body twice."""
+    from aki_alert.hospital import datafiles
+    from aki_alert.hospital.generator import generate
+    from aki_alert.repage import NEVER
+
+    paths = datafiles.write_hospital(tmp_path / "gen",
+                                     generate(days=45, patients=6000, seed=11, cohort_size=0))
+    msgs = datafiles.read_messages(paths["messages"])
+    history = str(paths["history"])
+    expected = offline_pages(history, msgs, NhsDetector())
+    once = offline_pages(history, msgs, NhsDetector(), NEVER)
+    assert len(expected) == len(set(expected)) and set(once) < set(expected)
+    half = len(msgs) // 2
+    first = set(offline_pages(history, msgs[:half], NhsDetector()))
+    state = backend.state(tmp_path / "state")
+    hospital = MllpHospital(msgs[:half])
+    proc = start(hospital.port, pager.port, state, paths["history"])
+    try:
+        assert wait_for(hospital.done.is_set, 120), f"stalled at {hospital.next}"
+        wait_for(lambda: set(pager.bodies) >= first, 10)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        hospital.close()
+    hospital = MllpHospital(msgs)
+    proc = start(hospital.port, pager.port, state, paths["history"])
+    try:
+        run_to_end(hospital, pager, proc, len(expected), timeout=180)
+    finally:
+        hospital.close()
+    assert sorted(set(pager.bodies)) == sorted(expected)
+    assert sorted(state.value("SELECT count(*) FROM outbox WHERE body = ?", b) for b in
+                  expected) == [1] * len(expected)
+    assert state.value("SELECT count(*) FROM outbox") == len(expected)
+    print(f"\ngenerated stream on {backend.name}, NHS: {len(expected)} pages, "
+          f"{len(set(expected) - set(once))} of them re-pages")

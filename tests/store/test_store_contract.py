@@ -94,8 +94,8 @@ def test_a_rise_is_paged_once_with_its_explanation(backend, store):
     (text,), = backend.rows(store, "SELECT explanation FROM outbox")
     exp = json.loads(text)
     assert exp["detector"] == "nhs" and exp["stage"] == 2 and exp["baseline"] == 100.0
-    # Still rising, same episode: not paged again.
-    assert handle(ing, result(7, T0 + 2 * DAY, 400.0), 0.0)[1] is None
+    # Still up, same episode, no worse (stage 2 again): not paged again.
+    assert handle(ing, result(7, T0 + 2 * DAY, 260.0), 0.0)[1] is None
     assert store.counts()["pages_pending"] == 1
     assert store.load_patient("7")[1] == T0 + DAY
 

@@ -196,6 +196,21 @@ class RowOps:
             "journal_id) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (mrn, result_time, body, time.time(), status, explanation, journal_id))
 
+    def page_at(self, mrn: str, result_time: int) -> str | None:
+        """The explanation of the patient's page for the result at `result_time` (an episode's
+        page, read when a positive inside it may page again: rare, and on outbox_result_time)."""
+        row = self._x("SELECT explanation FROM outbox WHERE result_time = ? AND mrn = ? "
+                      "ORDER BY id DESC LIMIT 1", (result_time, mrn)).fetchone()
+        return None if row is None else row[0]
+
+    def page_before(self, mrn: str, time_: int) -> int | None:
+        """The result time of the patient's latest page for a result before `time_` that is
+        still in its series (where an episode falls back to when its page's result is
+        withdrawn); None without one."""
+        return self._x("SELECT max(o.result_time) FROM outbox o JOIN results r "
+                       "ON r.mrn = o.mrn AND r.time = o.result_time "
+                       "WHERE o.mrn = ? AND o.result_time < ?", (mrn, time_)).fetchone()[0]
+
     # --- outbox (the dispatcher's side) -------------------------------------------------
     def pending_pages(self) -> list[PendingPage]:
         return [PendingPage(*r) for r in self._x(

@@ -1,0 +1,104 @@
+"""Re-paging within an episode on the live path (ingest.py `_judge`), on SQLite and PostgreSQL:
+a wrong moderate page does not silence the real injury, and nothing is paged twice, neither on
+re-delivery nor after the state is reopened."""
+
+from __future__ import annotations
+
+import json
+
+from aki_alert.detect.nhs import NhsDetector
+from aki_alert.hospital import messages
+from aki_alert.ingest import Ingest
+from aki_alert.repage import NEVER, Policy
+from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_time
+
+T0 = parse_hl7_time("20240301080000")
+POLICY = Policy(min_hours=24.0, stage_gain=2)
+
+
+def result(t, value, mrn="7"):
+    return messages.result(t, mrn, value)
+
+
+def withdrawal(t, mrn="7"):
+    """OBX-11 W (posted to the wrong patient), sent a minute after the sample."""
+    ts = format_hl7_time(t)
+    return (f"MSH|^~\\&|LAB|RVJ|||{format_hl7_time(t + 60)}||ORU^R01|||2.5\rPID|1||{mrn}\r"
+            f"OBR|1||||||{ts}\rOBX|1|SN|CREATININE||||||||W\r").encode()
+
+
+def merge(old, new, t):
+    return (f"MSH|^~\\&|PAS|RVJ|||{format_hl7_time(t)}||ADT^A40|||2.5\rPID|1||{new}\r"
+            f"MRG|{old}\r").encode()
+
+
+def body(t, mrn="7"):
+    return f"{mrn},{format_hl7_time(t)}"
+
+
+def outbox(backend, store):
+    return [(b, json.loads(e)) for b, e in
+            backend.rows(store, "SELECT body, explanation FROM outbox ORDER BY id")]
+
+
+def sent(ing, raw):
+    page = ing.apply(raw, 0.0)
+    return None if page is None else page.body
+
+
+def test_a_wrong_moderate_page_does_not_silence_the_real_injury(backend):
+    store = backend.open()
+    ing = Ingest(store, NhsDetector(), repage=POLICY)
+    assert sent(ing, result(T0 - 30 * DAY, 100.0)) is None
+    assert sent(ing, result(T0, 155.0)) == body(T0)                # stage 1: a moderate rise
+    assert sent(ing, result(T0 + 12 * 3600, 320.0)) is None         # worse, but within 24 h
+    injury = result(T0 + 10 * DAY, 400.0)
+    assert sent(ing, injury) == body(T0 + 10 * DAY)                 # stage 3: paged again
+    assert sent(ing, injury) is None                                # re-delivered: nothing
+    assert sent(ing, result(T0 + 12 * DAY, 410.0)) is None          # no worse than the re-page
+    rows = outbox(backend, store)
+    assert [b for b, _ in rows] == [body(T0), body(T0 + 10 * DAY)]
+    assert rows[1][1]["repage_of"] == format_hl7_time(T0) and rows[1][1]["stage"] == 3
+    assert "repage_of" not in rows[0][1]
+    assert backend.rows(store, "SELECT episode_start FROM patients WHERE mrn = '7'") == \
+        [(T0 + 10 * DAY,)]
+
+    # Reopened (a restart): the episode and its page are read back from the state.
+    store.close()
+    store = backend.open()
+    ing = Ingest(store, NhsDetector(), repage=POLICY)
+    assert sent(ing, injury) is None
+    assert sent(ing, result(T0 + 13 * DAY, 420.0)) is None
+    assert [b for b, _ in outbox(backend, store)] == [body(T0), body(T0 + 10 * DAY)]
+
+
+def test_without_a_policy_the_episode_stays_silent(backend):
+    store = backend.open()
+    ing = Ingest(store, NhsDetector(), repage=NEVER)
+    sent(ing, result(T0 - 30 * DAY, 100.0))
+    assert sent(ing, result(T0, 155.0)) == body(T0)
+    assert sent(ing, result(T0 + 10 * DAY, 330.0)) is None
+
+
+def test_a_withdrawn_repage_falls_back_to_the_first_page(backend):
+    store = backend.open()
+    ing = Ingest(store, NhsDetector(), repage=POLICY)
+    sent(ing, result(T0 - 30 * DAY, 100.0))
+    assert sent(ing, result(T0, 155.0)) == body(T0)
+    assert sent(ing, result(T0 + 10 * DAY, 400.0)) == body(T0 + 10 * DAY)
+    ing.apply(withdrawal(T0 + 10 * DAY), 0.0)
+    assert backend.rows(store, "SELECT episode_start FROM patients WHERE mrn = '7'") == [(T0,)]
+    # Still the first page's episode: a result no worse than it is not paged.
+    assert sent(ing, result(T0 + 11 * DAY, 150.0)) is None
+    # And one that is markedly worse than the first page is, once.
+    assert sent(ing, result(T0 + 12 * DAY, 400.0)) == body(T0 + 12 * DAY)
+
+
+def test_a_page_from_a_merged_away_number_is_found(backend):
+    """After a merge the episode's page lives under the new number (its body keeps the old)."""
+    store = backend.open()
+    ing = Ingest(store, NhsDetector(), repage=POLICY)
+    sent(ing, result(T0 - 30 * DAY, 100.0, mrn="8"))
+    assert sent(ing, result(T0, 155.0, mrn="8")) == body(T0, "8")
+    ing.apply(merge("8", "9", T0 + DAY), 0.0)
+    assert sent(ing, result(T0 + 10 * DAY, 400.0, mrn="9")) == body(T0 + 10 * DAY, "9")
