@@ -260,7 +260,10 @@ def test_an_open_circuit_holds_new_pages_from_the_reader_thread(store):
         ids.append(queue(store, "9,20240101000000"))
         d.claim(["9,20240101000000"])
         await asyncio.to_thread(d.send_now, "9,20240101000000", time.perf_counter())
-        await asyncio.sleep(0.05)
+        for _ in range(200):                 # the hand-over reaches the loop soon, load or not
+            if len(d._waiters) == 4:
+                break
+            await asyncio.sleep(0.01)
         waiting = len(d._waiters)
         await d.drain(0.01)
         return ids, waiting
