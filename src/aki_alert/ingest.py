@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from . import hl7, metrics
+from . import hl7, logs, metrics
 from .detect import LOOKBACK, Detector, Judgement, Patient
 from .episodes import episode_start_after, opens_episode
 from .logs import REQUEST_ID
@@ -151,7 +151,7 @@ class Ingest:
         except hl7.HL7Error as e:
             if not again:
                 metrics.child(metrics.MESSAGES, "unparseable").inc()
-            self.set_aside(digest, "unparseable", str(e), raw)
+            self.set_aside(digest, "unparseable", str(e), raw, quoted=e.mrn)
             return None
         kind = type(event).__name__.lower()
         if not again:
@@ -165,10 +165,12 @@ class Ingest:
                 if not isolated:
                     raise Unisolated(e) from e
                 if attempt < MAX_ATTEMPTS:
-                    log.warning("processing failed (attempt %d of %d): %r", attempt,
-                                MAX_ATTEMPTS, e)
+                    log.warning("processing failed (attempt %d of %d): %s", attempt,
+                                MAX_ATTEMPTS, logs.scrub(repr(e), getattr(event, "mrn", None)))
                     continue
-                log.exception("message failed %d times; dead-lettering it", attempt)
+                log.error("message failed %d times; dead-lettering it: %s\n%s", attempt,
+                          logs.scrub(repr(e), getattr(event, "mrn", None)),
+                          logs.traceback_of(e))
                 self.set_aside(digest, kind, f"processing error: {e!r}", raw,
                                getattr(event, "mrn", None))
         return None
@@ -181,8 +183,9 @@ class Ingest:
         self.set_aside(digest, "oversized-frame", frame.reason, frame.prefix)
 
     def set_aside(self, digest: bytes, kind: str, reason: str, raw: bytes,
-                  mrn: str | None = None) -> None:
-        """Durably keep a message that can never be processed, with its reason (a dead letter)."""
+                  mrn: str | None = None, quoted: str | None = None) -> None:
+        """Durably keep a message that can never be processed, with its reason (a dead letter).
+        `quoted`: an MRN the reason quotes without it being the row's patient (an invalid one)."""
         with self.store.transaction():
             new = self.store.journal(digest, kind, mrn, "dead", reason, raw)
         if new:
@@ -190,7 +193,8 @@ class Ingest:
             self._decided["dead"].inc()
             if kind == "result" or is_result_message(raw):
                 metrics.RESULTS_DEAD_LETTERED.inc()
-            log.warning("dead letter (journal %s): %s", new, reason)
+            log.warning("dead letter (journal %s): %s", new,
+                        logs.scrub(logs.scrub(reason, mrn), quoted))
 
     def _apply(self, digest: bytes, event: hl7.Event, kind: str, raw: bytes,
                received: float, isolated: bool, again: bool) -> Page | None:
@@ -256,7 +260,7 @@ class Ingest:
         self.store.set_journal_status(jid, "applied", f"merged {old} into {new}")
         metrics.MERGES.labels(outcome="merged").inc()
         log.warning("patient %s merged into %s: its results, admissions and episode moved",
-                    old, new)
+                    logs.patient(old), logs.patient(new))
 
         def commit_memory() -> None:
             self._patients.pop(old, None)
@@ -272,7 +276,8 @@ class Ingest:
                 metrics.UNRECOGNISED_CREATININE.labels(
                     code=metrics.unrecognised_code(n.code)).inc()
                 log.warning("creatinine-like result of patient %s not judged: %s; name its code "
-                            "in the feed profile (FEED_PROFILE) if it is serum creatinine", mrn,
+                            "in the feed profile (FEED_PROFILE) if it is serum creatinine",
+                            logs.patient(mrn),
                             n.reason)
 
     def _result(self, mrn: str, r: hl7.Result, jid: int, received: float):
@@ -342,7 +347,7 @@ class Ingest:
                 episode = None
                 store.open_episode(mrn, None)
             log.warning("result of %s at %s withdrawn (OBX-11 %s): removed from the baseline",
-                        mrn, obs.time_text, status)
+                        logs.patient(mrn), obs.time_text, status)
             return "removed", None, episode
         value = obs.value
         assert value is not None
@@ -353,7 +358,7 @@ class Ingest:
                 metrics.DUPLICATE_RESULTS.inc()
                 return "duplicate", None, episode
             store.correct_result(mrn, obs.time, value, status, obs.comparator, jid)
-            log.info("result of %s at %s corrected (%s → %s): %g → %g µmol/L", mrn,
+            log.info("result of %s at %s corrected (%s → %s): %g → %g µmol/L", logs.patient(mrn),
                      obs.time_text, old_status, status, old_value, value)
             action = "corrected"
         if status == hl7.PRELIMINARY and self.profile.preliminary == "store":
@@ -374,7 +379,7 @@ class Ingest:
         metrics.child(metrics.POSITIVES, j.detector).inc()
         if not opens_episode(episode, obs.time):
             log.info("positive result in an open episode, not paged again: %s,%s (episode "
-                     "since %s)", mrn, obs.time_text, episode)
+                     "since %s)", logs.patient(mrn), obs.time_text, episode)
             return None, episode
         body = f"{mrn},{obs.time_text}"
         send = self.page_from is None or obs.time >= self.page_from
@@ -383,7 +388,7 @@ class Ingest:
         episode = episode_start_after(episode, obs.time)
         store.open_episode(mrn, episode)
         if page_id is not None and send:
-            log.info("page decided: %s %s", body, explanation(j))
+            log.info("page decided: %s %s", logs.page(body), explanation(j))
             return Page(body, received), episode
         return None, episode
 

@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import aiohttp
 
-from . import metrics
+from . import logs, metrics
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,8 @@ class Dispatcher:
                 self._created.pop(body, None)
                 return
             log.warning("page %s not delivered at once (%s): retried from the event loop, "
-                        "which sends new pages too for the next %.0fs", body, error, INLINE_PAUSE)
+                        "which sends new pages too for the next %.0fs", logs.page(body),
+                        logs.scrub(error, body.partition(",")[0]), INLINE_PAUSE)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._start, body, received, attempts,
                                         context=contextvars.copy_context())
@@ -161,7 +162,7 @@ class Dispatcher:
         assert self._session is not None
         while True:
             if not self.may_send():
-                log.warning("not the leader: page %s left in the outbox", body)
+                log.warning("not the leader: page %s left in the outbox", logs.page(body))
                 break
             attempts += 1
             error = await self._post(body)
@@ -172,7 +173,8 @@ class Dispatcher:
                 break
             delay = backoff(attempts)
             log.warning("page %s not delivered (attempt %d: %s); retrying in %.2fs",
-                        body, attempts, error, delay)
+                        logs.page(body), attempts, logs.scrub(error, body.partition(",")[0]),
+                        delay)
             await asyncio.sleep(delay)
         self._created.pop(body, None)
 
@@ -183,7 +185,7 @@ class Dispatcher:
                 self.store.page_delivered(body, attempts)
                 self.delivered(body, attempts)
         except Exception as e:  # noqa: BLE001 - resent once after a restart: harmless
-            log.error("page %s delivered but not recorded: %s", body, e)
+            log.error("page %s delivered but not recorded: %s", logs.page(body), e)
         if received is not None:
             metrics.PAGE_LATENCY.observe(time.perf_counter() - received)
 
@@ -194,10 +196,11 @@ class Dispatcher:
             with self.lock:
                 self.store.page_failed(body, attempts, error, dead)
         except Exception as e:  # noqa: BLE001 - the row stays pending; retry still happens
-            log.error("cannot record page attempt for %s: %s", body, e)
+            log.error("cannot record page attempt for %s: %s", logs.page(body), e)
         if dead:
             metrics.PAGES.labels(outcome="dead").inc()
-            log.error("pager refused page %s for good: %s (dead-lettered)", body, error)
+            log.error("pager refused page %s for good: %s (dead-lettered)", logs.page(body),
+                      logs.scrub(error, body.partition(",")[0]))
         else:
             metrics.PAGES.labels(outcome="retry").inc()
         return dead
