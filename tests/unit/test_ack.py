@@ -42,6 +42,7 @@ def fixed_clock_and_ids(monkeypatch):
     monkeypatch.setattr(ack_module, "_now", [1_704_164_645, NOW])
     monkeypatch.setattr(ack_module, "_PREFIX", "TESTPFX0-")
     monkeypatch.setattr(ack_module, "_counter", itertools.count(1))
+    monkeypatch.setattr(ack_module, "_aa_cache", {})
 
 
 def segments(reply: bytes) -> list[bytes]:
@@ -256,3 +257,12 @@ def test_every_ack_passes_the_strict_parser_and_reads_back(mrn, control, version
             assert str(err[1]).startswith("^^^1")
         else:
             assert str(err[3]).endswith("^HL70357") and str(err[4]) == "E"
+
+
+def test_a_line_feed_before_the_first_carriage_return_ends_the_msh():
+    raw = b"MSH|^~\\&|A|B|C|D|20240101000000||ADT^A01|X1|P|2.5\nPID|1||1|\rOBX|1\r"
+    assert hl7.acknowledgement(raw) == (
+        b"MSH|^~\\&|C|D|A|B|20240102030405||ACK^A01^ACK|TESTPFX0-1|P|2.5\rMSA|AA|X1\r")
+    short = b"MSH|^~\\&|A|B|C|D|20240101000000||ADT^A01|X1\nPID|1||1|||||\rOBX|1\r"
+    assert check_ack(hl7.acknowledgement(short)) == "AA"
+    assert segments(hl7.acknowledgement(short))[1] == b"MSA|AA|X1"

@@ -79,9 +79,14 @@ def next_control_id() -> bytes:
 def _timestamp() -> bytes:
     now = int(_clock())
     if _now[0] != now:
-        _now[1] = time.strftime("%Y%m%d%H%M%S", time.localtime(now)).encode()
+        _now[1] = _stamp(now)
         _now[0] = now
     return _now[1]
+
+
+def _stamp(second: int) -> bytes:
+    """MSH-7 of an ACK sent in this second (local time)."""
+    return time.strftime("%Y%m%d%H%M%S", time.localtime(second)).encode()
 
 
 def _version(version: bytes, cs: bytes) -> tuple[bool, bool]:
@@ -133,7 +138,67 @@ def _head(raw: bytes, whole: bool) -> bytes | None:
 def acknowledgement(item: bytes | FrameError, code: str = "AA",
                     error: HL7Error | None = None) -> bytes:
     """The ACK of a frame (module docstring): `code` in MSA-1, and with `error` an ERR segment
-    saying why. The default, AA without an error, is the front's per-message hot path."""
+    saying why. The default, AA without an error, is the front's per-message hot path: for a
+    message with the usual separators, all of the ACK but its MSH-10 and MSA-2 is cached per
+    second and per header (the fields it echoes), so a message costs one split of its MSH, a
+    dictionary look-up and one formatting."""
+    if code == "AA" and error is None and item.__class__ is bytes and item[:9] == _USUAL:
+        end = item.find(b"\r")
+        if end > 0:
+            f = item[:end].split(b"|", 12)
+            if len(f) > 11:
+                echoed = (f[2], f[3], f[4], f[5], f[10], f[11])
+                now = int(_clock())
+                cached = _aa_cache.get(f[8])
+                if cached is None or cached[0] != now or cached[3] != echoed:
+                    cached = _aa_parts(f[8], echoed, now)
+                if cached is not None:
+                    control = f[9]
+                    if not control:
+                        return b"%s%d%s\r" % (cached[1], next(_counter), cached[2])
+                    if b"\n" not in control:
+                        return b"%s%d%s|%s\r" % (cached[1], next(_counter), cached[2], control)
+    return _acknowledgement(item, code, error)
+
+
+_USUAL = b"MSH|^~\\&|"
+# MSH-9 → (second, the ACK up to its MSH-10's counter, from there to MSA-1, the fields echoed)
+_aa_cache: dict[bytes, tuple[int, bytes, bytes, tuple[bytes, ...]]] = {}
+
+
+def _aa_parts(msh9: bytes, echoed: tuple[bytes, ...], now: int
+              ) -> tuple[int, bytes, bytes, tuple[bytes, ...]] | None:
+    """The AA ACK of a header with the usual separators, without its own MSH-10's counter and
+    without MSA-2: (second, the bytes before, the bytes between, `echoed`), cached for that
+    second and that MSH-9 (a feed sends a few message types, from one or two senders). None
+    for a header with a line feed in an echoed field: the careful path reads it."""
+    if any(b"\n" in x for x in echoed) or b"\n" in msh9:
+        return None         # `\n` ends the MSH too (tolerated): acknowledgement() cuts there
+    sending, sending_facility, receiving, receiving_facility, processing, version = echoed
+    version = version or b"2.5"
+    structured, _ = _version(version, b"^")
+    parts = (now,
+             b"|".join((b"MSH", b"^~\\&", receiving, receiving_facility, sending,
+                        sending_facility, _stamp(now), b"", _ack_type(msh9, b"^", structured),
+                        _PREFIX.encode("ascii"))),
+             b"|" + processing + b"|" + version + b"\rMSA|AA", echoed)
+    if len(_aa_cache) >= 256:
+        _aa_cache.clear()
+    _aa_cache[msh9] = parts
+    return parts
+
+
+def _ack_type(msh9: bytes, cs: bytes, structured: bool) -> bytes:
+    """MSH-9 of the ACK of a message whose MSH-9 is `msh9`: `ACK^<trigger>^ACK`, or without
+    the structure before v2.3.1."""
+    parts = msh9.split(cs, 2)
+    trigger = parts[1] if len(parts) > 1 else b""
+    if structured:
+        return b"ACK" + cs + trigger + cs + b"ACK"
+    return b"ACK" + cs + trigger if trigger else b"ACK"
+
+
+def _acknowledgement(item: bytes | FrameError, code: str, error: HL7Error | None) -> bytes:
     if isinstance(item, FrameError):
         head = _head(item.prefix, whole=False)
     else:
@@ -154,12 +219,7 @@ def acknowledgement(item: bytes | FrameError, code: str = "AA",
         f += [b""] * (12 - len(f))
     version = f[11] or b"2.5"
     structured, err_v25 = _versions.get(version) or _version(version, cs)
-    parts = f[8].split(cs, 2)
-    trigger = parts[1] if len(parts) > 1 else b""
-    if structured:
-        msh9 = b"ACK" + cs + trigger + cs + b"ACK"
-    else:
-        msh9 = b"ACK" + cs + trigger if trigger else b"ACK"
+    msh9 = _ack_type(f[8], cs, structured)
     msa = [b"MSA", code.encode("ascii")]
     if f[9]:
         msa.append(f[9])
