@@ -1,4 +1,5 @@
-# The two commands of a fresh machine: `make demo` and `make test`.
+# The two commands of a fresh machine: `make demo` and `make test`. Both use one venv with the
+# package's `dev` and `train` extras (the demo trains a model; the tests train and plot).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,train]'
 	touch $(STAMP)
 
 venv: $(STAMP)

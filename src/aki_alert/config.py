@@ -70,6 +70,16 @@ SETTINGS = (
             "seconds between the console pages' automatic reloads (0: none)"),
     Setting("LOG_FORMAT", "--log-format", "text", "json", "text or json"),
     Setting("LOG_LEVEL", "--log-level", "INFO", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Setting("NACK_POLICY", "--nack-policy", "accept", "hl7",
+            "accept: AA to every message durably handled, a message that cannot be used becomes "
+            "a dead letter; hl7: such a message is answered AE, an unreadable frame AR, with an "
+            "ERR segment saying why (docs/integration.md)"),
+    Setting("LOG_PATIENT_IDS", "--log-patient-ids", "plain", "hashed",
+            "MRNs in log lines: plain, hashed (a keyed HMAC-SHA256, mrn#…; needs "
+            "LOG_PATIENT_KEY) or none (left out)"),
+    Setting("LOG_PATIENT_KEY", "--log-patient-key", "", "a-long-random-secret",
+            "the key of LOG_PATIENT_IDS=hashed (at least 16 characters; keep it secret and "
+            "stable: the same MRN then hashes alike across restarts)"),
 )
 
 
@@ -96,6 +106,10 @@ class Config:
     console_refresh: int
     log_format: str
     log_level: str
+    nack_policy: str = "accept"
+    feed_profile_path: str = ""             # FEED_PROFILE as given ("": the default profile)
+    log_patient_ids: str = "plain"
+    log_patient_key: str = ""
 
     @property
     def mllp_address(self) -> str:
@@ -169,6 +183,10 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
     if not refresh.isdigit() or int(refresh) > 3600:
         raise ConfigError(f"CONSOLE_REFRESH={refresh!r} is not a number of seconds from 0 to "
                           "3600; example: CONSOLE_REFRESH=60 (0: no automatic reload)")
+    if raw["LOG_PATIENT_IDS"] == "hashed" and len(raw["LOG_PATIENT_KEY"]) < 16:
+        raise ConfigError("LOG_PATIENT_KEY is not set or shorter than 16 characters: "
+                          "LOG_PATIENT_IDS=hashed needs a secret key; example: "
+                          "LOG_PATIENT_KEY=$(openssl rand -hex 32)")
     if ports["CONSOLE_PORT"] and not raw["CONSOLE_TOKEN"]:
         raise ConfigError("CONSOLE_TOKEN is not set: the console shows patient data and needs "
                           "a token; example: CONSOLE_TOKEN=s3cret-token (or CONSOLE_PORT=0)")
@@ -196,4 +214,9 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         log_format=_choice(by_env["LOG_FORMAT"], raw["LOG_FORMAT"], ("text", "json")),
         log_level=_choice(by_env["LOG_LEVEL"], raw["LOG_LEVEL"].upper(),
                           ("DEBUG", "INFO", "WARNING", "ERROR")),
+        nack_policy=_choice(by_env["NACK_POLICY"], raw["NACK_POLICY"], ("accept", "hl7")),
+        feed_profile_path=raw["FEED_PROFILE"],
+        log_patient_ids=_choice(by_env["LOG_PATIENT_IDS"], raw["LOG_PATIENT_IDS"],
+                                ("plain", "hashed", "none")),
+        log_patient_key=raw["LOG_PATIENT_KEY"],
     )

@@ -35,7 +35,7 @@ import os
 import time
 
 from . import metrics
-from .hl7 import acknowledgement
+from .hl7 import FeedProfile, acknowledgement, nack_acknowledgement
 from .ingest import Ingest, Page, Unisolated
 from .mllp import FrameError
 from .store.msglog import (DELIVERED, MESSAGE, MessageLog, Position, SegmentWriter,
@@ -55,10 +55,13 @@ Frame = bytes | FrameError
 
 class Durable:
     def __init__(self, store: Store, ingest: Ingest, log_dir: str, sync: bool = False,
-                 commit_each: bool = False) -> None:
+                 commit_each: bool = False, nack_profile: FeedProfile | None = None) -> None:
         """`log_dir`: where the message log is (the state directory); `sync`: fdatasync each
         record (durability "machine"); `commit_each`: apply and commit every message before
-        its ACK, without the log."""
+        its ACK, without the log; `nack_profile`: answer under the `hl7` NACK policy with this
+        feed profile (hl7/ack.py), None: AA to every frame."""
+        self.nack_profile = nack_profile
+        self.ack_code = "AA"                  # MSA-1 of the last ACK accept() returned
         self.store = store
         self.commit_each = commit_each
         self.ingest = ingest
@@ -87,7 +90,10 @@ class Durable:
                 self.frames = SegmentWriter(self.log_dir, self.sync)
             self._taken = self.frames.append(*log_record(item))
             self._accepted = (item, received)
-        return acknowledgement(item)
+        if self.nack_profile is None:
+            return acknowledgement(item)
+        self.ack_code, reply = nack_acknowledgement(item, self.nack_profile)
+        return reply
 
     def take(self, item: Frame, received: float, at: Position) -> list[Page]:
         """Apply a frame the front logged at `at` and acknowledged; returns the pages to send.

@@ -18,6 +18,12 @@ storage fails) the front soon stops acknowledging and the hospital waits.
 The front dies with the service (PR_SET_PDEATHSIG), so that a killed service's front cannot
 keep the hospital's connection; it stops on SIGTERM from the service after the frame in hand.
 
+Under the `hl7` NACK policy (`--nack-policy hl7`) the front parses each message itself with the
+service's feed profile (`--feed-profile`; a pure function, the same the service applies) to
+answer a message that will be a dead letter AE, and an unreadable frame AR (hl7/ack.py); it
+tells the service the code with an event record (`ack:AE`) before the frame's own record. The
+default policy, `accept`, answers AA and costs nothing more.
+
     python -m aki_alert.front HOST:PORT STATE_DIR PARENT_PID [--sync]   (started by the service)
 """
 
@@ -36,7 +42,8 @@ from collections.abc import Iterator
 
 from . import logs
 from .connection import MllpClient
-from .hl7 import acknowledgement
+from .hl7 import (DEFAULT_PROFILE, FeedProfile, acknowledgement, load_profile,
+                  nack_acknowledgement)
 from .mllp import FrameError
 from .store.msglog import Position, SegmentWriter, log_record
 
@@ -46,6 +53,7 @@ log = logging.getLogger(__name__)
 # round trip with the service's work; more would only queue pages behind other messages.
 AHEAD = 2
 EVENT = b"E"
+ACK_EVENT = "ack:"                   # + MSA-1, an event record before a frame not answered AA
 _RECORD = struct.Struct(">cIIddI")   # kind, segment, index, received, processing, length
 _PR_SET_PDEATHSIG = 1
 
@@ -118,8 +126,12 @@ class Handoff:
 class Front:
     """The front's work for each frame, before its ACK: log it, hand it over."""
 
-    def __init__(self, frames: SegmentWriter, handoff: Handoff) -> None:
+    def __init__(self, frames: SegmentWriter, handoff: Handoff,
+                 nack_profile: FeedProfile | None = None) -> None:
+        """`nack_profile`: answer under the `hl7` NACK policy, judging messages with this feed
+        profile; None: the `accept` policy (AA to every frame)."""
         self.frames, self.handoff = frames, handoff
+        self.nack_profile = nack_profile
 
     def on_frame(self, item: bytes | FrameError, received: float) -> bytes:
         """The frame's ACK, once it is in the log and handed over. Handing over before the
@@ -129,8 +141,14 @@ class Front:
         self.handoff.wait_for_room()
         kind, payload = log_record(item)
         at = self.frames.append(kind, payload)
+        if self.nack_profile is None:
+            self.handoff.send(kind, at, received, time.perf_counter() - received, payload)
+            return acknowledgement(item)
+        code, reply = nack_acknowledgement(item, self.nack_profile)
+        if code != "AA":
+            self.handoff.event(ACK_EVENT + code)
         self.handoff.send(kind, at, received, time.perf_counter() - received, payload)
-        return acknowledgement(item)
+        return reply
 
 
 def _die_with_parent(parent: int) -> None:
@@ -152,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sync", action="store_true")
     ap.add_argument("--log-format", default="text")
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--nack-policy", choices=("accept", "hl7"), default="accept")
+    ap.add_argument("--feed-profile", default="")
     args = ap.parse_args(argv)
     logs.setup(args.log_format, args.log_level)
     _die_with_parent(args.parent)
@@ -159,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     host, _, port = args.hospital.rpartition(":")
     handoff = Handoff(sys.stdout.fileno(), sys.stdin.fileno())
-    front = Front(SegmentWriter(args.state_dir, args.sync), handoff)
+    nack_profile = None
+    if args.nack_policy == "hl7":
+        nack_profile = load_profile(args.feed_profile) if args.feed_profile else DEFAULT_PROFILE
+    front = Front(SegmentWriter(args.state_dir, args.sync), handoff, nack_profile)
     client = MllpClient(host, int(port), front.on_frame, events=handoff.event)
     signal.signal(signal.SIGTERM, lambda *_: client.stop())
     try:
@@ -176,11 +199,13 @@ class FrontProcess:
     """The service's handle on its front: starts it, yields what it hands over, credits it."""
 
     def __init__(self, hospital: str, state_dir: str, sync: bool, log_format: str,
-                 log_level: str) -> None:
+                 log_level: str, nack_policy: str = "accept", feed_profile: str = "") -> None:
         self.argv = [sys.executable, "-m", "aki_alert.front", hospital, state_dir,
                      str(os.getpid()), "--log-format", log_format, "--log-level", log_level]
         if sync:
             self.argv.append("--sync")
+        if nack_policy != "accept":
+            self.argv += ["--nack-policy", nack_policy, "--feed-profile", feed_profile]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:

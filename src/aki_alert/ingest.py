@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from . import hl7, metrics
+from . import hl7, logs, metrics
 from .detect import LOOKBACK, Detector, Judgement, Patient
 from .episodes import episode_start_after, opens_episode
 from .logs import REQUEST_ID
@@ -160,7 +160,7 @@ class Ingest:
         except hl7.HL7Error as e:
             if not again:
                 metrics.child(metrics.MESSAGES, "unparseable").inc()
-            self.set_aside(digest, "unparseable", str(e), raw)
+            self.set_aside(digest, "unparseable", str(e), raw, quoted=e.mrn)
             return None
         kind = type(event).__name__.lower()
         if not again:
@@ -174,10 +174,12 @@ class Ingest:
                 if not isolated:
                     raise Unisolated(e) from e
                 if attempt < MAX_ATTEMPTS:
-                    log.warning("processing failed (attempt %d of %d): %r", attempt,
-                                MAX_ATTEMPTS, e)
+                    log.warning("processing failed (attempt %d of %d): %s", attempt,
+                                MAX_ATTEMPTS, logs.scrub(repr(e), getattr(event, "mrn", None)))
                     continue
-                log.exception("message failed %d times; dead-lettering it", attempt)
+                log.error("message failed %d times; dead-lettering it: %s\n%s", attempt,
+                          logs.scrub(repr(e), getattr(event, "mrn", None)),
+                          logs.traceback_of(e))
                 self.set_aside(digest, kind, f"processing error: {e!r}", raw,
                                getattr(event, "mrn", None))
         return None
@@ -190,8 +192,9 @@ class Ingest:
         self.set_aside(digest, "oversized-frame", frame.reason, frame.prefix)
 
     def set_aside(self, digest: bytes, kind: str, reason: str, raw: bytes,
-                  mrn: str | None = None) -> None:
-        """Durably keep a message that can never be processed, with its reason (a dead letter)."""
+                  mrn: str | None = None, quoted: str | None = None) -> None:
+        """Durably keep a message that can never be processed, with its reason (a dead letter).
+        `quoted`: an MRN the reason quotes without it being the row's patient (an invalid one)."""
         with self.store.transaction():
             new = self.store.journal(digest, kind, mrn, "dead", reason, raw)
         if new:
@@ -199,7 +202,8 @@ class Ingest:
             self._decided["dead"].inc()
             if kind == "result" or is_result_message(raw):
                 metrics.RESULTS_DEAD_LETTERED.inc()
-            log.warning("dead letter (journal %s): %s", new, reason)
+            log.warning("dead letter (journal %s): %s", new,
+                        logs.scrub(logs.scrub(reason, mrn), quoted))
 
     def _apply(self, digest: bytes, event: hl7.Event, kind: str, raw: bytes,
                received: float, isolated: bool, again: bool) -> Page | None:
@@ -265,7 +269,7 @@ class Ingest:
         self.store.set_journal_status(jid, "applied", f"merged {old} into {new}")
         metrics.MERGES.labels(outcome="merged").inc()
         log.warning("patient %s merged into %s: its results, admissions and episode moved",
-                    old, new)
+                    logs.patient(old), logs.patient(new))
 
         def commit_memory() -> None:
             self._patients.pop(old, None)
@@ -281,8 +285,8 @@ class Ingest:
                 metrics.UNRECOGNISED_CREATININE.labels(
                     code=metrics.unrecognised_code(n.code)).inc()
                 log.warning("creatinine-like result of patient %s not judged: %s; name its code "
-                            "in the feed profile (FEED_PROFILE) if it is serum creatinine", mrn,
-                            n.reason)
+                            "in the feed profile (FEED_PROFILE) if it is serum creatinine",
+                            logs.patient(mrn), n.reason)
 
     def _result(self, mrn: str, r: hl7.Result, jid: int, received: float):
         """Every creatinine observation of the message, in order: stored, corrected or removed
@@ -353,7 +357,7 @@ class Ingest:
                 episode = store.page_before(mrn, obs.time)
                 store.open_episode(mrn, episode)
             log.warning("result of %s at %s withdrawn (OBX-11 %s): removed from the baseline",
-                        mrn, obs.time_text, status)
+                        logs.patient(mrn), obs.time_text, status)
             return "removed", None, episode
         value = obs.value
         assert value is not None
@@ -364,7 +368,7 @@ class Ingest:
                 metrics.DUPLICATE_RESULTS.inc()
                 return "duplicate", None, episode
             store.correct_result(mrn, obs.time, value, status, obs.comparator, jid)
-            log.info("result of %s at %s corrected (%s → %s): %g → %g µmol/L", mrn,
+            log.info("result of %s at %s corrected (%s → %s): %g → %g µmol/L", logs.patient(mrn),
                      obs.time_text, old_status, status, old_value, value)
             action = "corrected"
         if status == hl7.PRELIMINARY and self.profile.preliminary == "store":
@@ -376,7 +380,8 @@ class Ingest:
             episode = store.page_before(mrn, obs.time)
             store.open_episode(mrn, episode)
             log.warning("result of %s at %s that was paged is corrected to %g µmol/L, no "
-                        "longer an injury: its episode is closed", mrn, obs.time_text, value)
+                        "longer an injury: its episode is closed", logs.patient(mrn),
+                        obs.time_text, value)
         return action, page, episode
 
     def _judge(self, mrn: str, obs: hl7.Observation, value: float, p: Patient,
@@ -396,12 +401,12 @@ class Ingest:
         if not opens_episode(episode, obs.time):
             if not self._repages(mrn, episode, obs.time, value, j, p):  # type: ignore[arg-type]
                 log.info("positive result in an open episode, not paged again: %s,%s (episode "
-                         "since %s)", mrn, obs.time_text, episode)
+                         "since %s)", logs.patient(mrn), obs.time_text, episode)
                 return None, episode, True
             repage_of = episode
             metrics.REPAGES.inc()
             log.warning("positive result markedly worse than the episode's page: paged again: "
-                        "%s,%s (episode since %s)", mrn, obs.time_text, episode)
+                        "%s,%s (episode since %s)", logs.patient(mrn), obs.time_text, episode)
         body = f"{mrn},{obs.time_text}"
         send = self.page_from is None or obs.time >= self.page_from
         page_id = store.add_page(mrn, obs.time, body, explanation(j, repage_of), jid,
@@ -409,7 +414,7 @@ class Ingest:
         episode = episode_start_after(episode, obs.time)
         store.open_episode(mrn, episode)
         if page_id is not None and send:
-            log.info("page decided: %s %s", body, explanation(j, repage_of))
+            log.info("page decided: %s %s", logs.page(body), explanation(j, repage_of))
             return Page(body, received), episode, True
         return None, episode, True
 

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"aki-alert serve: {e}", file=sys.stderr)
         return 2
     logs.setup(cfg.log_format, cfg.log_level)
+    logs.set_patient_ids(cfg.log_patient_ids, cfg.log_patient_key)
     from .leader import LeadershipLost
     from .service import Interrupted, serve
     from .startup import StartupError

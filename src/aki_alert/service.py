@@ -21,7 +21,7 @@ from . import health, metrics
 from .config import Config
 from .connection import DISCONNECTED, MllpClient
 from .durable import BATCH_SECONDS, Durable
-from .front import EVENT, FrontProcess
+from .front import ACK_EVENT, EVENT, FrontProcess
 from .ingest import Ingest, Page
 from .leader import Lease, LeadershipLost
 from .mllp import FrameError
@@ -70,7 +70,7 @@ class Service:
         else:
             self.front = FrontProcess(cfg.mllp_address, cfg.state_dir,
                                       cfg.durability == "machine", cfg.log_format,
-                                      cfg.log_level)
+                                      cfg.log_level, cfg.nack_policy, cfg.feed_profile_path)
 
     def _may_lead(self) -> bool:
         if self.lease is None or self.lease.valid():
@@ -111,13 +111,21 @@ class Service:
             self._send(pages)
         while not self.stopping.is_set():
             front.start()
+            code = "AA"                           # of the next frame (ACK_EVENT says otherwise)
             if self.stopping.is_set():            # stop() came before the front existed
                 front.stop()
             for kind, at, received, processing, payload in front.records():
                 if kind == EVENT:
-                    metrics.connection_event(payload.decode())
+                    if payload.startswith(ACK_EVENT.encode()):
+                        code = payload[len(ACK_EVENT):].decode()
+                    else:
+                        metrics.connection_event(payload.decode())
                     continue
-                acks.inc()
+                if code == "AA":
+                    acks.inc()
+                else:
+                    metrics.child(metrics.ACKS, code).inc()
+                    code = "AA"
                 metrics.PROCESSING.observe(processing)
                 if not self.take(frame_of(kind, payload), received, at):
                     break                         # stopping while the state cannot take it
@@ -202,7 +210,7 @@ class Service:
             self._fence()
             reply = self.durable.accept(item, received)
             self._fence()
-        metrics.child(metrics.ACKS, "AA").inc()
+        metrics.child(metrics.ACKS, self.durable.ack_code).inc()
         metrics.PROCESSING.observe(time.perf_counter() - received)
         return reply
 
@@ -342,7 +350,8 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
     readiness.set("detector", True)
     ingest = Ingest(store, detector, profile=cfg.feed_profile)
     durable = Durable(store, ingest, cfg.state_dir, sync=cfg.durability == "machine",
-                      commit_each=lease is not None)
+                      commit_each=lease is not None,
+                      nack_profile=cfg.feed_profile if cfg.nack_policy == "hl7" else None)
     # Messages acknowledged but not committed before a crash go in first, into the state they
     # belong to (which reconcile may then archive).
     try:

@@ -674,7 +674,25 @@ def write_report(
 # ---------------------------------------------------------------- commands
 
 
+TRAINING_EXTRA = ("numpy", "sklearn", "matplotlib")
+
+
+def missing_training_extra(command: str, modules: Sequence[str] = TRAINING_EXTRA) -> str | None:
+    """The message for a command that needs the `train` extra when any of `modules` is not
+    installed (a plain `pip install aki-alert`, the image: serving only), else None."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (f"aki-alert {command} needs the training extra ({', '.join(missing)} not "
+            "installed): pip install 'aki-alert[train]'")
+
+
 def _cmd_train(args) -> int:
+    if (missing := missing_training_extra("train")) is not None:
+        print(missing, file=sys.stderr)
+        return 2
     out = Path(args.out)
     try:
         excluded = tuple(f.strip() for f in args.exclude.split(",") if f.strip())
@@ -688,6 +706,10 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from .detect.model import ModelLoadError
 
+    # Scoring runs the serving code (pure Python); only the report's plots need the extra.
+    if args.report and (missing := missing_training_extra("evaluate --report")) is not None:
+        print(missing, file=sys.stderr)
+        return 2
     try:
         evaluate(
             Path(args.model) if args.model else None,

@@ -103,6 +103,8 @@ def test_package_is_installed_from_the_context_with_the_constraints(parser):
     args = words[i + 1:]
     assert "-c" in args and args[args.index("-c") + 1] == "constraints.txt"
     assert "." in args, f"the package is not installed from the build context: {words}"
+    # Serving only: the `train` extra (numpy, scikit-learn, matplotlib) stays out of the image.
+    assert not any(a.startswith(".[") for a in args), f"an extra is installed: {words}"
     assert "-e" not in args and "--editable" not in args
 
 

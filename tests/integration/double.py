@@ -14,8 +14,12 @@ from aki_alert.mllp import FrameDecoder, frame
 
 
 class MllpHospital:
-    def __init__(self, messages: list[bytes], deadline: float = 10.0) -> None:
+    def __init__(self, messages: list[bytes], deadline: float = 10.0,
+                 nack_moves_on: bool = False) -> None:
+        """`nack_moves_on`: an AE/AR moves on to the next message, as an integration engine
+        that files it in its error queue does (the assessment hospital resends instead)."""
         self.messages = messages
+        self.nack_moves_on = nack_moves_on
         self.deadline = deadline
         self.next = 0                      # index of the first message not yet ACKed
         self.acks: list[bytes] = []
@@ -56,7 +60,7 @@ class MllpHospital:
             if len(replies) != 1 or not replies[0].startswith(b"MSH|"):
                 return  # strict: one ACK, an HL7 message
             self.acks.append(replies[0])
-            if b"\rMSA|AA" in replies[0]:
+            if b"\rMSA|AA" in replies[0] or self.nack_moves_on:
                 self.next += 1
         if self.next >= len(self.messages):
             self.done.set()

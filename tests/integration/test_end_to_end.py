@@ -438,3 +438,48 @@ def test_repages_live_are_the_offline_ones_across_a_restart(tmp_path, pager, bac
     assert state.value("SELECT count(*) FROM outbox") == len(expected)
     print(f"\ngenerated stream on {backend.name}, NHS: {len(expected)} pages, "
           f"{len(set(expected) - set(once))} of them re-pages")
+
+
+def test_hl7_nack_policy_and_hashed_patient_ids(tmp_path, pager, backend):
+    """NACK_POLICY=hl7 against an engine that files AE/AR in its error queue and moves on: a
+    message that cannot be used is answered AE with an ERR saying why, an unreadable one AR,
+    both still journaled as dead letters; the rest AA, with standard ACKs. With
+    LOG_PATIENT_IDS=hashed the log carries no MRN, the pager still gets it."""
+    import hmac
+    from hashlib import sha256
+
+    from aki_alert.hospital.ackcheck import check_ack
+
+    with socket_free_port() as port:
+        pass
+    history = tmp_path / "history.csv"
+    history.write_text(HISTORY.replace("\n7,", "\n555000111,"))
+    bad = result(555000111, "20240302090000", 120).replace(b"||120\r", b"||lots\r")
+    msgs = [result(555000111, "20240302080000", 110), bad, b"this is not HL7",
+            result(555000111, "20240303080000", 260)]
+    hospital = MllpHospital(msgs, nack_moves_on=True)
+    state = backend.state(tmp_path / "state")
+    key = "test-key-0123456789abcdef"
+    proc = start(hospital.port, pager.port, state, history, NACK_POLICY="hl7",
+                 LOG_PATIENT_IDS="hashed", LOG_PATIENT_KEY=key, METRICS_PORT=str(port))
+    try:
+        assert wait_for(hospital.done.is_set, 30), f"stalled at {hospital.next}"
+        assert wait_for(lambda: pager.bodies, 10)
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        code, err = stop(proc)
+    finally:
+        hospital.close()
+    assert code == 0, err[-3000:]
+    assert pager.bodies == ["555000111,20240303080000"]
+    assert [check_ack(a) for a in hospital.acks] == ["AA", "AE", "AR", "AA"]
+    ae = hospital.acks[1].split(b"\r")
+    assert ae[0].split(b"|")[8] == b"ACK^R01^ACK"
+    assert ae[2].startswith(b"ERR|||102^Data type error^HL70357|E||||OBX-5 creatinine 'lots'")
+    assert state.value("SELECT count(*) FROM dead_letters") == 2
+    for code_, n in (("AA", 2), ("AE", 1), ("AR", 1)):
+        assert f'aki_acks_sent_total{{code="{code_}"}} {n}.0' in text
+    tag = "mrn#" + hmac.new(key.encode(), b"555000111", sha256).hexdigest()[:12]
+    assert "555000111" not in err
+    assert f"page decided: {tag},20240303080000" in err

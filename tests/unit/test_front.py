@@ -24,7 +24,7 @@ from aki_alert.durable import Durable
 from aki_alert.front import AHEAD, EVENT, Decoder, FrontProcess, Handoff, ServiceGone, encode
 from aki_alert.hospital import messages
 from aki_alert.ingest import Ingest
-from aki_alert.mllp import frame
+from aki_alert.mllp import FrameDecoder, frame
 from aki_alert.service import Service
 from aki_alert.store.msglog import FRAME_ERROR, MESSAGE, SegmentWriter, segment_records
 from aki_alert.store.sqlite import SqliteStore
@@ -224,3 +224,79 @@ def test_no_front_starts_until_the_log_a_crash_left_is_applied(hospital, tmp_pat
     assert store.db.execute("SELECT count(*) FROM journal").fetchone()[0] == 2
     store.close()
     durable.close()
+
+
+# --- the NACK policy --------------------------------------------------------------------------
+
+def test_the_default_front_argv_carries_no_nack_policy(tmp_path):
+    front = FrontProcess("127.0.0.1:9", str(tmp_path), False, "text", "INFO")
+    assert "--nack-policy" not in front.argv and "--feed-profile" not in front.argv
+    front = FrontProcess("127.0.0.1:9", str(tmp_path), False, "text", "INFO", "hl7", "/p.toml")
+    assert front.argv[-4:] == ["--nack-policy", "hl7", "--feed-profile", "/p.toml"]
+
+
+def test_an_hl7_policy_front_answers_ae_ar_with_its_profile_and_says_so(hospital, tmp_path):
+    """The front judges a message with the service's feed profile (here one that knows a local
+    code `CREA`): a message that will be a dead letter is answered AE, an oversized frame AR,
+    and the service learns the code from an `ack:` event before the frame's record; every
+    frame is logged and handed over all the same."""
+    profile = tmp_path / "feed.toml"
+    profile.write_text('[[creatinine]]\ncode = "CREA"\nunit = "umol/L"\n')
+    front = FrontProcess(f"127.0.0.1:{hospital.port}", str(tmp_path), False, "text", "WARNING",
+                         "hl7", str(profile))
+    front.start()
+    try:
+        conn = hospital.accept()
+        good = messages.result(T0, "7", 80.0).replace(b"CREATININE", b"CREA")
+        bad = messages.result(T0 + 60, "7", 80.0).replace(b"80.0", b"high")
+        handed = front.records()
+        assert next(handed)[4] == b"connected"
+        reply = Hospital.exchange(conn, good)
+        assert reply.split(b"\r")[1] == b"MSA|AA"
+        assert next(handed)[4] == good
+        front.credit()
+        reply = Hospital.exchange(conn, bad)
+        assert reply.split(b"\r")[1] == b"MSA|AE"
+        assert reply.split(b"\r")[2].startswith(b"ERR|||102^Data type error^HL70357|E|")
+        assert [(r[0], r[4]) for r in (next(handed), next(handed))] == [
+            (EVENT, b"ack:AE"), (MESSAGE, bad)]
+        front.credit()
+        conn.sendall(b"\x0b" + b"x" * (3 << 20) + b"\x1c\x0d")   # over the 1 MiB cap
+        decoder, replies = FrameDecoder(), []
+        while not replies:
+            replies = decoder.feed(conn.recv(4096))
+        assert replies[0].split(b"\r")[1] == b"MSA|AR"
+        assert [r[0] for r in (next(handed), next(handed))] == [EVENT, FRAME_ERROR]
+    finally:
+        front.stop()
+        front.wait()
+
+
+def test_durable_accept_answers_by_its_nack_profile(tmp_path):
+    """With a PostgreSQL state the reader thread acknowledges through Durable.accept itself."""
+    store = SqliteStore(str(tmp_path / "state.db"))
+    durable = Durable(store, Ingest(store, NhsDetector()), str(tmp_path), commit_each=True,
+                      nack_profile=config.DEFAULT_PROFILE)
+    bad = messages.result(T0, "7", 80.0).replace(b"80.0", b"high")
+    assert durable.accept(bad, 0.0).split(b"\r")[1] == b"MSA|AE" and durable.ack_code == "AE"
+    assert durable.accept(messages.result(T0, "7", 80.0), 0.0).split(b"\r")[1] == b"MSA|AA"
+    assert durable.ack_code == "AA"
+    # Still a dead letter in the journal: nothing silent.
+    assert store.db.execute("SELECT status FROM journal ORDER BY id").fetchall() == [
+        ("dead",), ("applied",)]
+    durable.close()
+    store.close()
+
+
+def test_nack_policy_and_patient_log_settings_are_checked():
+    base = {"MLLP_ADDRESS": "h:1", "PAGER_ADDRESS": "h:2"}
+    cfg = config.load(argparse.Namespace(), base)
+    assert (cfg.nack_policy, cfg.log_patient_ids, cfg.feed_profile_path) == ("accept", "plain", "")
+    assert config.load(argparse.Namespace(), {**base, "NACK_POLICY": "hl7"}).nack_policy == "hl7"
+    with pytest.raises(config.ConfigError, match="NACK_POLICY"):
+        config.load(argparse.Namespace(), {**base, "NACK_POLICY": "ae"})
+    with pytest.raises(config.ConfigError, match="LOG_PATIENT_KEY"):
+        config.load(argparse.Namespace(), {**base, "LOG_PATIENT_IDS": "hashed"})
+    cfg = config.load(argparse.Namespace(), {**base, "LOG_PATIENT_IDS": "hashed",
+                                             "LOG_PATIENT_KEY": "k" * 32})
+    assert cfg.log_patient_ids == "hashed"

@@ -88,11 +88,12 @@ def test_unusable_messages_say_why(msg, words):
         hl7.parse(msg)
 
 
-def test_ack_matches_the_contract_shape():
+def test_minimal_ack_matches_the_contract_shape():
     a = hl7.ack()
     segs = a.split(b"\r")
     assert segs[-1] == b""
-    assert segs[0].startswith(b"MSH|^~\\&|||||") and segs[0].endswith(b"||ACK|||2.5")
+    assert segs[0].startswith(b"MSH|^~\\&|||||") and segs[0].endswith(b"|P|2.5")
+    assert segs[0].split(b"|")[8] == b"ACK" and segs[0].split(b"|")[9]
     assert len(segs[0].split(b"|")[6]) == 14
     assert segs[1] == b"MSA|AA"
     assert b"\n" not in a

@@ -370,3 +370,36 @@ def test_a_paged_result_corrected_to_no_injury_closes_its_episode(ingest, store)
     assert store.load_patient("7")[1] is None                      # no episode any more
     page = handle(ingest, result(7, T0 + 4 * DAY, 250.0), 0.0)[1]
     assert page is not None and page.body == f"7,{format_hl7_time(T0 + 4 * DAY)}"
+
+
+@pytest.mark.parametrize("mode", ["plain", "hashed", "none"])
+def test_log_lines_show_the_mrn_as_log_patient_ids_says(ingest, store, caplog, mode):
+    """LOG_PATIENT_IDS: an ingest of a paging result (and a dead letter quoting an invalid
+    MRN) logs the MRN, its keyed hash, or neither; the page itself keeps the MRN."""
+    import hashlib
+    import hmac
+    import logging
+
+    from aki_alert import logs
+
+    key = "k" * 32
+    logs.set_patient_ids(mode, key if mode == "hashed" else "")
+    try:
+        with caplog.at_level(logging.INFO):
+            handle(ingest, result(987654321, T0, 100.0), 0.0)
+            _, page = handle(ingest, result(987654321, T0 + DAY, 250.0), 0.0)
+            handle(ingest, result("BAD_123456", T0, 100.0), 0.0)      # invalid: dead letter
+    finally:
+        logs.set_patient_ids("plain")
+    assert page is not None and page.body.startswith("987654321,")
+    text = caplog.text
+    assert "page decided" in text and "dead letter" in text
+    tag = "mrn#" + hmac.new(key.encode(), b"987654321", hashlib.sha256).hexdigest()[:12]
+    if mode == "plain":
+        assert "987654321" in text and "BAD_123456" in text and "mrn#" not in text
+    elif mode == "hashed":
+        assert "987654321" not in text and "BAD_123456" not in text
+        assert f"page decided: {tag}," in text
+    else:
+        assert "987654321" not in text and "BAD_123456" not in text and tag not in text
+        assert "page decided: mrn#-," in text

@@ -6,7 +6,8 @@
 - `ack`: the acknowledgement.
 """
 
-from .ack import ack, acknowledgement, control_id
+from .ack import (NACK_POLICIES, ack, acknowledgement, control_id, nack_acknowledgement,
+                  verdict)
 from .events import (
     CORRECTED, DELETED, FINAL, NOT_OBTAINED, PRELIMINARY, WRONG_PATIENT, Admission, Discharge,
     Event, HL7Error, Merge, Note, Observation, Other, Result, Update,
@@ -15,7 +16,8 @@ from .parse import MAX_CREATININE, MIN_CREATININE, message_type, parse
 from .profile import DEFAULT_PROFILE, FeedProfile, ProfileError, load_profile
 
 __all__ = [
-    "ack", "acknowledgement", "control_id", "parse", "message_type", "MIN_CREATININE",
+    "ack", "acknowledgement", "control_id", "verdict", "nack_acknowledgement", "NACK_POLICIES",
+    "parse", "message_type", "MIN_CREATININE",
     "MAX_CREATININE", "Admission", "Update", "Discharge", "Merge", "Result", "Observation",
     "Note", "Other", "Event", "HL7Error", "FeedProfile", "DEFAULT_PROFILE", "ProfileError",
     "load_profile", "FINAL", "CORRECTED", "PRELIMINARY", "WRONG_PATIENT", "DELETED",

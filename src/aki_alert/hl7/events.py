@@ -5,8 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# HL7 table 0357 (message error condition codes) as the service uses them in an ERR segment.
+REQUIRED_FIELD_MISSING = "101"
+DATA_TYPE_ERROR = "102"
+TABLE_VALUE_NOT_FOUND = "103"
+SEGMENT_SEQUENCE_ERROR = "100"
+APPLICATION_INTERNAL_ERROR = "207"
+
+
 class HL7Error(ValueError):
-    """A message that can never be processed, with the reason an operator reads."""
+    """A message that can never be processed, with the reason an operator reads.
+
+    `code`: the HL7 table 0357 error code an `hl7` NACK policy answers with (ERR-3);
+    `reject`: the message cannot even be read as HL7 (AR rather than AE); `mrn`: the patient
+    number the reason quotes, if any, so that a log line can hide it (logs.py)."""
+
+    def __init__(self, reason: str, code: str = APPLICATION_INTERNAL_ERROR,
+                 reject: bool = False, mrn: str | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reject = reject
+        self.mrn = mrn
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,9 @@ from .encoding import (
 )
 from .encoding import separators as read_separators
 from .events import (
-    CORRECTED, DELETED, FINAL, NOT_OBTAINED, PRELIMINARY, WRONG_PATIENT, Admission, Discharge,
-    Event, HL7Error, Merge, Note, Observation, Other, Result, Update,
+    CORRECTED, DATA_TYPE_ERROR, DELETED, FINAL, NOT_OBTAINED, PRELIMINARY,
+    REQUIRED_FIELD_MISSING, SEGMENT_SEQUENCE_ERROR, TABLE_VALUE_NOT_FOUND, WRONG_PATIENT,
+    Admission, Discharge, Event, HL7Error, Merge, Note, Observation, Other, Result, Update,
 )
 from .profile import DEFAULT_PROFILE, FeedProfile, not_creatinine
 
@@ -56,16 +57,18 @@ def parse(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event:
     if not text.startswith("MSH"):
         text = text.lstrip()
         if not text.startswith("MSH"):
-            raise HL7Error("message does not start with an MSH segment")
+            raise HL7Error("message does not start with an MSH segment", SEGMENT_SEQUENCE_ERROR,
+                           reject=True)
     try:
         seps = read_separators(text)
     except EncodingError as e:
-        raise HL7Error(str(e)) from None
+        raise HL7Error(str(e), DATA_TYPE_ERROR, reject=True) from None
     segs = segments(text, seps.field)
     msh = segs[0]
     # MSH-n is msh[n - 1]: MSH-1, the field separator itself, is not a split field.
     if not field(msh, 11).strip():
-        raise HL7Error("MSH has no MSH-12 version: an incomplete (truncated?) message")
+        raise HL7Error("MSH has no MSH-12 version: an incomplete (truncated?) message",
+                       REQUIRED_FIELD_MISSING)
     kind = message_type(msh, seps)
     if is_result_type(kind):
         return _result(segs, seps, profile, field(msh, 9), kind)
@@ -78,7 +81,7 @@ def parse(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event:
     if kind in _MERGE:
         return _merge(segs, seps, profile, _msh_time(msh, seps))
     if not kind:
-        raise HL7Error("MSH-9 message type is empty")
+        raise HL7Error("MSH-9 message type is empty", REQUIRED_FIELD_MISSING)
     return Other(kind, field(msh, 9), f"message type {kind} is not used")
 
 
@@ -120,7 +123,7 @@ def _pid(segs: list[list[str]]) -> list[str] | None:
 
 def _mrn(pid: list[str] | None, seps: Separators, profile: FeedProfile) -> str:
     if pid is None:
-        raise HL7Error("no PID segment")
+        raise HL7Error("no PID segment", REQUIRED_FIELD_MISSING)
     return patient_id(field(pid, 3), seps, profile, "PID-3")
 
 
@@ -138,7 +141,9 @@ def patient_id(value: str, seps: Separators, profile: FeedProfile, where: str) -
     if profile.strip_leading_zeros or profile.upper_case:
         mrn = profile.normalise(mrn)
     if not is_valid_mrn(mrn):
-        raise HL7Error(f"{where} MRN {mrn!r} {mrn_problem(mrn)}" if mrn else f"{where} is empty")
+        if mrn:
+            raise HL7Error(f"{where} MRN {mrn!r} {mrn_problem(mrn)}", DATA_TYPE_ERROR, mrn=mrn)
+        raise HL7Error(f"{where} is empty", REQUIRED_FIELD_MISSING)
     return mrn
 
 
@@ -163,7 +168,7 @@ def _pick(value: str, seps: Separators, profile: FeedProfile, where: str) -> str
         reps = [r for r in reps if r[1] in profile.assigning_authorities]
         if not reps:
             raise HL7Error(f"{where} has no identifier from assigning authority "
-                           f"{'/'.join(profile.assigning_authorities)}")
+                           f"{'/'.join(profile.assigning_authorities)}", REQUIRED_FIELD_MISSING)
     if not reps:
         return ""
     if any(r[2] for r in reps):
@@ -176,7 +181,7 @@ def _pick(value: str, seps: Separators, profile: FeedProfile, where: str) -> str
             return untyped[0][0]
         raise HL7Error(f"{where} has no identifier of type {'/'.join(profile.identifier_types)} "
                        f"(types sent: {', '.join(r[2] for r in reps)}); set identifier_types "
-                       "in the feed profile")
+                       "in the feed profile", REQUIRED_FIELD_MISSING)
     return reps[0][0]
 
 
@@ -193,7 +198,7 @@ def _demographics(pid: list[str] | None, seps: Separators, profile: FeedProfile
     try:
         birth = parse_hl7_date(dob[:8]) if dob else None
     except ValueError:
-        raise HL7Error(f"PID-7 date of birth {dob!r} is not YYYYMMDD") from None
+        raise HL7Error(f"PID-7 date of birth {dob!r} is not YYYYMMDD", DATA_TYPE_ERROR) from None
     sex = first(field(pid, 8), seps).upper()[:1]
     return mrn, name, birth, sex if sex in ("M", "F") else None
 
@@ -203,7 +208,8 @@ def _merge(segs: list[list[str]], seps: Separators, profile: FeedProfile,
     mrn = _mrn(_pid(segs), seps, profile)
     mrg = next((s for s in segs[1:] if s[0].strip() == "MRG"), None)
     if mrg is None:
-        raise HL7Error("merge without an MRG segment: no prior patient number")
+        raise HL7Error("merge without an MRG segment: no prior patient number",
+                       REQUIRED_FIELD_MISSING)
     old = patient_id(field(mrg, 1), seps, profile, "MRG-1")
     return Merge(mrn, old, when)
 
@@ -224,7 +230,7 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
             elif field(seg, 3) != field(pid, 3):
                 raise HL7Error(f"{kind} holds results of more than one patient (two PID "
                                "segments): each patient's results must come in a message of "
-                               "their own")
+                               "their own", SEGMENT_SEQUENCE_ERROR)
         elif name == "OBR":
             obr_time = _ts_digits(first(field(seg, 7), seps))
         elif name == "OBX":
@@ -233,7 +239,8 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
             if obs is not None:
                 observations.append(obs)
     if not any_obx:
-        raise HL7Error(f"{kind} without an OBX segment: an incomplete (truncated?) result")
+        raise HL7Error(f"{kind} without an OBX segment: an incomplete (truncated?) result",
+                       REQUIRED_FIELD_MISSING)
     if not observations:
         reason = "; ".join(n.reason for n in notes) if notes else "no creatinine result"
         try:
@@ -290,28 +297,30 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
             notes.append(Note(code, f"{code} status {status_text}: "
                                     f"{_NO_RESULT_YET[status_text]}"))
             return None
-        raise HL7Error(f"OBX-11 result status {status_text!r} of {code} is not an HL7 status")
+        raise HL7Error(f"OBX-11 result status {status_text!r} of {code} is not an HL7 status",
+                       TABLE_VALUE_NOT_FOUND)
     time_text = obr_time or (_ts_digits(first(obx[14], seps)) if n > 14 else "")
     try:
         when = parse_hl7_time(time_text)
     except ValueError:
         raise HL7Error(f"OBR-7 sample time {time_text!r} of {code} is not a 12- or 14-digit "
-                       "time") from None
+                       "time", DATA_TYPE_ERROR) from None
     if status in _NO_VALUE:     # whatever value it carries is not to be used
         return Observation(when, time_text, None, status, "", "", code)
     value_field = obx[5] if n > 5 else ""
     comparator, number = _value(value_field, obx[2].strip() if n > 2 else "", seps, code)
     unit = (first(obx[6], seps) if n > 6 and obx[6] else "") or spec.unit
     if not unit:
-        raise HL7Error(f"OBX-6 of {code} has no unit and the feed profile gives none for it")
+        raise HL7Error(f"OBX-6 of {code} has no unit and the feed profile gives none for it",
+                       REQUIRED_FIELD_MISSING)
     factor = profile.factor(unit)
     if factor is None:
         raise HL7Error(f"OBX-6 unit {unit!r} of {code} is not known to the feed profile: "
-                       "add it under [units] with its factor to µmol/L")
+                       "add it under [units] with its factor to µmol/L", TABLE_VALUE_NOT_FOUND)
     value = number * factor
     if not (math.isfinite(value) and MIN_CREATININE <= value <= MAX_CREATININE):
         raise HL7Error(f"OBX-5 creatinine {number:g} {unit} ({value:g} µmol/L) is outside "
-                       f"{MIN_CREATININE:g}–{MAX_CREATININE:g} µmol/L")
+                       f"{MIN_CREATININE:g}–{MAX_CREATININE:g} µmol/L", DATA_TYPE_ERROR)
     return Observation(when, time_text, value, status, comparator, unit, code)
 
 
@@ -327,11 +336,12 @@ def _value(value: str, kind: str, seps: Separators, code: str) -> tuple[str, flo
             parts = [unescape(p, seps) for p in parts]
         comparator = parts[0].strip()
         if len(parts) > 2 and any(p.strip() for p in parts[2:]):
-            raise HL7Error(f"OBX-5 {value!r} of {code} is a range or ratio, not one value")
+            raise HL7Error(f"OBX-5 {value!r} of {code} is a range or ratio, not one value",
+                           DATA_TYPE_ERROR)
         text = parts[1].strip() if len(parts) > 1 else ""
         if comparator and comparator not in _COMPARATORS:
             raise HL7Error(f"OBX-5 comparator {comparator!r} of {code} is not one of "
-                           f"{' '.join(_COMPARATORS)}")
+                           f"{' '.join(_COMPARATORS)}", TABLE_VALUE_NOT_FOUND)
     else:
         text = first(value, seps)
         comparator = ""
@@ -340,5 +350,5 @@ def _value(value: str, kind: str, seps: Separators, code: str) -> tuple[str, flo
                 comparator, text = c, text[len(c):].strip()
                 break
     if not _NUMBER.fullmatch(text):
-        raise HL7Error(f"OBX-5 creatinine {value!r} of {code} is not a number")
+        raise HL7Error(f"OBX-5 creatinine {value!r} of {code} is not a number", DATA_TYPE_ERROR)
     return ("" if comparator == "=" else comparator), float(text)

@@ -53,8 +53,13 @@ def train_model(cohort: Path, out: Path) -> tuple[str, Path | None]:
         if run.returncode == 0:
             _say(f"trained a model on the cohort in {time.monotonic() - t0:.1f} s: {out}")
             return "model", out
-        why = ("`aki-alert train` does not exist" if "invalid choice" in run.stderr
-               else f"`aki-alert train` failed: {run.stderr.strip().splitlines()[-1:]}")
+        last = run.stderr.strip().splitlines()[-1:]
+        if "invalid choice" in run.stderr:
+            why = "`aki-alert train` does not exist"
+        elif run.returncode == 2 and last and "training extra" in last[0]:
+            why = last[0]                   # a serving-only install: pip install '.[train]'
+        else:
+            why = f"`aki-alert train` failed: {last}"
     if SHIPPED_MODEL.exists():
         _say(f"{why}; using the shipped model")
         return "model", None

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from .. import metrics
+from .. import logs, metrics
 from ..store import Store
 from .policy import (
     AnswerTimes,
@@ -161,7 +161,8 @@ class Dispatcher:
                 self._created.pop(body, None)
                 return
             log.warning("page %s not delivered at once (%s): retried from the event loop, "
-                        "which sends new pages too for the next %.0fs", body, error, INLINE_PAUSE)
+                        "which sends new pages too for the next %.0fs", logs.page(body),
+                        logs.scrub(error, body.partition(",")[0]), INLINE_PAUSE)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._start, body, received, attempts, attempts,
                                         context=contextvars.copy_context())
@@ -206,11 +207,11 @@ class Dispatcher:
                     if (delay := schedule.retry_at - loop.time()) > 0:
                         await asyncio.sleep(delay)
                     if not self.may_send():
-                        log.warning("not the leader: page %s left in the outbox", body)
+                        log.warning("not the leader: page %s left in the outbox", logs.page(body))
                         return
                     probe = await self._admit()
                     if not self.may_send():
-                        log.warning("not the leader: page %s left in the outbox", body)
+                        log.warning("not the leader: page %s left in the outbox", logs.page(body))
                         return
                     kind = "probe" if probe else "retry" if failed else "first"
                     timeout = (self.circuit.probe_timeout() if probe else
@@ -262,7 +263,8 @@ class Dispatcher:
                     delay = backoff(failed, p.backoff_first, p.backoff_cap)
                     schedule.retry_at = now + delay
                     log.warning("page %s not delivered (attempt %d: %s); retrying in %.2fs",
-                                body, attempts, error, delay)
+                                logs.page(body), attempts,
+                                logs.scrub(error, body.partition(",")[0]), delay)
         finally:
             for task in flight:
                 task.cancel()
@@ -332,7 +334,7 @@ class Dispatcher:
                 self.store.page_delivered(body, attempts)
                 self.delivered(body, attempts)
         except Exception as e:  # noqa: BLE001 - resent once after a restart: harmless
-            log.error("page %s delivered but not recorded: %s", body, e)
+            log.error("page %s delivered but not recorded: %s", logs.page(body), e)
         if received is not None:
             metrics.PAGE_LATENCY.observe(time.perf_counter() - received)
 
@@ -343,10 +345,11 @@ class Dispatcher:
             with self.lock:
                 self.store.page_failed(body, attempts, error, dead)
         except Exception as e:  # noqa: BLE001 - the row stays pending; retry still happens
-            log.error("cannot record page attempt for %s: %s", body, e)
+            log.error("cannot record page attempt for %s: %s", logs.page(body), e)
         if dead:
             metrics.PAGES.labels(outcome="dead").inc()
-            log.error("pager refused page %s for good: %s (dead-lettered)", body, error)
+            log.error("pager refused page %s for good: %s (dead-lettered)", logs.page(body),
+                      logs.scrub(error, body.partition(",")[0]))
         else:
             metrics.PAGES.labels(outcome="retry").inc()
         return dead
