@@ -68,7 +68,10 @@ def check_ack(item: bytes | FrameError) -> None:
     ack = acknowledgement(item)
     segs = ack.split(b"\r")
     assert len(segs) == 3 and segs[2] == b"", ack
-    assert segs[0].startswith(b"MSH|^~\\&|") and segs[1].startswith(b"MSA|AA"), ack
+    # In the message's own separators (MSH-1), as a standard ACK is.
+    fs = segs[0][3:4]
+    assert segs[0].startswith(b"MSH") and segs[1].startswith(b"MSA" + fs + b"AA"), ack
+    assert all(b >= 32 and b != 127 for b in ack.replace(b"\r", b"")), ack
     # The ACK goes back in an MLLP frame: a start or end byte inside it would cut it short.
     assert START not in ack and END[:1] not in ack, ack
 

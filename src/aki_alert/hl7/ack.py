@@ -161,12 +161,15 @@ def acknowledgement(item: bytes | FrameError, code: str = "AA",
                     control = f[9]
                     if not control:
                         return b"%s%d%s\r" % (cached[1], next(_counter), cached[2])
-                    if b"\n" not in control:
+                    if len(control.translate(None, _CONTROL)) == len(control):
                         return b"%s%d%s|%s\r" % (cached[1], next(_counter), cached[2], control)
     return _acknowledgement(item, code, error)
 
 
 _USUAL = b"MSH|^~\\&|"
+# Control characters, never echoed into an ACK: an MLLP block byte (0x0B, 0x1C) or a segment
+# end (\r, \n) in an echoed field would end or restart its frame or segment early.
+_CONTROL = bytes(range(32)) + b"\x7f"
 # MSH-9 → (second, the ACK up to its MSH-10's counter, from there to MSA-1, the fields echoed)
 _aa_cache: dict[bytes, tuple[int, bytes, bytes, tuple[bytes, ...]]] = {}
 
@@ -177,8 +180,8 @@ def _aa_parts(msh9: bytes, echoed: tuple[bytes, ...], now: int
     without MSA-2: (second, the bytes before, the bytes between, `echoed`), cached for that
     second and that MSH-9 (a feed sends a few message types, from one or two senders). None
     for a header with a line feed in an echoed field: the careful path reads it."""
-    if any(b"\n" in x for x in echoed) or b"\n" in msh9:
-        return None         # `\n` ends the MSH too (tolerated): acknowledgement() cuts there
+    if any(len(x.translate(None, _CONTROL)) != len(x) for x in (*echoed, msh9)):
+        return None         # the careful path leaves out what must not be echoed
     sending, sending_facility, receiving, receiving_facility, processing, version = echoed
     version = version or b"2.5"
     structured, _ = _version(version, b"^")
@@ -219,7 +222,7 @@ def _acknowledgement(item: bytes | FrameError, code: str, error: HL7Error | None
             return ack(code, "", error)
         fs, enc = head[3:4], head[4:head.find(head[3:4], 4)]
         cs = seps.component.encode("latin-1")
-    f = head.split(fs, 12)
+    f = [x.translate(None, _CONTROL) for x in head.split(fs, 12)]
     if len(f) < 12:
         f += [b""] * (12 - len(f))
     version = f[11] or b"2.5"
