@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .mllp import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, frame
+from ..mllp import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, frame
 
 log = logging.getLogger(__name__)
 
