@@ -2,7 +2,7 @@
 
 `FrameDecoder` is fed whatever bytes arrive and returns complete frames; it knows nothing of
 sockets, so every edge case (splits anywhere, several frames per read, junk between frames,
-oversized frames) is tested directly. The asyncio client lives in `connection.py`.
+oversized frames) is tested directly. The client and the listener are in `connection/`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[bytes | FrameError]:
         """Add `data`; return what every frame it completes holds, in order."""
         if (not self._buf and not self._skipped and data[:1] == START
-                and 0 < data.find(END) == len(data) - 2 and data.find(START, 1) < 0):
+                and 0 < data.find(END) == len(data) - 2 and data.find(START, 1) < 0
+                and len(data) - 3 <= self.max_frame):
             return [data[1:-2]]               # the usual read: exactly one whole frame
         buf = self._buf
         buf += data
@@ -85,7 +86,11 @@ class FrameDecoder:
                 if restart >= 0:
                     self.junk_bytes += restart + 1 - pos
                     pos = restart + 1
-                out.append(bytes(buf[pos:end]))
+                if end - pos > self.max_frame:    # whole in the buffer, yet over the cap
+                    out.append(FrameError(f"MLLP frame of {end - pos} bytes exceeds the "
+                                          f"{self.max_frame}-byte cap", bytes(buf[pos:pos + 256])))
+                else:
+                    out.append(bytes(buf[pos:end]))
             pos = end + 2
             self._in_frame = False
         del buf[:pos]
