@@ -13,9 +13,10 @@ shows; and the CPU time per message of each while the stream runs, and the share
 is (near 1: that process, not the protocol, is the limit). Runs: SQLite with durability
 "process" (the default) and "machine", the listener (MLLP_LISTEN: the engine connects to the
 service; a stop-and-wait MLLP sender, `aki_alert.hospital.sender`, in the place of the
-hospital, on one connection like the hospital's; durability "process"), and PostgreSQL (STATE_URL, a commit per message, in one
-process: no front) when a server answers at AKI_BENCH_POSTGRES_URL (default
-postgresql://postgres@127.0.0.1:5432/postgres; a database is created and dropped).
+hospital, on one connection like the hospital's; durability "process"), and PostgreSQL
+(STATE_URL, a commit per message, in one process: no front) when a server answers at
+AKI_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres; a database is
+created and dropped).
 
     python -m benchmarks.bench_throughput [--days 365] [--detector model] [--no-postgres]
 """

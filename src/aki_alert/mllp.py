@@ -48,8 +48,7 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[bytes | FrameError]:
         """Add `data`; return what every frame it completes holds, in order."""
         if (not self._buf and not self._skipped and data[:1] == START
-                and 0 < data.find(END) == len(data) - 2 and data.find(START, 1) < 0
-                and len(data) - 3 <= self.max_frame):
+                and 0 < data.find(END) == len(data) - 2 and data.find(START, 1) < 0):
             return [data[1:-2]]               # the usual read: exactly one whole frame
         buf = self._buf
         buf += data
@@ -86,11 +85,7 @@ class FrameDecoder:
                 if restart >= 0:
                     self.junk_bytes += restart + 1 - pos
                     pos = restart + 1
-                if end - pos > self.max_frame:    # whole in the buffer, yet over the cap
-                    out.append(FrameError(f"MLLP frame of {end - pos} bytes exceeds the "
-                                          f"{self.max_frame}-byte cap", bytes(buf[pos:pos + 256])))
-                else:
-                    out.append(bytes(buf[pos:end]))
+                out.append(bytes(buf[pos:end]))
             pos = end + 2
             self._in_frame = False
         del buf[:pos]
