@@ -11,9 +11,12 @@ connection) together, sampled from /proc: its peak (and the front's alone), and 
 each quarter of the stream (by messages acknowledged), so growth in the last three quarters
 shows; and the CPU time per message of each while the stream runs, and the share of a core that
 is (near 1: that process, not the protocol, is the limit). Runs: SQLite with durability
-"process" (the default) and "machine", and PostgreSQL (STATE_URL, a commit per message, in one
-process: no front) when a server answers at AKI_BENCH_POSTGRES_URL (default
-postgresql://postgres@127.0.0.1:5432/postgres; a database is created and dropped).
+"process" (the default) and "machine", the listener (MLLP_LISTEN: the engine connects to the
+service; a stop-and-wait MLLP sender, `aki_alert.hospital.sender`, in the place of the
+hospital, on one connection like the hospital's; durability "process"), and PostgreSQL
+(STATE_URL, a commit per message, in one process: no front) when a server answers at
+AKI_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres; a database is
+created and dropped).
 
     python -m benchmarks.bench_throughput [--days 365] [--detector model] [--no-postgres]
 """
@@ -35,6 +38,7 @@ from pathlib import Path
 from aki_alert.hospital.datafiles import read_aki, read_messages, write_hospital
 from aki_alert.hospital.generator import generate
 from aki_alert.hospital.process import terminate
+from aki_alert.hospital.sender import MllpSender
 from aki_alert.hospital.simulator import HospitalThread
 
 POSTGRES_ADMIN_URL = os.environ.get("AKI_BENCH_POSTGRES_URL",
@@ -174,6 +178,41 @@ def service_run(msgs, rows, history: Path, detector: str, state: Path, durabilit
             terminate(proc)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listener_run(msgs, rows, history: Path, detector: str, state: Path):
+    """The service listening (MLLP_LISTEN); a sender thread sends the stream stop-and-wait, as
+    the hospital does in client mode; the hospital's pager takes the pages (its score counts
+    every AKI: no latency, the hospital did not send the results)."""
+    with HospitalThread(msgs, rows) as h:
+        port = free_port()
+        env = dict(os.environ, MLLP_ADDRESS="", MLLP_LISTEN=f"127.0.0.1:{port}",
+                   PAGER_ADDRESS=f"127.0.0.1:{h.hospital.pager_port}", STATE_DIR=str(state),
+                   HISTORY_PATH=str(history), METRICS_PORT="0", DETECTOR=detector,
+                   DURABILITY="process", LOG_LEVEL="WARNING")
+        proc = subprocess.Popen([sys.executable, "-m", "aki_alert", "serve"], env=env,
+                                stderr=subprocess.DEVNULL)
+        sender = MllpSender("127.0.0.1", port, msgs, connect_for=900)
+        sampler = Sampler(proc.pid, sender, len(msgs))
+        sampler.start()
+        try:
+            sender.start()
+            if not sender.done.wait(900) or sender.acked < len(msgs):
+                raise SystemExit("the service did not finish the stream (listener)")
+            cpu = sampler.cpu_per_message()
+            time.sleep(1.0)   # the last pages
+            return sender.rate(), h.hospital.scorer.score(), sampler.memory(), cpu
+        finally:
+            sampler.done.set()
+            terminate(proc)
+
+
 @contextmanager
 def postgres_database():
     """A fresh database URL, dropped afterwards; None when no server answers."""
@@ -214,6 +253,9 @@ def main() -> None:
             runs[f"SQLite, durability {mode}"] = service_run(
                 msgs, rows, history, args.detector, d / f"state-{mode}", mode)
             floors.append(floor_rate(msgs, rows))
+        runs["listener (MLLP_LISTEN), durability process"] = listener_run(
+            msgs, rows, history, args.detector, d / "state-listener")
+        floors.append(floor_rate(msgs, rows))
         if not args.no_postgres:
             with postgres_database() as url:
                 if url:

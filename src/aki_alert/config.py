@@ -10,6 +10,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from .connection.tls import TlsError, TlsSettings, client_context, server_context
 from .hl7.profile import DEFAULT_PROFILE, FeedProfile, ProfileError, load_profile
 
 
@@ -27,8 +28,29 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("MLLP_ADDRESS", "--mllp-address", None, "hospital-sim:8440",
-            "the hospital's MLLP endpoint, host:port (required)"),
+    Setting("MLLP_ADDRESS", "--mllp-address", "", "hospital-sim:8440",
+            "the hospital's MLLP endpoint, host:port, the service connects to (required "
+            "unless MLLP_LISTEN is set)"),
+    Setting("MLLP_LISTEN", "--mllp-listen", "", "0.0.0.0:2575",
+            "host:port the service listens on for the integration engine's MLLP connections "
+            "(alongside or instead of MLLP_ADDRESS; default: off)"),
+    Setting("MLLP_MAX_CONNECTIONS", "--mllp-max-connections", "8", "8",
+            "with MLLP_LISTEN: connections held at once; past it the longest idle is closed"),
+    Setting("MLLP_IDLE_TIMEOUT", "--mllp-idle-timeout", "300", "300",
+            "with MLLP_LISTEN: seconds without a message before a connection is closed (0: "
+            "never)"),
+    Setting("MLLP_TLS", "--mllp-tls", "off", "on", "TLS on the MLLP connections: off or on"),
+    Setting("TLS_CERT", "--tls-cert", "", "/tls/tls.crt",
+            "PEM certificate: the listener's (required with MLLP_LISTEN and MLLP_TLS=on), "
+            "else the client's own (optional)"),
+    Setting("TLS_KEY", "--tls-key", "", "/tls/tls.key", "PEM private key of TLS_CERT"),
+    Setting("TLS_CA", "--tls-ca", "", "/tls/ca.crt",
+            "PEM CA bundle: the client verifies the hospital's certificate with it (default: "
+            "the system's CAs); the listener, the engine's with TLS_VERIFY_CLIENT"),
+    Setting("TLS_SERVER_NAME", "--tls-server-name", "", "mllp.trust.nhs.uk",
+            "the name the hospital's certificate must carry (default: MLLP_ADDRESS's host)"),
+    Setting("TLS_VERIFY_CLIENT", "--tls-verify-client", "false", "true",
+            "the listener requires a client certificate signed by TLS_CA (mutual TLS)"),
     Setting("PAGER_ADDRESS", "--pager-address", None, "hospital-sim:8441",
             "the pager's HTTP endpoint, host:port; pages go to http://PAGER_ADDRESS/page "
             "(required)"),
@@ -85,8 +107,8 @@ SETTINGS = (
 
 @dataclass(frozen=True)
 class Config:
-    mllp_host: str
-    mllp_port: int
+    mllp_host: str | None          # None: no client (listener only)
+    mllp_port: int | None
     pager_address: str
     history_path: str
     state_dir: str
@@ -110,10 +132,20 @@ class Config:
     feed_profile_path: str = ""             # FEED_PROFILE as given ("": the default profile)
     log_patient_ids: str = "plain"
     log_patient_key: str = ""
+    mllp_listen: tuple[str, int] | None = None
+    max_connections: int = 8
+    idle_timeout: float = 300.0
+    tls: TlsSettings | None = None          # None: MLLP_TLS=off
 
     @property
     def mllp_address(self) -> str:
-        return f"{self.mllp_host}:{self.mllp_port}"
+        """The MLLP side(s), as logged."""
+        parts = []
+        if self.mllp_host is not None:
+            parts.append(f"{self.mllp_host}:{self.mllp_port}")
+        if self.mllp_listen is not None:
+            parts.append("listening on %s:%d" % self.mllp_listen)
+        return ", ".join(parts) + (" (TLS)" if self.tls else "")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +180,36 @@ def _choice(s: Setting, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _int(s: Setting, value: str, low: int, high: int) -> int:
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise ConfigError(f"{s.env}={value!r} is not a whole number from {low} to {high}; "
+                          f"example: {s.env}={s.example}")
+    return int(value)
+
+
+def _tls(raw: dict[str, str], by_env: dict[str, Setting], listener: bool,
+         client: bool) -> TlsSettings | None:
+    """MLLP_TLS and the TLS_* settings; with TLS on, the contexts are built here once, so that
+    a bad, expired or unreadable certificate or key stops the start at once (the front builds
+    its own from the same files)."""
+    on = _choice(by_env["MLLP_TLS"], raw["MLLP_TLS"].lower(), ("off", "on")) == "on"
+    verify = _choice(by_env["TLS_VERIFY_CLIENT"], raw["TLS_VERIFY_CLIENT"].lower(),
+                     ("true", "false")) == "true"
+    if not on:
+        return None
+    settings = TlsSettings(cert=raw["TLS_CERT"] or None, key=raw["TLS_KEY"] or None,
+                           ca=raw["TLS_CA"] or None, server_name=raw["TLS_SERVER_NAME"] or None,
+                           verify_client=verify)
+    try:
+        if listener:
+            server_context(settings)
+        if client:
+            client_context(settings)
+    except TlsError as e:
+        raise ConfigError(str(e)) from None
+    return settings
+
+
 def _profile(path: str) -> FeedProfile:
     if not path:
         return DEFAULT_PROFILE
@@ -166,11 +228,31 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         value = getattr(args, s.env, None)
         if value is None:
             value = environ.get(s.env, s.default)
-        if value is None or (value == "" and s.default is None):
+        raw[s.env] = (value or "").strip()
+    if not raw["MLLP_ADDRESS"] and not raw["MLLP_LISTEN"]:
+        raise ConfigError("MLLP_ADDRESS is not set: the hospital's MLLP endpoint to connect to; "
+                          "example: MLLP_ADDRESS=hospital-sim:8440 (or MLLP_LISTEN=0.0.0.0:2575 "
+                          "for the integration engine to connect to the service)")
+    for s in SETTINGS:
+        if not raw[s.env] and s.default is None:
             raise ConfigError(f"{s.env} is not set: {s.help}; example: {s.env}={s.example} "
                               f"(or {s.flag} {s.example})")
-        raw[s.env] = value.strip()
-    mllp_host, mllp_port = _host_port(by_env["MLLP_ADDRESS"], raw["MLLP_ADDRESS"])
+    mllp_host = mllp_port = listen = None
+    if raw["MLLP_ADDRESS"]:
+        mllp_host, mllp_port = _host_port(by_env["MLLP_ADDRESS"], raw["MLLP_ADDRESS"])
+    if raw["MLLP_LISTEN"]:
+        listen = _host_port(by_env["MLLP_LISTEN"], raw["MLLP_LISTEN"])
+    max_connections = _int(by_env["MLLP_MAX_CONNECTIONS"], raw["MLLP_MAX_CONNECTIONS"],
+                           1, 10_000)
+    idle = raw["MLLP_IDLE_TIMEOUT"]
+    try:
+        idle_timeout = float(idle)
+    except ValueError:
+        idle_timeout = -1.0
+    if not (idle_timeout == 0 or 1 <= idle_timeout <= 86_400):
+        raise ConfigError(f"MLLP_IDLE_TIMEOUT={idle!r} is not 0 or a number of seconds from 1 "
+                          "to 86400; example: MLLP_IDLE_TIMEOUT=300")
+    tls = _tls(raw, by_env, listen is not None, mllp_host is not None)
     _host_port(by_env["PAGER_ADDRESS"], raw["PAGER_ADDRESS"])
     ports = {}
     for name in ("METRICS_PORT", "CONSOLE_PORT"):
@@ -193,6 +275,10 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
     return Config(
         mllp_host=mllp_host,
         mllp_port=mllp_port,
+        mllp_listen=listen,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        tls=tls,
         pager_address=raw["PAGER_ADDRESS"],
         history_path=raw["HISTORY_PATH"],
         state_dir=raw["STATE_DIR"],
@@ -202,7 +288,7 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         detector=_choice(by_env["DETECTOR"], raw["DETECTOR"], ("model", "nhs")),
         model_path=raw["MODEL_PATH"] or None,
         durability=_choice(by_env["DURABILITY"], raw["DURABILITY"], ("process", "machine")),
-        environment=raw["AKI_ENVIRONMENT"] or raw["MLLP_ADDRESS"],
+        environment=raw["AKI_ENVIRONMENT"] or raw["MLLP_ADDRESS"] or raw["MLLP_LISTEN"],
         on_history_change=_choice(by_env["ON_HISTORY_CHANGE"], raw["ON_HISTORY_CHANGE"],
                                   ("auto", "refuse", "merge", "rebuild")),
         feed_profile=_profile(raw["FEED_PROFILE"]),

@@ -15,6 +15,14 @@ front acknowledges a frame only while fewer than AHEAD frames it handed over wai
 that a page never waits behind a long queue, and so that when the service cannot apply (its
 storage fails) the front soon stops acknowledging and the hospital waits.
 
+The front holds the client (connection/client.py: it dials the hospital, MLLP_ADDRESS), the
+listener (connection/listener.py: the integration engine dials in, MLLP_LISTEN), or both; both
+call the same `Front.on_frame`, so every frame takes the same way: log, hand over, ACK. The
+client alone runs in the main thread as before (its blocking fast path); the listener's one
+`selectors` loop runs beside it in a thread of its own, the two taking turns at `on_frame`
+under a lock. The listening socket is the service's, inherited (`--listen-fd`): the service
+binds it at start-up, and a restarted front serves the connections queued meanwhile.
+
 The front dies with the service (PR_SET_PDEATHSIG), so that a killed service's front cannot
 keep the hospital's connection; it stops on SIGTERM from the service after the frame in hand.
 
@@ -24,7 +32,8 @@ answer a message that will be a dead letter AE, and an unreadable frame AR (hl7/
 tells the service the code with an event record (`ack:AE`) before the frame's own record. The
 default policy, `accept`, answers AA and costs nothing more.
 
-    python -m aki_alert.front HOST:PORT STATE_DIR PARENT_PID [--sync]   (started by the service)
+    python -m aki_alert.front HOST:PORT|- STATE_DIR PARENT_PID [--sync] [--listen-fd FD ...]
+    (started by the service)
 """
 
 from __future__ import annotations
@@ -34,14 +43,17 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from . import logs
-from .connection import MllpClient
+from .connection import MllpClient, MllpListener
+from .connection.tls import TlsSettings, client_context, server_context
 from .hl7 import (DEFAULT_PROFILE, FeedProfile, acknowledgement, load_profile,
                   nack_acknowledgement)
 from .mllp import FrameError
@@ -161,10 +173,25 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _serialised(lock: threading.Lock, fn: Callable) -> Callable:
+    """`fn` taking turns under `lock` (the client and the listener share the log and pipes)."""
+    def call(*args):
+        with lock:
+            return fn(*args)
+    return call
+
+
+def _tls_settings(args: argparse.Namespace) -> TlsSettings | None:
+    if not args.tls:
+        return None
+    return TlsSettings(args.tls_cert, args.tls_key, args.tls_ca, args.tls_server_name,
+                       args.tls_verify_client)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m aki_alert.front", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("hospital")
+    ap.add_argument("hospital", help="HOST:PORT to connect to, or - for none")
     ap.add_argument("state_dir")
     ap.add_argument("parent", type=int)
     ap.add_argument("--sync", action="store_true")
@@ -172,25 +199,75 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--nack-policy", choices=("accept", "hl7"), default="accept")
     ap.add_argument("--feed-profile", default="")
+    ap.add_argument("--listen-fd", type=int, help="a listening socket to accept MLLP on")
+    ap.add_argument("--max-connections", type=int, default=8)
+    ap.add_argument("--idle-timeout", type=float, default=300.0)
+    ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--tls-ca")
+    ap.add_argument("--tls-server-name")
+    ap.add_argument("--tls-verify-client", action="store_true")
     args = ap.parse_args(argv)
     logs.setup(args.log_format, args.log_level)
     _die_with_parent(args.parent)
     # A terminal's ^C reaches both processes: the service stops us when it stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    host, _, port = args.hospital.rpartition(":")
+    tls = _tls_settings(args)
     handoff = Handoff(sys.stdout.fileno(), sys.stdin.fileno())
     nack_profile = None
     if args.nack_policy == "hl7":
         nack_profile = load_profile(args.feed_profile) if args.feed_profile else DEFAULT_PROFILE
     front = Front(SegmentWriter(args.state_dir, args.sync), handoff, nack_profile)
-    client = MllpClient(host, int(port), front.on_frame, events=handoff.event)
-    signal.signal(signal.SIGTERM, lambda *_: client.stop())
+    on_frame, event = front.on_frame, handoff.event
+    both = args.hospital != "-" and args.listen_fd is not None
+    if both:
+        lock = threading.Lock()
+        on_frame, event = _serialised(lock, on_frame), _serialised(lock, event)
+    client = listener = None
+    if args.hospital != "-":
+        host, _, port = args.hospital.rpartition(":")
+        client = MllpClient(host, int(port), on_frame, events=event,
+                            tls=client_context(tls) if tls else None,
+                            server_name=tls.server_name if tls else None)
+    if args.listen_fd is not None:
+        listener = MllpListener(socket.socket(fileno=args.listen_fd), on_frame, events=event,
+                                max_connections=args.max_connections,
+                                idle_timeout=args.idle_timeout,
+                                tls=server_context(tls) if tls else None)
+
+    def stop(*_) -> None:
+        for side in (client, listener):
+            if side is not None:
+                side.stop()
+
+    signal.signal(signal.SIGTERM, stop)
     try:
-        client.run()
+        if both:
+            thread = threading.Thread(target=_listen_or_die, args=(listener,), name="listener",
+                                      daemon=True)
+            thread.start()
+            client.run()
+            listener.stop()
+            thread.join(5)
+        elif client is not None:
+            client.run()
+        else:
+            listener.run()
     except OSError:                         # the service is gone: nothing to hand over to
         pass
     front.frames.close()
     return 0
+
+
+def _listen_or_die(listener: MllpListener) -> None:
+    """The listener's thread beside the client's: if it fails, the whole front exits, and the
+    service applies what it logged and starts it again (it never runs half)."""
+    try:
+        listener.run()
+    except BaseException as e:  # noqa: BLE001 - any failure: the service restarts the front
+        log.error("the MLLP listener failed (%s): the front exits", e)
+        os._exit(1)
 
 
 # --- the service's side --------------------------------------------------------------------
@@ -198,19 +275,31 @@ def main(argv: list[str] | None = None) -> int:
 class FrontProcess:
     """The service's handle on its front: starts it, yields what it hands over, credits it."""
 
-    def __init__(self, hospital: str, state_dir: str, sync: bool, log_format: str,
-                 log_level: str, nack_policy: str = "accept", feed_profile: str = "") -> None:
-        self.argv = [sys.executable, "-m", "aki_alert.front", hospital, state_dir,
+    def __init__(self, hospital: str | None, state_dir: str, sync: bool, log_format: str,
+                 log_level: str, *, listen: socket.socket | None = None,
+                 max_connections: int = 8, idle_timeout: float = 300.0,
+                 tls: TlsSettings | None = None, nack_policy: str = "accept",
+                 feed_profile: str = "") -> None:
+        """`hospital`: HOST:PORT to connect to (None: none); `listen`: the bound listening
+        socket the front accepts on (None: none), which stays the service's."""
+        self.argv = [sys.executable, "-m", "aki_alert.front", hospital or "-", state_dir,
                      str(os.getpid()), "--log-format", log_format, "--log-level", log_level]
         if sync:
             self.argv.append("--sync")
+        self.pass_fds: tuple[int, ...] = ()
+        if listen is not None:
+            self.pass_fds = (listen.fileno(),)
+            self.argv += ["--listen-fd", str(listen.fileno()), "--max-connections",
+                          str(max_connections), "--idle-timeout", str(idle_timeout)]
+        if tls is not None:
+            self.argv += tls.argv()
         if nack_policy != "accept":
             self.argv += ["--nack-policy", nack_policy, "--feed-profile", feed_profile]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     bufsize=0)
+                                     bufsize=0, pass_fds=self.pass_fds)
         self._credit_fd = self.proc.stdin.fileno()
 
     def records(self) -> Iterator[tuple[bytes, Position, float, float, bytes]]:

@@ -197,6 +197,15 @@ PAGER_ANSWER = Histogram(
 )
 CONNECTED = Gauge("aki_mllp_connected", "1 while connected to the hospital's MLLP endpoint")
 RECONNECTS = Counter("aki_mllp_connects_total", "MLLP connection attempts by outcome", ["outcome"])
+LISTENER_CONNECTIONS = Gauge(
+    "aki_mllp_listener_open_connections", "Connections the MLLP listener holds open (MLLP_LISTEN)")
+LISTENER_EVENTS = Counter(
+    "aki_mllp_listener_connections_total", "Connections to the MLLP listener by what became of "
+    "them: accepted, closed, evicted (the cap was reached), timed_out (idle, or no message)",
+    ["event"])
+TLS_HANDSHAKE_FAILURES = Counter(
+    "aki_mllp_tls_handshake_failures_total", "TLS handshakes on the MLLP connections that failed "
+    "(a bad or missing certificate, plaintext to the TLS port, a timeout)")
 FRONT_RESTARTS = Counter(
     "aki_front_restarts_total", "Times the front process (MLLP, message log, ACKs) exited "
     "unexpectedly and was started again")
@@ -250,3 +259,20 @@ def connection_event(event: str) -> None:
         CONNECTED.set(0)
     elif event == connection.NOT_ACKNOWLEDGED:
         STORAGE_FAILURES.inc()
+    elif event == connection.LISTENER_ACCEPTED:
+        LISTENER_EVENTS.labels(event="accepted").inc()
+        LISTENER_CONNECTIONS.inc()
+    elif event == connection.LISTENER_CLOSED:
+        LISTENER_EVENTS.labels(event="closed").inc()
+        LISTENER_CONNECTIONS.dec()
+    elif event == connection.LISTENER_EVICTED:
+        LISTENER_EVENTS.labels(event="evicted").inc()
+    elif event == connection.LISTENER_TIMED_OUT:
+        LISTENER_EVENTS.labels(event="timed_out").inc()
+    elif event == connection.TLS_HANDSHAKE_FAILED:
+        TLS_HANDSHAKE_FAILURES.inc()
+
+
+def listener_gone() -> None:
+    """The front that held the listener's connections exited: none is open any more."""
+    LISTENER_CONNECTIONS.set(0)

@@ -2,7 +2,7 @@
 
 `FrameDecoder` is fed whatever bytes arrive and returns complete frames; it knows nothing of
 sockets, so every edge case (splits anywhere, several frames per read, junk between frames,
-oversized frames) is tested directly. The asyncio client lives in `connection.py`.
+oversized frames) is tested directly. The client and the listener are in `connection/`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -19,7 +20,8 @@ from collections.abc import Callable
 
 from . import health, metrics
 from .config import Config
-from .connection import DISCONNECTED, MllpClient
+from .connection import DISCONNECTED, MllpClient, MllpListener, bind
+from .connection.tls import client_context, server_context
 from .durable import BATCH_SECONDS, Durable
 from .front import ACK_EVENT, EVENT, FrontProcess
 from .ingest import Ingest, Page
@@ -50,7 +52,8 @@ class Service:
     house. `lock` makes their uses of the state (one connection) take turns."""
 
     def __init__(self, cfg: Config, store: Store, durable: Durable,
-                 lease: Lease | None = None) -> None:
+                 lease: Lease | None = None, listen: socket.socket | None = None) -> None:
+        """`listen`: the bound socket of MLLP_LISTEN (None: no listener)."""
         self.cfg = cfg
         self.store = store
         self.durable = durable
@@ -62,15 +65,33 @@ class Service:
                                      delivered=durable.delivered)
         self.stopping = threading.Event()
         self.client: MllpClient | None = None
+        self.listener: MllpListener | None = None
         self.front: FrontProcess | None = None
+        tls = cfg.tls
         if durable.commit_each:
-            self.client = MllpClient(cfg.mllp_host, cfg.mllp_port, self.on_frame,
-                                     self.after_ack, may_connect=self._may_lead,
-                                     events=metrics.connection_event)
+            # No front: the connections run here, each message committed before its ACK.
+            if cfg.mllp_host is not None:
+                self.client = MllpClient(cfg.mllp_host, cfg.mllp_port, self.on_frame,
+                                         self.after_ack, may_connect=self._may_lead,
+                                         events=metrics.connection_event,
+                                         tls=client_context(tls) if tls else None,
+                                         server_name=tls.server_name if tls else None)
+            if listen is not None:
+                self.listener = MllpListener(listen, self.on_frame, self.after_ack,
+                                             max_connections=cfg.max_connections,
+                                             idle_timeout=cfg.idle_timeout,
+                                             tls=server_context(tls) if tls else None,
+                                             may_accept=self._may_lead,
+                                             events=metrics.connection_event)
         else:
-            self.front = FrontProcess(cfg.mllp_address, cfg.state_dir,
-                                      cfg.durability == "machine", cfg.log_format,
-                                      cfg.log_level, cfg.nack_policy, cfg.feed_profile_path)
+            hospital = (f"{cfg.mllp_host}:{cfg.mllp_port}" if cfg.mllp_host is not None
+                        else None)
+            self.front = FrontProcess(hospital, cfg.state_dir, cfg.durability == "machine",
+                                      cfg.log_format, cfg.log_level, listen=listen,
+                                      max_connections=cfg.max_connections,
+                                      idle_timeout=cfg.idle_timeout, tls=tls,
+                                      nack_policy=cfg.nack_policy,
+                                      feed_profile=cfg.feed_profile_path)
 
     def _may_lead(self) -> bool:
         if self.lease is None or self.lease.valid():
@@ -133,6 +154,7 @@ class Service:
                 delay = RETRY_FIRST               # this front worked: a crash restarts it at once
             code = front.wait()
             metrics.connection_event(DISCONNECTED)    # a killed front could not say so
+            metrics.listener_gone()
             if self.stopping.is_set():
                 break
             metrics.FRONT_RESTARTS.inc()
@@ -203,7 +225,24 @@ class Service:
         for page in pages:
             self.dispatcher.send_now(page.body, page.received)
 
-    # --- the reader thread (commit_each) ----------------------------------------------------
+    # --- the reader thread(s) (commit_each) -------------------------------------------------
+    def connect_here(self) -> None:
+        """Without a front: the client in this thread, the listener in one of its own beside
+        it (or here, alone); `on_frame` takes the state's lock, so they take turns."""
+        if self.client is not None and self.listener is not None:
+            thread = threading.Thread(target=self.listener.run, name="listener", daemon=True)
+            thread.start()
+            try:
+                self.client.run()
+            finally:
+                self.listener.stop()
+                thread.join(5)
+        elif self.client is not None:
+            self.client.run()
+        else:
+            assert self.listener is not None
+            self.listener.run()
+
     def on_frame(self, item: bytes | FrameError, received: float) -> bytes:
         """Make the frame durable and return its ACK (raises: no ACK)."""
         with self.lock:
@@ -235,7 +274,7 @@ class Service:
         if self.cfg.labels_path:
             monitor = LabelsMonitor(self.cfg.labels_path, self.store)
             background.append(asyncio.create_task(self._score_quality(monitor)))
-        await asyncio.to_thread(self.follow_front if self.front else self.client.run)
+        await asyncio.to_thread(self.follow_front if self.front else self.connect_here)
         for task in background:
             task.cancel()
         self._flush()
@@ -293,6 +332,8 @@ class Service:
         self.stopping.set()
         if self.client is not None:
             self.client.stop()
+        if self.listener is not None:
+            self.listener.stop()
         if self.front is not None:
             self.front.stop()
 
@@ -381,12 +422,23 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
     log.info("serving: hospital %s, pager %s, state %s, detector %s %s, feed profile %s",
              cfg.mllp_address, cfg.pager_address, cfg.state_dir, detector.name,
              detector.version, cfg.feed_profile.name)
+    listen = None
+    if cfg.mllp_listen is not None:
+        # Only now (a replica: only once it leads): until then the port refuses connections,
+        # and the engine fails over to the replica that listens.
+        try:
+            listen = bind(*cfg.mllp_listen)
+        except OSError as e:
+            raise StartupError("MLLP_LISTEN %s:%d cannot be opened: %s"
+                               % (*cfg.mllp_listen, e.strerror or e)) from e
     try:
-        service = Service(cfg, store, durable, lease)
+        service = Service(cfg, store, durable, lease, listen)
         asyncio.run(service.run())
         if service.lost_leadership:
             raise LeadershipLost("another replica leads")
     finally:
+        if listen is not None:
+            listen.close()
         if console is not None:
             console.terminate()
             console.wait(5)

@@ -43,5 +43,7 @@ def test_two_replicas_share_postgresql_and_a_disruption_budget_keeps_one():
     env = {e["name"]: e for e in c["env"]}
     assert env["STATE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "url"   # never in clear
     assert set(env) <= {s.env for s in config.SETTINGS}
+    # Every replica has the listener's port; only the leader binds it (service.py).
+    assert {"name": "mllp", "containerPort": 2575, "protocol": "TCP"} in c["ports"]
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert "emptyDir" in volumes["state"]      # no shared volume: the state is in PostgreSQL

@@ -39,9 +39,10 @@ def load_all() -> list[dict]:
     return docs
 
 
-def one(kind: str) -> dict:
-    found = [d for d in load_all() if d["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+def one(kind: str, name: str | None = None) -> dict:
+    found = [d for d in load_all() if d["kind"] == kind
+             and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
 
@@ -130,7 +131,8 @@ def test_probes_ask_the_ops_endpoint_on_the_metrics_port(container, settings):
     assert port == 8000
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
-    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("metrics", port), ("mllp", 2575)]
 
 
 def test_liveness_is_not_stricter_than_readiness(container):
@@ -232,7 +234,7 @@ def test_configmap_settings_load(settings):
 
 
 def test_service_exposes_the_metrics_port_for_prometheus(deployment, settings):
-    service = one("Service")
+    service = one("Service", "aki-alert")
     port = int(settings["METRICS_PORT"])
     (p,) = service["spec"]["ports"]
     assert p["port"] == port and p["targetPort"] == port
@@ -245,3 +247,21 @@ def test_service_exposes_the_metrics_port_for_prometheus(deployment, settings):
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     # scraped while alive but not ready, so AkiAlertNotReady can see it
     assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_the_listener_is_a_service_port_of_ready_pods(deployment, container, settings):
+    """MLLP_LISTEN's port is the container's `mllp` port, behind a Service of its own that
+    publishes ready pods only (the metrics Service also publishes unready ones)."""
+    service = one("Service", "aki-alert-mllp")
+    (p,) = service["spec"]["ports"]
+    (mllp,) = [c for c in container["ports"] if c["name"] == "mllp"]
+    assert p["targetPort"] == "mllp" and p["port"] == mllp["containerPort"]
+    assert not service["spec"].get("publishNotReadyAddresses", False)
+    assert "prometheus.io/scrape" not in service["metadata"].get("annotations", {})
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # The ConfigMap's example setting (commented out) listens on that port, and loads.
+    example = f"0.0.0.0:{mllp['containerPort']}"
+    assert f'# MLLP_LISTEN: "{example}"' in (K8S / "configmap.yaml").read_text()
+    cfg = config.load(argparse.Namespace(), environ={**settings, "MLLP_LISTEN": example})
+    assert cfg.mllp_listen == ("0.0.0.0", mllp["containerPort"])

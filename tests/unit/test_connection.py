@@ -70,7 +70,7 @@ def test_a_frame_whose_ack_cannot_be_written_is_still_settled(hospital):
 
 
 def test_our_failure_closes_without_an_ack_and_reconnects(hospital, monkeypatch):
-    monkeypatch.setattr(connection, "RECONNECT_FIRST", 0.01)
+    monkeypatch.setattr(connection.client, "RECONNECT_FIRST", 0.01)
     calls = []
 
     def on_frame(item, received):
@@ -106,7 +106,7 @@ def test_stop_from_another_thread_ends_a_blocked_read_at_once(hospital):
 
 
 def test_a_refused_connection_is_retried_until_stopped(monkeypatch):
-    monkeypatch.setattr(connection, "RECONNECT_FIRST", 0.01)
+    monkeypatch.setattr(connection.client, "RECONNECT_FIRST", 0.01)
     with socket.socket() as s:                             # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

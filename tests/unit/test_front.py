@@ -231,7 +231,8 @@ def test_no_front_starts_until_the_log_a_crash_left_is_applied(hospital, tmp_pat
 def test_the_default_front_argv_carries_no_nack_policy(tmp_path):
     front = FrontProcess("127.0.0.1:9", str(tmp_path), False, "text", "INFO")
     assert "--nack-policy" not in front.argv and "--feed-profile" not in front.argv
-    front = FrontProcess("127.0.0.1:9", str(tmp_path), False, "text", "INFO", "hl7", "/p.toml")
+    front = FrontProcess("127.0.0.1:9", str(tmp_path), False, "text", "INFO", nack_policy="hl7",
+                         feed_profile="/p.toml")
     assert front.argv[-4:] == ["--nack-policy", "hl7", "--feed-profile", "/p.toml"]
 
 
@@ -243,7 +244,7 @@ def test_an_hl7_policy_front_answers_ae_ar_with_its_profile_and_says_so(hospital
     profile = tmp_path / "feed.toml"
     profile.write_text('[[creatinine]]\ncode = "CREA"\nunit = "umol/L"\n')
     front = FrontProcess(f"127.0.0.1:{hospital.port}", str(tmp_path), False, "text", "WARNING",
-                         "hl7", str(profile))
+                         nack_policy="hl7", feed_profile=str(profile))
     front.start()
     try:
         conn = hospital.accept()

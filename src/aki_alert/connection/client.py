@@ -1,4 +1,4 @@
-"""The MLLP client connection: a blocking socket in a thread of its own.
+"""The MLLP client connection: a blocking socket in a thread of its own (optionally TLS).
 
 `MllpClient.run()` connects to the hospital, feeds received bytes to the frame decoder, hands
 each frame to `on_frame` (which makes it durable and returns the ACK), writes the ACK, then
@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 
-from .mllp import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, frame
+from ..mllp import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, frame
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ FrameHandler = Callable[[bytes | FrameError, float], bytes]
 # service counts them in its metrics: `metrics.connection_event`; the front hands them over).
 CONNECTED, CONNECT_FAILED, DISCONNECTED, NOT_ACKNOWLEDGED = (
     "connected", "connect-failed", "disconnected", "not-acknowledged")
+# A TLS handshake that failed (either mode: the listener reports it too).
+TLS_HANDSHAKE_FAILED = "tls-handshake-failed"
 
 
 class MllpClient:
@@ -53,16 +56,21 @@ class MllpClient:
                  after_ack: Callable[[], None] = lambda: None,
                  max_frame: int = DEFAULT_MAX_FRAME,
                  may_connect: Callable[[], bool] = lambda: True,
-                 events: Callable[[str], None] = lambda event: None) -> None:
+                 events: Callable[[str], None] = lambda event: None,
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
         """`may_connect`: checked before every (re)connection; False stops the client (a
         replica that lost its lease must not take the feed back from the new leader).
-        `events`: told each connection event (CONNECTED, …)."""
+        `events`: told each connection event (CONNECTED, …). `tls`: connect over TLS with
+        this context (connection/tls.py), checking the certificate against `server_name`
+        (default: `host`)."""
         self.host, self.port = host, port
         self.on_frame = on_frame
         self.after_ack = after_ack
         self.may_connect = may_connect
         self.events = events
         self.max_frame = max_frame
+        self.tls = tls
+        self.server_name = server_name or host
         self._stopping = threading.Event()
         self._sock: socket.socket | None = None
         self._sock_lock = threading.Lock()
@@ -88,6 +96,19 @@ class MllpClient:
                             self.address, e.strerror or e, failures, delay)
                 self._stopping.wait(delay)
                 continue
+            if self.tls is not None:
+                try:
+                    sock = self._handshake(sock)
+                except (ssl.SSLError, ssl.CertificateError, OSError) as e:
+                    sock.close()
+                    failures += 1
+                    self.events(TLS_HANDSHAKE_FAILED)
+                    delay = reconnect_delay(failures)
+                    log.warning("TLS handshake with hospital at %s failed: %s (retry %d in "
+                                "%.2fs)", self.address, getattr(e, "reason", None) or e,
+                                failures, delay)
+                    self._stopping.wait(delay)
+                    continue
             self.events(CONNECTED)
             log.info("connected to hospital at %s", self.address)
             messages, reason = self._serve(sock)
@@ -99,6 +120,12 @@ class MllpClient:
             failures = 0 if messages else failures + 1
             if failures:
                 self._stopping.wait(reconnect_delay(failures))
+
+    def _handshake(self, sock: socket.socket) -> ssl.SSLSocket:
+        """TLS over the connected socket (within CONNECT_TIMEOUT): the hospital's certificate
+        verified, and its name."""
+        sock.settimeout(CONNECT_TIMEOUT)
+        return self.tls.wrap_socket(sock, server_hostname=self.server_name)
 
     def _serve(self, sock: socket.socket) -> tuple[int, str | None]:
         """Acknowledge frames until the connection ends; returns (messages, why it ended)."""
