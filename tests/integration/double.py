@@ -94,7 +94,12 @@ class Pager:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                length = int(self.headers.get("Content-Length", 0))
+                raw = self.rfile.read(length)
+                if len(raw) < length:       # the sender died mid-request (a kill -9): no page
+                    self.close_connection = True
+                    return
+                body = raw.decode()
                 status = pager.fail_status or 200
                 if status == 200:
                     pager.pages.append((body, time.monotonic()))
