@@ -47,10 +47,11 @@ THRESHOLDS = (0.001, 0.002, 0.005) + tuple(round(0.01 * i, 2) for i in range(1, 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One labelled cohort row: demographics, the label, and the dated results (ascending)."""
+    """One labelled cohort row: demographics (None when the file leaves them empty), the label,
+    and the dated results (ascending)."""
 
-    age: float
-    sex: str  # "M" / "F"
+    age: float | None
+    sex: str | None  # "M" / "F"
     aki: bool
     times: list[int]
     values: list[float]
@@ -60,15 +61,19 @@ class Row:
 
 
 def parse_row(rec: Sequence[str]) -> Row:
-    """A cohort CSV record as a Row; ValueError for junk (bad fields, absurd values, disorder)."""
+    """A cohort CSV record as a Row; ValueError for junk (bad fields, absurd values, disorder).
+    An empty age or sex is unknown (None): the row is judged without it, as the service judges
+    a patient whose admission it never saw."""
     if len(rec) < 5:
         raise ValueError("too few fields")
-    age = float(rec[0])
-    if not 0.0 <= age <= 130.0:
-        raise ValueError(f"age {age}")
-    sex = rec[1].strip().upper()
+    age: float | None = None
+    if rec[0].strip():
+        age = float(rec[0])
+        if not 0.0 <= age <= 130.0:
+            raise ValueError(f"age {age}")
+    sex: str | None = rec[1].strip().upper() or None
     aki = rec[2].strip().lower()
-    if sex not in ("M", "F") or aki not in ("y", "n"):
+    if sex not in ("M", "F", None) or aki not in ("y", "n"):
         raise ValueError("sex or aki flag")
     times: list[int] = []
     values: list[float] = []
@@ -508,29 +513,44 @@ def train(
 # ---------------------------------------------------------------- evaluation
 
 
+def model_scores(det, rows: Sequence[Row], demographics: bool = True) -> list[float]:
+    """The served model's score of every result of every row, row after row, through the
+    serving code (`ModelDetector`): its probability, or 1.0 where its NHS guardrail makes the
+    result positive whatever the probability. `demographics=False` judges without age/sex."""
+    out = []
+    guard = det.guard_stage
+    for r in rows:
+        age, sex = (r.age, r.sex) if demographics else (None, None)
+        for i in range(len(r.times)):
+            ts, vs, t, v = r.times[:i], r.values[:i], r.times[i], r.values[i]
+            p = det.probability(ts, vs, t, v, age, sex)
+            if guard is not None and p < det.threshold and nhs_stage(ts, vs, t, v).stage >= guard:
+                p = 1.0
+            out.append(p)
+    return out
+
+
 def evaluate(
     model_path: Path | None, data: Path, report: Path | None, log=print
 ) -> dict[str, Scores]:
     """Scores the model (through the serving code) and the NHS algorithm on a labelled cohort:
-    on each row's last result (the labelled point), and replayed over every result."""
+    on each row's last result (the labelled point), and replayed over every result. Rows with
+    an empty age or sex are judged without it; ValueError when no row is usable."""
     from .detect.model import load_model
 
     det = load_model(model_path)
     rows, skipped = read_cohort(data)
-    probs = [
-        det.probability(r.times[:i], r.values[:i], r.times[i], r.values[i], r.age, r.sex)
-        for r in rows
-        for i in range(len(r.times))
-    ]
-    probs0 = [
-        det.probability(r.times[:i], r.values[:i], r.times[i], r.values[i], None, None)
-        for r in rows
-        for i in range(len(r.times))
-    ]
+    if not rows:
+        raise ValueError(
+            f"{data}: no usable rows ({skipped} skipped as junk): nothing to score"
+        )
+    probs = model_scores(det, rows)
+    probs0 = model_scores(det, rows, demographics=False)
     stages = nhs_points(rows)
     th = det.threshold
+    guard = f", NHS stage >= {det.guard_stage} guardrail" if det.guard_stage else ""
     last = {
-        f"model {det.version} (threshold {th})": last_scores(rows, probs, th),
+        f"model {det.version} (threshold {th}{guard})": last_scores(rows, probs, th),
         "model, age/sex withheld": last_scores(rows, probs0, th),
         "nhs (stage>=1)": last_scores(rows, stages, 1),
         "nhs hospital (stage>=2)": last_scores(rows, stages, 2),
@@ -541,7 +561,11 @@ def evaluate(
         "nhs (stage>=1)": replay(rows, stages, 1),
         "nhs hospital (stage>=2)": replay(rows, stages, 2),
     }
-    log(f"{data}: {len(rows)} rows ({sum(r.aki for r in rows)} AKI), {skipped} junk rows skipped")
+    unknown = sum(r.age is None or r.sex is None for r in rows)
+    log(
+        f"{data}: {len(rows)} rows ({sum(r.aki for r in rows)} AKI), {skipped} junk rows skipped"
+        + (f", {unknown} judged without an unknown age or sex" if unknown else "")
+    )
     log("each row's last (labelled) result:")
     for name, s in last.items():
         log(f"  {name:34s} {s.line()}")
@@ -621,7 +645,8 @@ def write_report(
         r = rows[k]
         days = [(t - r.times[-1]) / 86_400 for t in r.times]
         kind = "FN" if r.aki else "FP"
-        ax.plot(days, r.values, "-o", ms=3, label=f"{kind} p={final[k]:.2f} age {r.age:g} {r.sex}")
+        who = f"age {r.age:g}" if r.age is not None else "age ?"
+        ax.plot(days, r.values, "-o", ms=3, label=f"{kind} p={final[k]:.2f} {who} {r.sex or '?'}")
     ax.set(
         xlabel="days before the judged (last) result",
         ylabel="creatinine (µmol/L)",
@@ -688,12 +713,16 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from .detect.model import ModelLoadError
 
+    model = Path(args.model) if args.model else None
     try:
-        evaluate(
-            Path(args.model) if args.model else None,
-            Path(args.data),
-            Path(args.report) if args.report else None,
-        )
+        if args.shifts:
+            from . import shifts
+
+            data = Path(args.data)
+            cohort = Path(args.cohort) if args.cohort else shifts.default_cohort(data)
+            results = shifts.run(model, data, cohort)
+            return 3 if args.check and any(r.misses() for r in results) else 0
+        evaluate(model, Path(args.data), Path(args.report) if args.report else None)
     except (OSError, ValueError, ModelLoadError) as e:
         print(f"aki-alert evaluate: {e}", file=sys.stderr)
         return 1
@@ -732,4 +761,21 @@ def register(sub) -> None:
     )
     p.add_argument("--data", required=True, help="labelled cohort CSV")
     p.add_argument("--report", metavar="DIR", help="write report.md and PNG plots here")
+    p.add_argument(
+        "--shifts",
+        action="store_true",
+        help="the shift table instead: model and NHS algorithm on the data as it is, the other "
+        "cohort, assay changes, demographics withheld, older and younger populations",
+    )
+    p.add_argument(
+        "--cohort",
+        metavar="CSV",
+        help="with --shifts: the other hospital's cohort (default: cohort-2025/test.csv beside "
+        "--data, when present)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="with --shifts: exit 3 when a row misses its target",
+    )
     p.set_defaults(func=_cmd_evaluate)
