@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from . import hl7, metrics
 from .detect import LOOKBACK, Detector, Judgement, Patient
+from .drift import DriftMonitor
 from .episodes import episode_start_after, opens_episode
 from .logs import REQUEST_ID
 from .mllp import FrameError
@@ -100,12 +101,15 @@ def explanation(j: Judgement) -> str:
 class Ingest:
     def __init__(self, store: Store, detector: Detector,
                  page_from: int | None = None,
-                 profile: hl7.FeedProfile = hl7.DEFAULT_PROFILE) -> None:
+                 profile: hl7.FeedProfile = hl7.DEFAULT_PROFILE,
+                 drift: DriftMonitor | None = None) -> None:
         """`page_from`: results sampled before this time are judged and open their episode,
         but their page is recorded as suppressed, not sent (a replay of old messages).
-        `profile`: what this hospital's feed means (hl7/profile.py)."""
+        `profile`: what this hospital's feed means (hl7/profile.py). `drift`: counts every
+        judged result against the model's training distribution (drift.py)."""
         self.store = store
         self.detector = detector
+        self.drift = drift
         self.page_from = page_from
         self.profile = profile
         self._patients: OrderedDict[str, _Cached] = OrderedDict()
@@ -367,6 +371,8 @@ class Ingest:
         j = self.detector.judge(p, obs.time, value)
         metrics.CREATININE.observe(value)
         metrics.child(metrics.SCORES, j.detector).observe(j.score)
+        if self.drift is not None:
+            self.drift.observe(value, j.score, j.positive)
         metrics.child(metrics.RESULTS_JUDGED, "yes" if p.times else "no",
                       "yes" if p.birth is not None else "no").inc()
         if not j.positive:

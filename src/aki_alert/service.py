@@ -20,6 +20,7 @@ from collections.abc import Callable
 from . import health, metrics
 from .config import Config
 from .connection import DISCONNECTED, MllpClient
+from .drift import DriftMonitor
 from .durable import BATCH_SECONDS, Durable
 from .front import EVENT, FrontProcess
 from .ingest import Ingest, Page
@@ -340,7 +341,10 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
         store.limit_idle_transactions(cfg.lease_seconds / 2)
     detector = load_detector(cfg)
     readiness.set("detector", True)
-    ingest = Ingest(store, detector, profile=cfg.feed_profile)
+    reference = getattr(detector, "reference", None)
+    drift = DriftMonitor(reference) if reference is not None else None
+    metrics.DRIFT.monitor = drift
+    ingest = Ingest(store, detector, profile=cfg.feed_profile, drift=drift)
     durable = Durable(store, ingest, cfg.state_dir, sync=cfg.durability == "machine",
                       commit_each=lease is not None)
     # Messages acknowledged but not committed before a crash go in first, into the state they

@@ -258,7 +258,7 @@ def check_reference(ref: Any, version: str) -> dict[str, Any]:
         if any(x >= y for x, y in zip(b, b[1:], strict=False)) or len(f) != len(b) + 1:
             raise ModelLoadError(f"model {version}: reference {key}: bounds not ascending or "
                                  "fractions not one more than bounds")
-        if any(x < 0 for x in f) or abs(sum(f) - 1.0) > 1e-6:
+        if any(x < 0 for x in f) or abs(sum(f) - 1.0) > 1e-4:
             raise ModelLoadError(f"model {version}: reference {key}: fractions do not sum to 1")
     rate = _num(ref.get("positive_rate"), "reference positive_rate")
     if not 0.0 <= rate <= 1.0:
