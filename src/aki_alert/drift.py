@@ -125,8 +125,26 @@ class DriftMonitor:
 
 
 class DriftCollector:
-    """Exports the current monitor's figures at scrape time (nothing while there is none: the
-    NHS detector, or a model artifact without a reference)."""
+    """Exports the current monitor's figures at scrape time: the families without samples while
+    there is none (the NHS detector, or a model artifact without a reference)."""
+
+    # Each family's labels (tests/deploy checks the rules select only on these).
+    LABELS: dict[str, tuple[str, ...]] = {
+        "aki_drift_psi": ("quantity",),
+        "aki_drift_positive_rate": (),
+        "aki_drift_expected_positive_rate": (),
+        "aki_drift_window_results": (),
+    }
+    HELP = {
+        "aki_drift_psi": "Population stability index of the last results judged against the "
+        "model's training distribution, by quantity: score, creatinine (0.1 moderate, 0.25 "
+        "major shift)",
+        "aki_drift_positive_rate": "Share of the last results judged (the drift window) that "
+        "were positive",
+        "aki_drift_expected_positive_rate": "Share of results the model judged positive on its "
+        "training cohort",
+        "aki_drift_window_results": f"Results in the drift window (at most {SLOTS * PER_SLOT})",
+    }
 
     def __init__(self) -> None:
         self.monitor: DriftMonitor | None = None
@@ -135,23 +153,17 @@ class DriftCollector:
         return []
 
     def collect(self) -> list[GaugeMetricFamily]:
+        families = {
+            name: GaugeMetricFamily(name, self.HELP[name], labels=list(labels))
+            for name, labels in self.LABELS.items()
+        }
         m = self.monitor
-        if m is None:
-            return []
-        s = m.snapshot()
-        psi_family = GaugeMetricFamily(
-            "aki_drift_psi", "Population stability index of the last results judged against "
-            "the model's training distribution (0.1 moderate, 0.25 major shift)",
-            labels=["quantity"])
-        psi_family.add_metric(["score"], s["psi_score"])
-        psi_family.add_metric(["creatinine"], s["psi_creatinine"])
-        return [
-            psi_family,
-            GaugeMetricFamily("aki_drift_positive_rate", "Share of the last results judged "
-                              "positive (the drift window)", value=s["positive_rate"]),
-            GaugeMetricFamily("aki_drift_expected_positive_rate", "Share of results the model "
-                              "judged positive on its training cohort",
-                              value=s["expected_positive_rate"]),
-            GaugeMetricFamily("aki_drift_window_results", "Results in the drift window "
-                              f"(at most {SLOTS * PER_SLOT})", value=s["results"]),
-        ]
+        if m is not None:
+            s = m.snapshot()
+            families["aki_drift_psi"].add_metric(["score"], s["psi_score"])
+            families["aki_drift_psi"].add_metric(["creatinine"], s["psi_creatinine"])
+            families["aki_drift_positive_rate"].add_metric([], s["positive_rate"])
+            families["aki_drift_expected_positive_rate"].add_metric(
+                [], s["expected_positive_rate"])
+            families["aki_drift_window_results"].add_metric([], s["results"])
+        return list(families.values())
