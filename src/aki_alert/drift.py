@@ -5,7 +5,8 @@ what the model sees and says. The model artifact stores, from training time, the
 its score and of creatinine over every result of the training cohort judged in order, and the
 share of those results it judged positive (`reference` in model.json, `train.reference`). The
 service counts its own results into the same bins over a rolling window (the last
-`SLOTS × PER_SLOT` results judged) and exports, computed at scrape time:
+`(SLOTS - 1) × PER_SLOT` to `SLOTS × PER_SLOT` results judged: SLOTS - 1 full slots and the
+one filling) and exports, computed at scrape time:
 
 - `aki_drift_psi{quantity="score"|"creatinine"}`: population stability index of the window
   against the training distribution, PSI = Σ (a − e) ln(a / e) over the bins (each share
@@ -58,7 +59,7 @@ def psi(actual: Sequence[float], expected: Sequence[float]) -> float:
 
 
 class _Window:
-    """Bin counts of one quantity over the last SLOTS × PER_SLOT observations, in slots."""
+    """Bin counts of one quantity over the last observations, in slots of PER_SLOT."""
 
     __slots__ = ("bounds", "slots")
 
