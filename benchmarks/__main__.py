@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench_model", "bench_ingest", "bench_instructions", "bench_throughput",
+BENCHMARKS = ("bench_model", "bench_shift", "bench_ingest", "bench_instructions", "bench_throughput",
               "bench_console", "bench_import", "bench_startup")
 
 
