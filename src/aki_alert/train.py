@@ -383,7 +383,7 @@ def cross_validate(
             scores = guarded(oof.tolist(), stages, guard)
             scores0 = guarded(oof0.tolist(), stages, guard)
             th = best_threshold(rows, scores)
-            key = name if guard is None else f"{name} | NHS stage>={guard} guardrail"
+            key = name if guard is None else f"{name} + NHS stage>={guard} guardrail"
             table[key] = {
                 "candidate": name,
                 "guard": guard,
@@ -648,8 +648,10 @@ def train(
            f"U{ASSAY_MUL} + U{ASSAY_ADD} µmol/L)" if augment else "")
         + ".\n\n"
         f"{FOLDS}-fold stratified cross-validation (seed {SEED}), out-of-fold scores. Models "
-        f"learn from each row's last (labelled) result. F3/precision/recall/TP/FP/FN: on those "
-        f"labelled results. Replayed: every result of the held-out rows judged in order, "
+        f"learn from {learn} (the held-out rows are never shifted). A guardrail makes a result "
+        f"positive whenever its NHS stage is at least the one named, whatever the score. "
+        f"F3/precision/recall/TP/FP/FN: on each held-out row's last (labelled) result. "
+        f"Replayed: every result of the held-out rows judged in order, "
         f"paged once per episode, scored as the hospital does (an early page is a FP and uses "
         f"up the episode). Thresholds and the candidate maximise the sum of the two F3s. "
         f"Chosen: `{chosen}`, threshold {doc['threshold']}.\n\n"
