@@ -36,7 +36,7 @@ class Watching:
     """A detector that counts every result it judges into a drift monitor, as ingest does,
     and keeps the largest PSI and the positive rate once the window is full."""
 
-    def __init__(self, det, monitor: DriftMonitor) -> None:
+    def __init__(self, det, monitor: DriftMonitor | None) -> None:
         self.det, self.monitor = det, monitor
         self.name, self.version = det.name, det.version
         self.worst = {"psi_score": 0.0, "psi_creatinine": 0.0}
@@ -45,8 +45,10 @@ class Watching:
 
     def judge(self, patient, time, value):
         j = self.det.judge(patient, time, value)
-        self.monitor.observe(value, j.score, j.positive)
         self.n += 1
+        if self.monitor is None:
+            return j
+        self.monitor.observe(value, j.score, j.positive)
         full = self.monitor.max_slots * self.monitor.per_slot
         if self.n >= full and self.n % self.monitor.per_slot == 0:
             s = self.monitor.snapshot()
@@ -72,7 +74,7 @@ def stream_figures(det, d: Path, factor: float = 1.0) -> str:
     msgs = read_messages(d / "messages.mllp")
     if factor != 1.0:
         msgs = scaled(msgs, factor)
-    w = Watching(det, DriftMonitor(det.reference))
+    w = Watching(det, DriftMonitor(det.reference) if det.reference is not None else None)
     pages = set(offline_pages(str(d / "history.csv"), msgs, w))
     with open(d / "aki.csv", newline="") as f:
         akis = {
@@ -84,10 +86,12 @@ def stream_figures(det, d: Path, factor: float = 1.0) -> str:
     f3 = 10 * tp / (10 * tp + 9 * fn + fp) if tp + fn + fp else 1.0
     rate = f"{min(w.rates):.4f}–{max(w.rates):.4f}" if w.rates else "–"
     name = d.name + ("" if factor == 1.0 else f", creatinine ×{factor}")
-    return (
-        f"| {name} | {w.n} | {w.worst['psi_score']:.3f} | {w.worst['psi_creatinine']:.3f} "
-        f"| {rate} | {f3:.4f} (TP {tp}, FP {fp}, FN {fn}) |"
+    worst = (
+        f"{w.worst['psi_score']:.3f} | {w.worst['psi_creatinine']:.3f}"
+        if w.monitor is not None
+        else "– | –"
     )
+    return f"| {name} | {w.n} | {worst} | {rate} | {f3:.4f} (TP {tp}, FP {fp}, FN {fn}) |"
 
 
 def cohort_psi(det, name: str, rows) -> str:
@@ -118,21 +122,22 @@ def main() -> None:
         return
     shifts.run(Path(args.model) if args.model else None, test, shifts.default_cohort(test))
     det = load_model(args.model)
-    if det.reference is None:
-        print(f"model {det.version} stores no training reference: no drift figures")
-        return
+    ref = det.reference
     print(
         f"\ndrift signal of model {det.version} (expected positive rate "
-        f"{det.reference['positive_rate']:.4f}; the alert: PSI > 0.25, rate outside 0.4–2×)"
+        f"{ref['positive_rate']:.4f}; the alert: PSI > 0.25, rate outside 0.4–2×)"
+        if ref is not None
+        else f"\nmodel {det.version} stores no training reference: strict F3 of the streams only"
     )
     print("| stream | results | max PSI score | max PSI creatinine | positive rate | strict F3 |")
     print("|---|---|---|---|---|---|")
-    for name, path in (("test.csv", test), ("cohort-2025/test.csv", shifts.default_cohort(test))):
-        if path is not None:
-            print(cohort_psi(det, name, read_cohort(path)[0]), flush=True)
-    rows = read_cohort(test)[0]
-    print(cohort_psi(det, "test.csv, creatinine ×1.15", shifts.assay(rows, lambda v: v * 1.15,
-                                                                     False)), flush=True)
+    if ref is not None:
+        cohort = shifts.default_cohort(test)
+        for name, path in (("test.csv", test), ("cohort-2025/test.csv", cohort)):
+            if path is not None:
+                print(cohort_psi(det, name, read_cohort(path)[0]), flush=True)
+        rows = shifts.assay(read_cohort(test)[0], lambda v: v * 1.15, False)
+        print(cohort_psi(det, "test.csv, creatinine ×1.15", rows), flush=True)
     if args.no_streams:
         return
     for sub in ("dev-stream", "dev-year"):

@@ -199,12 +199,17 @@ def objective(last: Scores, replayed: Scores) -> float:
     return round(last.f3 + replayed.f3, 9)
 
 
-def best_threshold(rows: Sequence[Row], scores: Sequence[float]) -> float:
-    """The threshold of best `objective`; the middle one of the best plateau."""
+def best_threshold(rows: Sequence[Row], scores: Sequence[float], tolerance: float = 0.0) -> float:
+    """The threshold of best `objective`; the middle one of the best plateau. With a
+    `tolerance`, the lowest threshold whose objective is within it of the best: F3 weighs a
+    miss nine times a false page, so where thresholds do about as well on this hospital's
+    data, the more sensitive one is the safer under a shift the data does not show."""
     curve = [
         (t, objective(last_scores(rows, scores, t), replay(rows, scores, t))) for t in THRESHOLDS
     ]
     top = max(f for _, f in curve)
+    if tolerance > 0.0:
+        return min(t for t, f in curve if f >= top - tolerance)
     best = [t for t, f in curve if f == top]
     return best[len(best) // 2]
 
@@ -330,6 +335,7 @@ def cross_validate(
     augment: int = 0,
     names: Sequence[str] | None = None,
     guards: Sequence[int | None] = (None,),
+    tolerance: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
     """Out-of-fold scores of the NHS algorithm and every candidate (each with every guardrail
     of `guards`: positive whenever the NHS stage is at least it).
@@ -382,7 +388,7 @@ def cross_validate(
         for guard in guards:
             scores = guarded(oof.tolist(), stages, guard)
             scores0 = guarded(oof0.tolist(), stages, guard)
-            th = best_threshold(rows, scores)
+            th = best_threshold(rows, scores, tolerance)
             key = name if guard is None else f"{name} + NHS stage>={guard} guardrail"
             table[key] = {
                 "candidate": name,
@@ -547,6 +553,7 @@ def train(
     augment: int = 0,
     names: Sequence[str] | None = None,
     guards: Sequence[int | None] = (None,),
+    tolerance: float = 0.0,
 ) -> dict[str, Any]:
     """Cross-validates, refits the chosen model on all rows and writes `out/model.json`.
     `live`, `augment`: what the models learn from (`cross_validate`); `names`: the candidates
@@ -574,7 +581,7 @@ def train(
     log(f"learning from {learn}" + (f", with {augment} assay-shifted copies" if augment else ""))
     log(f"{FOLDS}-fold cross-validation (out-of-fold F3 of the labelled results, and replayed):")
     table = cross_validate(rows, cols, log, live=live, augment=augment, names=names,
-                           guards=guards)
+                           guards=guards, tolerance=tolerance)
     chosen = select(table)
     candidate, guard = table[chosen].get("candidate", chosen), table[chosen]["guard"]
 
@@ -624,6 +631,7 @@ def train(
             "folds": FOLDS,
             "learns_from": "every result" if live else "labelled results",
             "assay_shifted_copies": augment,
+            "threshold_tolerance": tolerance,
             **(
                 {"assay_shift": {"multiply": list(ASSAY_MUL), "add_umol_per_l": list(ASSAY_ADD)}}
                 if augment
@@ -653,7 +661,9 @@ def train(
         f"F3/precision/recall/TP/FP/FN: on each held-out row's last (labelled) result. "
         f"Replayed: every result of the held-out rows judged in order, "
         f"paged once per episode, scored as the hospital does (an early page is a FP and uses "
-        f"up the episode). Thresholds and the candidate maximise the sum of the two F3s. "
+        f"up the episode). Thresholds and the candidate maximise the sum of the two F3s"
+        + (f" (the threshold: the lowest within {tolerance} of the best)" if tolerance else "")
+        + ". "
         f"Chosen: `{chosen}`, threshold {doc['threshold']}.\n\n"
         f"{cv_markdown(table, chosen)}\n"
     )
@@ -862,7 +872,8 @@ def _cmd_train(args) -> int:
                 raise ValueError(f"--guardrails: {g!r} is not an NHS stage 1-3")
             guards.append(int(g))
         train(Path(args.data), out, args.version or out.name, excluded, live=args.live,
-              augment=args.augment, names=names, guards=guards)
+              augment=args.augment, names=names, guards=guards,
+              tolerance=args.threshold_tolerance)
     except (OSError, ValueError) as e:
         print(f"aki-alert train: {e}", file=sys.stderr)
         return 1
@@ -928,6 +939,14 @@ def register(sub) -> None:
         metavar="NAMES",
         help="comma-separated candidates to cross-validate (default: all): "
         + ", ".join(candidates()),
+    )
+    p.add_argument(
+        "--threshold-tolerance",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="choose the lowest threshold whose cross-validated objective (labelled F3 + "
+        "replayed F3) is within T of the best, not the middle of the best plateau (default 0)",
     )
     p.add_argument(
         "--guardrails",
