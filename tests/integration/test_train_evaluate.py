@@ -229,3 +229,42 @@ def test_evaluate_shifts_prints_the_table(trained, capsys):
                  "subset aged ≥ 65"):
         assert name in out
     assert "targets met on" in out
+
+
+def test_training_options_for_shift(tmp_path, monkeypatch):
+    """--live, --augment, --guardrails, --threshold-tolerance and --candidates reach the
+    artifact: a format-2 model with the drift reference, loadable and served."""
+    monkeypatch.setattr(train_mod, "GBT_GRID", ((20, 2, 0.2),))
+    synthetic_cohort(tmp_path / "train.csv", 300, seed=3)
+    out = tmp_path / "m"
+    code = main(["train", "--data", str(tmp_path / "train.csv"), "--out", str(out),
+                 "--live", "--augment", "1", "--guardrails", "2,3",
+                 "--threshold-tolerance", "0.001", "--candidates", "logistic,gbt-20x2-lr0.2",
+                 "--exclude", "value,age,has_age"])
+    assert code == 0
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["format"] == "aki-alert-model/2" and doc["feature_version"] == "f2"
+    assert doc["trainer"]["learns_from"] == "every result"
+    assert doc["trainer"]["assay_shifted_copies"] == 1
+    assert doc["trainer"]["threshold_tolerance"] == 0.001
+    assert any("guardrail" in name for name in doc["cv"])
+    assert set(doc["cv"]) - {"nhs (stage>=1)", "nhs hospital (stage>=2)"} <= {
+        "logistic", "gbt-20x2-lr0.2", *(f"{c} + NHS stage>={k} guardrail"
+                                        for c in ("logistic", "gbt-20x2-lr0.2") for k in (2, 3))}
+    ref = doc["reference"]
+    assert 0.0 < ref["positive_rate"] < 1.0
+    assert abs(sum(ref["score"]["fractions"]) - 1.0) < 1e-4
+    det = load_model(out)
+    assert det.reference is not None
+    assert det.guard_stage == doc.get("guardrail", {}).get("nhs_min_stage")
+    report = (out / "training-report.md").read_text()
+    assert "every result (earlier ones as negatives)" in report and "assay-shifted" in report
+
+
+def test_training_refuses_unknown_candidates_and_guardrails(tmp_path, capsys):
+    synthetic_cohort(tmp_path / "train.csv", 50, seed=4)
+    args = ["train", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m")]
+    assert main([*args, "--candidates", "forest"]) == 1
+    assert "no such candidates ['forest']" in capsys.readouterr().err
+    assert main([*args, "--guardrails", "4"]) == 1
+    assert "not an NHS stage" in capsys.readouterr().err
