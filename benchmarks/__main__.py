@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench_model", "bench_ingest", "bench_instructions", "bench_throughput",
-              "bench_console", "bench_import", "bench_startup", "bench_pager", "bench_repage")
+BENCHMARKS = ("bench_model", "bench_shift", "bench_ingest", "bench_instructions",
+              "bench_throughput", "bench_console", "bench_import", "bench_startup", "bench_pager",
+              "bench_repage")
 
 
 def main() -> int:

@@ -51,7 +51,7 @@ def cohort_cases(path: Path) -> list[tuple[Patient, int, float, float]]:
     rows, _ = read_cohort(path)
     cases = []
     for i, r in enumerate(rows):
-        birth = r.times[-1] - int(r.age * 365.25 * DAY)
+        birth = r.times[-1] - int(r.age * 365.25 * DAY) if r.age is not None else None
         cases.append(
             (
                 Patient(str(i), r.times[:-1], r.values[:-1], birth, r.sex),

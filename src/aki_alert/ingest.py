@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from . import hl7, logs, metrics
 from .detect import LOOKBACK, Detector, Judgement, Patient
+from .drift import DriftMonitor
 from .episodes import episode_start_after, opens_episode
 from .logs import REQUEST_ID
 from .mllp import FrameError
@@ -106,15 +107,17 @@ class Ingest:
     def __init__(self, store: Store, detector: Detector,
                  page_from: int | None = None,
                  profile: hl7.FeedProfile = hl7.DEFAULT_PROFILE,
-                 repage: Policy | None = None) -> None:
+                 repage: Policy | None = None, drift: DriftMonitor | None = None) -> None:
         """`page_from`: results sampled before this time are judged and open their episode,
         but their page is recorded as suppressed, not sent (a replay of old messages).
         `profile`: what this hospital's feed means (hl7/profile.py).
         `repage`: when a positive inside an episode pages again (repage.py; default: the
-        policy shipped for this detector)."""
+        policy shipped for this detector). `drift`: counts every judged result against the
+        model's training distribution (drift.py)."""
         self.store = store
         self.detector = detector
         self.repage = policy_for(detector.name) if repage is None else repage
+        self.drift = drift
         self.page_from = page_from
         self.profile = profile
         self._patients: OrderedDict[str, _Cached] = OrderedDict()
@@ -392,6 +395,8 @@ class Ingest:
         j = self.detector.judge(p, obs.time, value)
         metrics.CREATININE.observe(value)
         metrics.child(metrics.SCORES, j.detector).observe(j.score)
+        if self.drift is not None:
+            self.drift.observe(value, j.score, j.positive)
         metrics.child(metrics.RESULTS_JUDGED, "yes" if p.times else "no",
                       "yes" if p.birth is not None else "no").inc()
         if not j.positive:

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from . import connection
+from .drift import DriftCollector
 
 
 @lru_cache(maxsize=256)
@@ -238,6 +239,10 @@ BATCH_SIZE = Histogram(
 HISTORY_ROWS = Counter("aki_history_results_loaded_total", "History results imported")
 HISTORY_SKIPPED = Counter("aki_history_skipped_total", "History cells or rows skipped", ["reason"])
 HISTORY_LOADED = Gauge("aki_history_loaded", "1 when the configured history file is imported")
+# Population stability of the model's score and of creatinine against its training data, and the
+# positive rate against its expectation (drift.py), computed at scrape time.
+DRIFT = DriftCollector()
+REGISTRY.register(DRIFT)
 MODEL = Info("aki_detector", "The detector judging results")
 PROVENANCE = Info("aki_state_provenance", "What the state was built from")
 PROVENANCE_MISMATCH = Gauge(

@@ -22,6 +22,7 @@ from . import health, metrics
 from .config import Config
 from .connection import DISCONNECTED, MllpClient, MllpListener, bind
 from .connection.tls import client_context, server_context
+from .drift import DriftMonitor
 from .durable import BATCH_SECONDS, Durable
 from .front import ACK_EVENT, EVENT, FrontProcess
 from .ingest import Ingest, Page
@@ -389,7 +390,10 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
         store.limit_idle_transactions(cfg.lease_seconds / 2)
     detector = load_detector(cfg)
     readiness.set("detector", True)
-    ingest = Ingest(store, detector, profile=cfg.feed_profile)
+    reference = getattr(detector, "reference", None)
+    drift = DriftMonitor(reference) if reference is not None else None
+    metrics.DRIFT.monitor = drift
+    ingest = Ingest(store, detector, profile=cfg.feed_profile, drift=drift)
     durable = Durable(store, ingest, cfg.state_dir, sync=cfg.durability == "machine",
                       commit_each=lease is not None,
                       nack_profile=cfg.feed_profile if cfg.nack_policy == "hl7" else None)

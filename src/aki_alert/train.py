@@ -20,6 +20,7 @@ import csv
 import hashlib
 import json
 import math
+import random
 import sys
 from dataclasses import dataclass
 from itertools import accumulate
@@ -42,15 +43,19 @@ GBT_GRID = ((100, 3, 0.1), (50, 2, 0.1))
 # with relative features only it stays near 0.98. `--exclude value,age,has_age` builds that
 # robust variant (shipped beside the default, see docs/model-card.md).
 DEFAULT_EXCLUDED: tuple[str, ...] = ()
+# Synthetic assay changes for `--augment`: every result of a copy × m + a (see assay_shifted).
+ASSAY_MUL = (0.85, 1.2)
+ASSAY_ADD = (-10.0, 20.0)
 THRESHOLDS = (0.001, 0.002, 0.005) + tuple(round(0.01 * i, 2) for i in range(1, 100))
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One labelled cohort row: demographics, the label, and the dated results (ascending)."""
+    """One labelled cohort row: demographics (None when the file leaves them empty), the label,
+    and the dated results (ascending)."""
 
-    age: float
-    sex: str  # "M" / "F"
+    age: float | None
+    sex: str | None  # "M" / "F"
     aki: bool
     times: list[int]
     values: list[float]
@@ -60,15 +65,19 @@ class Row:
 
 
 def parse_row(rec: Sequence[str]) -> Row:
-    """A cohort CSV record as a Row; ValueError for junk (bad fields, absurd values, disorder)."""
+    """A cohort CSV record as a Row; ValueError for junk (bad fields, absurd values, disorder).
+    An empty age or sex is unknown (None): the row is judged without it, as the service judges
+    a patient whose admission it never saw."""
     if len(rec) < 5:
         raise ValueError("too few fields")
-    age = float(rec[0])
-    if not 0.0 <= age <= 130.0:
-        raise ValueError(f"age {age}")
-    sex = rec[1].strip().upper()
+    age: float | None = None
+    if rec[0].strip():
+        age = float(rec[0])
+        if not 0.0 <= age <= 130.0:
+            raise ValueError(f"age {age}")
+    sex: str | None = rec[1].strip().upper() or None
     aki = rec[2].strip().lower()
-    if sex not in ("M", "F") or aki not in ("y", "n"):
+    if sex not in ("M", "F", None) or aki not in ("y", "n"):
         raise ValueError("sex or aki flag")
     times: list[int] = []
     values: list[float] = []
@@ -190,12 +199,17 @@ def objective(last: Scores, replayed: Scores) -> float:
     return round(last.f3 + replayed.f3, 9)
 
 
-def best_threshold(rows: Sequence[Row], scores: Sequence[float]) -> float:
-    """The threshold of best `objective`; the middle one of the best plateau."""
+def best_threshold(rows: Sequence[Row], scores: Sequence[float], tolerance: float = 0.0) -> float:
+    """The threshold of best `objective`; the middle one of the best plateau. With a
+    `tolerance`, the lowest threshold whose objective is within it of the best: F3 weighs a
+    miss nine times a false page, so where thresholds do about as well on this hospital's
+    data, the more sensitive one is the safer under a shift the data does not show."""
     curve = [
         (t, objective(last_scores(rows, scores, t), replay(rows, scores, t))) for t in THRESHOLDS
     ]
     top = max(f for _, f in curve)
+    if tolerance > 0.0:
+        return min(t for t, f in curve if f >= top - tolerance)
     best = [t for t, f in curve if f == top]
     return best[len(best) // 2]
 
@@ -250,30 +264,103 @@ def nhs_points(rows: Sequence[Row]) -> list[int]:
     ]
 
 
-def cross_validate(
-    rows: Sequence[Row], cols: Sequence[int], log=print
-) -> dict[str, dict[str, Any]]:
-    """Out-of-fold scores of the NHS algorithm and every candidate.
+def assay_shifted(rows: Sequence[Row], copies: int, seed: int = SEED) -> list[Row]:
+    """`copies` synthetic versions of every row as another assay would have measured it: every
+    result × m + a, with m uniform in ASSAY_MUL and a in ASSAY_ADD (µmol/L), drawn per copy and
+    row. The labels stay: the patient is the same, only the lab's reading moved."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(copies):
+        for r in rows:
+            m, a = rnd.uniform(*ASSAY_MUL), rnd.uniform(*ASSAY_ADD)
+            out.append(Row(r.age, r.sex, r.aki, r.times, [max(1.0, v * m + a) for v in r.values]))
+    return out
 
-    Models learn from the labelled points (each row's last result, with and without age/sex).
-    The held-out rows are judged at every result: their last results give the labelled F3, the
-    replay of all results (`replay`) the stream's; the threshold maximises `objective`.
+
+@dataclass(frozen=True, slots=True)
+class Examples:
+    """What the models learn from, for `rows` (and their assay-shifted copies): per result the
+    feature vectors with and without demographics, the label (a row's last result carries the
+    row's label; with `live`, every earlier result is a negative: a page there is a false
+    positive, and uses up the episode), and the row it belongs to."""
+
+    P: Any  # features of every result, with age/sex (numpy, rows × FEATURES)
+    P0: Any  # the same without age/sex
+    row_of: Any  # index of each result's row (shifted copies: index modulo the cohort size)
+    last: Any  # True at each row's last result
+    y: Any  # the label of each result
+
+    @classmethod
+    def of(cls, rows: Sequence[Row], n_rows: int) -> "Examples":
+        import numpy as np
+
+        lengths = np.array([len(r.times) for r in rows], dtype=int)
+        row_of = np.repeat(np.arange(len(rows)) % max(n_rows, 1), lengths)
+        last = np.zeros(int(lengths.sum()), dtype=bool)
+        last[np.cumsum(lengths) - 1] = True
+        y = np.zeros(len(last), dtype=bool)
+        y[np.cumsum(lengths) - 1] = [r.aki for r in rows]
+        return cls(np.asarray(point_features(rows)), np.asarray(point_features(rows, False)),
+                   row_of, last, y)
+
+    def training_set(self, row_ids, cols: Sequence[int], live: bool):
+        """(X, y) of the rows `row_ids`: each labelled (last) result twice, with and without
+        age/sex; with `live`, each earlier result once (without age/sex for odd rows)."""
+        import numpy as np
+
+        m = np.isin(self.row_of, row_ids)
+        at = m & self.last
+        parts = [self.P[at], self.P0[at]]
+        labels = [self.y[at], self.y[at]]
+        if live:
+            odd = self.row_of % 2 == 1
+            early = m & ~self.last
+            parts += [self.P[early & ~odd], self.P0[early & odd]]
+            labels += [self.y[early & ~odd], self.y[early & odd]]
+        return np.vstack(parts)[:, list(cols)], np.concatenate(labels)
+
+
+def guarded(scores: Sequence[float], stages: Sequence[int], guard: int | None) -> list[float]:
+    """Scores with the NHS guardrail: 1.0 wherever the stage is at least `guard`."""
+    if guard is None:
+        return list(scores)
+    return [1.0 if k >= guard else s for s, k in zip(scores, stages, strict=True)]
+
+
+def cross_validate(
+    rows: Sequence[Row],
+    cols: Sequence[int],
+    log=print,
+    live: bool = False,
+    augment: int = 0,
+    names: Sequence[str] | None = None,
+    guards: Sequence[int | None] = (None,),
+    tolerance: float = 0.0,
+) -> dict[str, dict[str, Any]]:
+    """Out-of-fold scores of the NHS algorithm and every candidate (each with every guardrail
+    of `guards`: positive whenever the NHS stage is at least it).
+
+    Models learn from the labelled points (each row's last result, with and without age/sex),
+    with `live` from every earlier result too (as negatives), and with `augment` from as many
+    assay-shifted copies of the training rows (`assay_shifted`). The held-out rows, never
+    shifted, are judged at every result: their last results give the labelled F3, the replay of
+    all results (`replay`) the stream's; the threshold maximises `objective`.
     """
     import numpy as np
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.array([r.aki for r in rows])
-    lengths = np.array([len(r.times) for r in rows])
-    row_of = np.repeat(np.arange(len(rows)), lengths)
-    last = np.cumsum(lengths) - 1
-    P = np.asarray(point_features(rows))[:, list(cols)]
-    P0 = np.asarray(point_features(rows, demographics=False))[:, list(cols)]
+    ex = Examples.of(rows, len(rows))
+    aug = Examples.of(assay_shifted(rows, augment), len(rows)) if augment else None
+    last = np.flatnonzero(ex.last)
+    P, P0 = ex.P[:, list(cols)], ex.P0[:, list(cols)]
     table: dict[str, dict[str, Any]] = {}
     stages = nhs_points(rows)
     for name, k in (("nhs (stage>=1)", 1), ("nhs hospital (stage>=2)", 2)):
         table[name] = {
             "threshold": k,
+            "guard": None,
             "last": last_scores(rows, stages, k),
             "replay": replay(rows, stages, k),
             "replay_no_demographics": replay(rows, stages, k),
@@ -284,29 +371,38 @@ def cross_validate(
     )
     folds = list(folds)
     for name, make in candidates().items():
+        if names is not None and name not in names:
+            continue
         oof = np.zeros(len(P))
         oof0 = np.zeros(len(P))
         for train_idx, test_idx in folds:
-            fit_at = last[train_idx]
-            model = make().fit(
-                np.vstack([P[fit_at], P0[fit_at]]),
-                np.concatenate([labels[train_idx], labels[train_idx]]),
-            )
-            held = np.isin(row_of, test_idx)
+            X, y = ex.training_set(train_idx, cols, live)
+            if aug is not None:
+                Xa, ya = aug.training_set(train_idx, cols, live)
+                X, y = np.vstack([X, Xa]), np.concatenate([y, ya])
+            model = make().fit(X, y)
+            held = np.isin(ex.row_of, test_idx)
             oof[held] = model.predict_proba(P[held])[:, 1]
             oof0[held] = model.predict_proba(P0[held])[:, 1]
-        th = best_threshold(rows, oof.tolist())
-        table[name] = {
-            "threshold": th,
-            "last": last_scores(rows, oof.tolist(), th),
-            "replay": replay(rows, oof.tolist(), th),
-            "replay_no_demographics": replay(rows, oof0.tolist(), th),
-            "log_loss": float(log_loss(labels, np.clip(oof[last], 1e-9, 1 - 1e-9))),
-        }
-        log(
-            f"  {name:26s} {table[name]['last'].line()}  threshold {th}  "
-            f"replayed F3 {table[name]['replay'].f3:.4f}"
-        )
+        loss = float(log_loss(labels, np.clip(oof[last], 1e-9, 1 - 1e-9)))
+        for guard in guards:
+            scores = guarded(oof.tolist(), stages, guard)
+            scores0 = guarded(oof0.tolist(), stages, guard)
+            th = best_threshold(rows, scores, tolerance)
+            key = name if guard is None else f"{name} + NHS stage>={guard} guardrail"
+            table[key] = {
+                "candidate": name,
+                "guard": guard,
+                "threshold": th,
+                "last": last_scores(rows, scores, th),
+                "replay": replay(rows, scores, th),
+                "replay_no_demographics": replay(rows, scores0, th),
+                "log_loss": loss,
+            }
+            log(
+                f"  {key:26s} {table[key]['last'].line()}  threshold {th}  "
+                f"replayed F3 {table[key]['replay'].f3:.4f}"
+            )
     return table
 
 
@@ -386,6 +482,34 @@ def export(model, X_all, cols: Sequence[int]) -> dict[str, Any]:
     return parts
 
 
+def training_reference(
+    rows: Sequence[Row], ex: Examples, parts: dict[str, Any], threshold: float, guard: int | None
+) -> dict[str, Any]:
+    """What the service's drift metrics compare against (`drift.py`): histograms of the
+    exported model's score and of creatinine over every result of the training rows judged in
+    order (with age/sex, as for an admitted patient), and the share judged positive."""
+    from .detect.model import compile_model
+    from .drift import CREATININE_BOUNDS, SCORE_BOUNDS, histogram
+
+    raw = compile_model(parts["init"], parts["linear"], parts["trees"], len(FEATURES))
+    scores = [1.0 / (1.0 + math.exp(-min(max(raw(list(x)), -700.0), 700.0))) for x in ex.P]
+    values = [v for r in rows for v in r.values]
+    stages = nhs_points(rows)
+    positive = sum(
+        s >= threshold or (guard is not None and k >= guard)
+        for s, k in zip(scores, stages, strict=True)
+    )
+    return {
+        "population": "every result of the training rows, judged in order, with age and sex",
+        "results": len(scores),
+        "score": {"bounds": list(SCORE_BOUNDS),
+                  "fractions": [round(f, 6) for f in histogram(scores, SCORE_BOUNDS)]},
+        "creatinine": {"bounds": list(CREATININE_BOUNDS),
+                       "fractions": [round(f, 6) for f in histogram(values, CREATININE_BOUNDS)]},
+        "positive_rate": round(positive / len(scores), 6),
+    }
+
+
 def artifact_json(doc: dict[str, Any]) -> str:
     """The artifact as JSON, one top-level key and one tree per line (diff-friendly, compact)."""
 
@@ -420,9 +544,20 @@ def cv_markdown(table: dict[str, dict[str, Any]], chosen: str) -> str:
 
 
 def train(
-    data: Path, out: Path, version: str, excluded: Sequence[str] = DEFAULT_EXCLUDED, log=print
+    data: Path,
+    out: Path,
+    version: str,
+    excluded: Sequence[str] = DEFAULT_EXCLUDED,
+    log=print,
+    live: bool = False,
+    augment: int = 0,
+    names: Sequence[str] | None = None,
+    guards: Sequence[int | None] = (None,),
+    tolerance: float = 0.0,
 ) -> dict[str, Any]:
-    """Cross-validates, refits the chosen model on all rows and writes `out/model.json`."""
+    """Cross-validates, refits the chosen model on all rows and writes `out/model.json`.
+    `live`, `augment`: what the models learn from (`cross_validate`); `names`: the candidates
+    tried (default all); `guards`: the NHS guardrails tried beside each (None: none)."""
     import numpy as np
     import sklearn
 
@@ -432,23 +567,37 @@ def train(
     unknown = sorted(set(excluded) - set(FEATURES))
     if unknown:
         raise ValueError(f"--exclude: no such features {unknown}; known: {', '.join(FEATURES)}")
+    if names is not None and set(names) - set(candidates()):
+        raise ValueError(
+            f"--candidates: no such candidates {sorted(set(names) - set(candidates()))}; "
+            f"known: {', '.join(candidates())}"
+        )
     cols = [i for i, name in enumerate(FEATURES) if name not in excluded]
     n_aki = sum(r.aki for r in rows)
     log(f"{data}: {len(rows)} rows ({n_aki} AKI), {skipped} junk rows skipped")
     unused = ", ".join(excluded) or "none"
     log(f"features given to the model: {len(cols)} of {len(FEATURES)}; not used: {unused}")
+    learn = "every result (earlier ones as negatives)" if live else "the labelled results"
+    log(f"learning from {learn}" + (f", with {augment} assay-shifted copies" if augment else ""))
     log(f"{FOLDS}-fold cross-validation (out-of-fold F3 of the labelled results, and replayed):")
-    table = cross_validate(rows, cols, log)
+    table = cross_validate(rows, cols, log, live=live, augment=augment, names=names,
+                           guards=guards, tolerance=tolerance)
     chosen = select(table)
+    candidate, guard = table[chosen].get("candidate", chosen), table[chosen]["guard"]
 
-    # The final fit: every labelled point, once with and once without age/sex.
-    def labelled(r: Row, demographics: bool) -> list[float]:
-        age, sex = (r.age, r.sex) if demographics else (None, None)
-        return features(r.times[:-1], r.values[:-1], r.times[-1], r.values[-1], age, sex)
-
-    X = np.asarray([labelled(r, True) for r in rows] + [labelled(r, False) for r in rows])
-    y = np.array([r.aki for r in rows] * 2)
-    parts = export(candidates()[chosen]().fit(X[:, cols], y), X, cols)
+    # The final fit: every row as in cross-validation (labelled points with and without
+    # age/sex, earlier results with `live`, assay-shifted copies with `augment`).
+    ex = Examples.of(rows, len(rows))
+    everyone = np.arange(len(rows))
+    X, y = ex.training_set(everyone, cols, live)
+    if augment:
+        Xa, ya = Examples.of(assay_shifted(rows, augment), len(rows)).training_set(
+            everyone, cols, live)
+        X, y = np.vstack([X, Xa]), np.concatenate([y, ya])
+    check = ex.P[ex.last]
+    parts = export(candidates()[candidate]().fit(X, y), check, cols)
+    threshold = table[chosen]["threshold"]
+    reference = training_reference(rows, ex, parts, threshold, guard)
     summary = {
         name: {
             "threshold": r["threshold"],
@@ -467,7 +616,8 @@ def train(
         "features": list(FEATURES),
         "unused_features": [f for f in FEATURES if f in excluded],
         "feature_probes": probe_vectors(),
-        "threshold": table[chosen]["threshold"],
+        "threshold": threshold,
+        **({"guardrail": {"nhs_min_stage": guard}} if guard is not None else {}),
         "training_data": {
             "file": data.name,
             "sha256": sha256_file(data),
@@ -479,10 +629,19 @@ def train(
             "candidate": chosen,
             "seed": SEED,
             "folds": FOLDS,
+            "learns_from": "every result" if live else "labelled results",
+            "assay_shifted_copies": augment,
+            "threshold_tolerance": tolerance,
+            **(
+                {"assay_shift": {"multiply": list(ASSAY_MUL), "add_umol_per_l": list(ASSAY_ADD)}}
+                if augment
+                else {}
+            ),
             "scikit_learn": sklearn.__version__,
             "python": sys.version.split()[0],
         },
         "cv": summary,
+        "reference": reference,
         **parts,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -491,12 +650,20 @@ def train(
         f"# Training report: model {version}\n\n"
         f"Data: `{data.name}` sha256 `{doc['training_data']['sha256']}`, {len(rows)} rows "
         f"({n_aki} AKI), {skipped} junk rows skipped.\n"
-        f"Features not given to the model: {', '.join(doc['unused_features']) or 'none'}.\n\n"
+        f"Features not given to the model: {', '.join(doc['unused_features']) or 'none'}.\n"
+        f"Learning from {learn}"
+        + (f", with {augment} assay-shifted copies of every row (every result × "
+           f"U{ASSAY_MUL} + U{ASSAY_ADD} µmol/L)" if augment else "")
+        + ".\n\n"
         f"{FOLDS}-fold stratified cross-validation (seed {SEED}), out-of-fold scores. Models "
-        f"learn from each row's last (labelled) result. F3/precision/recall/TP/FP/FN: on those "
-        f"labelled results. Replayed: every result of the held-out rows judged in order, "
+        f"learn from {learn} (the held-out rows are never shifted). A guardrail makes a result "
+        f"positive whenever its NHS stage is at least the one named, whatever the score. "
+        f"F3/precision/recall/TP/FP/FN: on each held-out row's last (labelled) result. "
+        f"Replayed: every result of the held-out rows judged in order, "
         f"paged once per episode, scored as the hospital does (an early page is a FP and uses "
-        f"up the episode). Thresholds and the candidate maximise the sum of the two F3s. "
+        f"up the episode). Thresholds and the candidate maximise the sum of the two F3s"
+        + (f" (the threshold: the lowest within {tolerance} of the best)" if tolerance else "")
+        + ". "
         f"Chosen: `{chosen}`, threshold {doc['threshold']}.\n\n"
         f"{cv_markdown(table, chosen)}\n"
     )
@@ -508,29 +675,44 @@ def train(
 # ---------------------------------------------------------------- evaluation
 
 
+def model_scores(det, rows: Sequence[Row], demographics: bool = True) -> list[float]:
+    """The served model's score of every result of every row, row after row, through the
+    serving code (`ModelDetector`): its probability, or 1.0 where its NHS guardrail makes the
+    result positive whatever the probability. `demographics=False` judges without age/sex."""
+    out = []
+    guard = det.guard_stage
+    for r in rows:
+        age, sex = (r.age, r.sex) if demographics else (None, None)
+        for i in range(len(r.times)):
+            ts, vs, t, v = r.times[:i], r.values[:i], r.times[i], r.values[i]
+            p = det.probability(ts, vs, t, v, age, sex)
+            if guard is not None and p < det.threshold and nhs_stage(ts, vs, t, v).stage >= guard:
+                p = 1.0
+            out.append(p)
+    return out
+
+
 def evaluate(
     model_path: Path | None, data: Path, report: Path | None, log=print
 ) -> dict[str, Scores]:
     """Scores the model (through the serving code) and the NHS algorithm on a labelled cohort:
-    on each row's last result (the labelled point), and replayed over every result."""
+    on each row's last result (the labelled point), and replayed over every result. Rows with
+    an empty age or sex are judged without it; ValueError when no row is usable."""
     from .detect.model import load_model
 
     det = load_model(model_path)
     rows, skipped = read_cohort(data)
-    probs = [
-        det.probability(r.times[:i], r.values[:i], r.times[i], r.values[i], r.age, r.sex)
-        for r in rows
-        for i in range(len(r.times))
-    ]
-    probs0 = [
-        det.probability(r.times[:i], r.values[:i], r.times[i], r.values[i], None, None)
-        for r in rows
-        for i in range(len(r.times))
-    ]
+    if not rows:
+        raise ValueError(
+            f"{data}: no usable rows ({skipped} skipped as junk): nothing to score"
+        )
+    probs = model_scores(det, rows)
+    probs0 = model_scores(det, rows, demographics=False)
     stages = nhs_points(rows)
     th = det.threshold
+    guard = f", NHS stage >= {det.guard_stage} guardrail" if det.guard_stage else ""
     last = {
-        f"model {det.version} (threshold {th})": last_scores(rows, probs, th),
+        f"model {det.version} (threshold {th}{guard})": last_scores(rows, probs, th),
         "model, age/sex withheld": last_scores(rows, probs0, th),
         "nhs (stage>=1)": last_scores(rows, stages, 1),
         "nhs hospital (stage>=2)": last_scores(rows, stages, 2),
@@ -541,7 +723,11 @@ def evaluate(
         "nhs (stage>=1)": replay(rows, stages, 1),
         "nhs hospital (stage>=2)": replay(rows, stages, 2),
     }
-    log(f"{data}: {len(rows)} rows ({sum(r.aki for r in rows)} AKI), {skipped} junk rows skipped")
+    unknown = sum(r.age is None or r.sex is None for r in rows)
+    log(
+        f"{data}: {len(rows)} rows ({sum(r.aki for r in rows)} AKI), {skipped} junk rows skipped"
+        + (f", {unknown} judged without an unknown age or sex" if unknown else "")
+    )
     log("each row's last (labelled) result:")
     for name, s in last.items():
         log(f"  {name:34s} {s.line()}")
@@ -621,7 +807,8 @@ def write_report(
         r = rows[k]
         days = [(t - r.times[-1]) / 86_400 for t in r.times]
         kind = "FN" if r.aki else "FP"
-        ax.plot(days, r.values, "-o", ms=3, label=f"{kind} p={final[k]:.2f} age {r.age:g} {r.sex}")
+        who = f"age {r.age:g}" if r.age is not None else "age ?"
+        ax.plot(days, r.values, "-o", ms=3, label=f"{kind} p={final[k]:.2f} {who} {r.sex or '?'}")
     ax.set(
         xlabel="days before the judged (last) result",
         ylabel="creatinine (µmol/L)",
@@ -696,7 +883,15 @@ def _cmd_train(args) -> int:
     out = Path(args.out)
     try:
         excluded = tuple(f.strip() for f in args.exclude.split(",") if f.strip())
-        train(Path(args.data), out, args.version or out.name, excluded)
+        names = [n.strip() for n in args.candidates.split(",") if n.strip()] or None
+        guards: list[int | None] = [None]
+        for g in (g.strip() for g in args.guardrails.split(",") if g.strip()):
+            if g not in ("1", "2", "3"):
+                raise ValueError(f"--guardrails: {g!r} is not an NHS stage 1-3")
+            guards.append(int(g))
+        train(Path(args.data), out, args.version or out.name, excluded, live=args.live,
+              augment=args.augment, names=names, guards=guards,
+              tolerance=args.threshold_tolerance)
     except (OSError, ValueError) as e:
         print(f"aki-alert train: {e}", file=sys.stderr)
         return 1
@@ -710,12 +905,16 @@ def _cmd_evaluate(args) -> int:
     if args.report and (missing := missing_training_extra("evaluate --report")) is not None:
         print(missing, file=sys.stderr)
         return 2
+    model = Path(args.model) if args.model else None
     try:
-        evaluate(
-            Path(args.model) if args.model else None,
-            Path(args.data),
-            Path(args.report) if args.report else None,
-        )
+        if args.shifts:
+            from . import shifts
+
+            data = Path(args.data)
+            cohort = Path(args.cohort) if args.cohort else shifts.default_cohort(data)
+            results = shifts.run(model, data, cohort)
+            return 3 if args.check and any(r.misses() for r in results) else 0
+        evaluate(model, Path(args.data), Path(args.report) if args.report else None)
     except (OSError, ValueError, ModelLoadError) as e:
         print(f"aki-alert evaluate: {e}", file=sys.stderr)
         return 1
@@ -742,6 +941,42 @@ def register(sub) -> None:
         help="comma-separated features not given to the model (default: none), "
         "e.g. value,age,has_age for the drift-robust variant",
     )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="learn from every result of each row, the earlier ones as negatives (a page there "
+        "is a false positive in the hospital's scoring), not only from the labelled last result",
+    )
+    p.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also learn from N synthetic assay-shifted copies of every row (every result "
+        f"× U{ASSAY_MUL} + U{ASSAY_ADD} µmol/L, the label kept)",
+    )
+    p.add_argument(
+        "--candidates",
+        default="",
+        metavar="NAMES",
+        help="comma-separated candidates to cross-validate (default: all): "
+        + ", ".join(candidates()),
+    )
+    p.add_argument(
+        "--threshold-tolerance",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="choose the lowest threshold whose cross-validated objective (labelled F3 + "
+        "replayed F3) is within T of the best, not the middle of the best plateau (default 0)",
+    )
+    p.add_argument(
+        "--guardrails",
+        default="",
+        metavar="STAGES",
+        help="NHS stages tried as a guardrail beside each candidate (positive whenever the "
+        "NHS stage is at least it), e.g. 2,3; the best by cross-validation wins, none included",
+    )
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser(
         "evaluate",
@@ -754,4 +989,21 @@ def register(sub) -> None:
     )
     p.add_argument("--data", required=True, help="labelled cohort CSV")
     p.add_argument("--report", metavar="DIR", help="write report.md and PNG plots here")
+    p.add_argument(
+        "--shifts",
+        action="store_true",
+        help="the shift table instead: model and NHS algorithm on the data as it is, the other "
+        "cohort, assay changes, demographics withheld, older and younger populations",
+    )
+    p.add_argument(
+        "--cohort",
+        metavar="CSV",
+        help="with --shifts: the other hospital's cohort (default: cohort-2025/test.csv beside "
+        "--data, when present)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="with --shifts: exit 3 when a row misses its target",
+    )
     p.set_defaults(func=_cmd_evaluate)

@@ -47,6 +47,9 @@ def exported() -> tuple[set[str], dict[str, set[str]]]:
         names.update(sample.name for sample in family.samples)
     labels: dict[str, set[str]] = {}
     for obj in vars(metrics).values():
+        if isinstance(obj, metrics.DriftCollector):  # gauges made at scrape time (drift.py)
+            labels.update({name: set(names) for name, names in obj.LABELS.items()})
+            continue
         if isinstance(obj, MetricWrapperBase):
             labelnames = obj._labelnames
         elif isinstance(obj, metrics.HotMetric):

@@ -50,6 +50,9 @@ REQUIRED = {
     # issue 16: a result that looks like creatinine but is not judged, or a result set aside
     "AkiUnrecognisedCreatinine": "increase(aki_unrecognised_creatinine_total[15m])",
     "AkiResultsDeadLettered": "increase(aki_results_dead_lettered_total[15m])",
+    # issue 18: drift without labels, against the training distribution stored in the model
+    "AkiModelDrift": "aki_drift_psi > 0.25",
+    "AkiAlertRateDrift": "aki_drift_positive_rate > 2 * aki_drift_expected_positive_rate",
 }
 # Alerts that page at any hour whatever else they say: a result not judged may be a missed AKI.
 CRITICAL = ("AkiUnrecognisedCreatinine", "AkiResultsDeadLettered", "AkiPageDeadLettered")

@@ -239,6 +239,34 @@ def test_metrics_health_and_readiness(tmp_path, pager, backend):
     assert labels and not labels & {"7", "8"}   # no MRN in any label
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_model_exports_its_drift_signal(tmp_path, pager, backend):
+    """With the model, every judged result is counted against the training distribution stored
+    in the artifact; PSI and the positive share are computed when /metrics is read."""
+    import urllib.request
+
+    with socket_free_port() as port:
+        pass
+    msgs = [result(7, "20240302080000", 110), result(8, "20240302090000", 90),
+            result(7, "20240303080000", 260)]
+    hospital = MllpHospital(msgs)
+    proc = start(hospital.port, pager.port, backend.state(tmp_path / "state"),
+                 tmp_path / "missing.csv", METRICS_PORT=str(port), DETECTOR="model")
+    try:
+        assert wait_for(hospital.done.is_set, 30)
+        assert wait_for(lambda: pager.bodies, 10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    finally:
+        stop(proc)
+        hospital.close()
+    assert "aki_drift_window_results 3.0" in text
+    assert 'aki_drift_psi{quantity="score"}' in text
+    assert 'aki_drift_psi{quantity="creatinine"}' in text
+    assert "aki_drift_expected_positive_rate 0.0244" in text  # models/v2's reference
+    assert "aki_drift_positive_rate 0.333" in text
+
+
 def test_sigterm_with_a_page_stuck_in_retry_exits_0_within_5s(tmp_path, pager, backend):
     import time
 

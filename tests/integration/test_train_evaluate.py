@@ -182,3 +182,89 @@ def test_junk_cohort_records_are_rejected(record):
 def test_padding_and_case_are_tolerated():
     r = train_mod.parse_row("7,F,Y,2024-01-01 00:00:00,80.5,,,2024-01-02 00:00:00,90,,".split(","))
     assert (r.age, r.sex, r.aki, r.values) == (7.0, "F", True, [80.5, 90.0])
+
+
+def test_empty_age_or_sex_is_unknown_not_junk():
+    r = train_mod.parse_row(",,y,2024-01-01 00:00:00,80,2024-01-02 00:00:00,200".split(","))
+    assert (r.age, r.sex, r.aki) == (None, None, True)
+    r = train_mod.parse_row("40,,n,2024-01-01 00:00:00,80".split(","))
+    assert (r.age, r.sex) == (40.0, None)
+
+
+def test_evaluate_judges_rows_without_age_or_sex(tmp_path, capsys):
+    lines = ["age,sex,aki,creatinine_date_0,creatinine_result_0,creatinine_date_1,"
+             "creatinine_result_1"]
+    lines += [",,y,2024-01-01 00:00:00,70,2024-01-02 00:00:00,210"] * 3
+    lines += ["55,,n,2024-01-01 00:00:00,70,2024-01-02 00:00:00,72"] * 3
+    lines += [",f,n,2024-01-01 00:00:00,70,2024-02-02 00:00:00,71"] * 3
+    (tmp_path / "c.csv").write_text("\n".join(lines) + "\n")
+    assert main(["evaluate", "--data", str(tmp_path / "c.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "9 rows (3 AKI), 0 junk rows skipped, 9 judged without an unknown age or sex" in out
+    model = next(line for line in out.splitlines() if line.strip().startswith("model "))
+    assert "TP 3  FP 0  FN 0  TN 6" in model
+
+
+def test_evaluate_fails_on_a_file_whose_rows_were_all_skipped(tmp_path, capsys):
+    (tmp_path / "junk.csv").write_text(
+        "age,sex,aki,creatinine_date_0,creatinine_result_0\n"
+        "abc,m,n,2024-01-01 00:00:00,80\n40,m,n,2024-01-01 00:00:00,-5\n"
+    )
+    assert main(["evaluate", "--data", str(tmp_path / "junk.csv")]) == 1
+    captured = capsys.readouterr()
+    assert "no usable rows (2 skipped as junk)" in captured.err
+    assert "F3" not in captured.out
+    assert main(["evaluate", "--shifts", "--data", str(tmp_path / "junk.csv")]) == 1
+    (tmp_path / "empty.csv").write_text("age,sex,aki,creatinine_date_0,creatinine_result_0\n")
+    assert main(["evaluate", "--data", str(tmp_path / "empty.csv")]) == 1
+
+
+def test_evaluate_shifts_prints_the_table(trained, capsys):
+    code = main(["evaluate", "--shifts", "--model", str(trained / "a"),
+                 "--data", str(trained / "test.csv"), "--cohort", str(trained / "train.csv")])
+    out = capsys.readouterr().out
+    assert code == 0
+    for name in ("| test |", "| cohort-2025 |", "assay ×1.15, newest result",
+                 "assay +15 µmol/L, every result", "demographics withheld", "ages −15 years",
+                 "subset aged ≥ 65"):
+        assert name in out
+    assert "targets met on" in out
+
+
+def test_training_options_for_shift(tmp_path, monkeypatch):
+    """--live, --augment, --guardrails, --threshold-tolerance and --candidates reach the
+    artifact: a format-2 model with the drift reference, loadable and served."""
+    monkeypatch.setattr(train_mod, "GBT_GRID", ((20, 2, 0.2),))
+    synthetic_cohort(tmp_path / "train.csv", 300, seed=3)
+    out = tmp_path / "m"
+    code = main(["train", "--data", str(tmp_path / "train.csv"), "--out", str(out),
+                 "--live", "--augment", "1", "--guardrails", "2,3",
+                 "--threshold-tolerance", "0.001", "--candidates", "logistic,gbt-20x2-lr0.2",
+                 "--exclude", "value,age,has_age"])
+    assert code == 0
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["format"] == "aki-alert-model/2" and doc["feature_version"] == "f2"
+    assert doc["trainer"]["learns_from"] == "every result"
+    assert doc["trainer"]["assay_shifted_copies"] == 1
+    assert doc["trainer"]["threshold_tolerance"] == 0.001
+    assert any("guardrail" in name for name in doc["cv"])
+    assert set(doc["cv"]) - {"nhs (stage>=1)", "nhs hospital (stage>=2)"} <= {
+        "logistic", "gbt-20x2-lr0.2", *(f"{c} + NHS stage>={k} guardrail"
+                                        for c in ("logistic", "gbt-20x2-lr0.2") for k in (2, 3))}
+    ref = doc["reference"]
+    assert 0.0 < ref["positive_rate"] < 1.0
+    assert abs(sum(ref["score"]["fractions"]) - 1.0) < 1e-4
+    det = load_model(out)
+    assert det.reference is not None
+    assert det.guard_stage == doc.get("guardrail", {}).get("nhs_min_stage")
+    report = (out / "training-report.md").read_text()
+    assert "every result (earlier ones as negatives)" in report and "assay-shifted" in report
+
+
+def test_training_refuses_unknown_candidates_and_guardrails(tmp_path, capsys):
+    synthetic_cohort(tmp_path / "train.csv", 50, seed=4)
+    args = ["train", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m")]
+    assert main([*args, "--candidates", "forest"]) == 1
+    assert "no such candidates ['forest']" in capsys.readouterr().err
+    assert main([*args, "--guardrails", "4"]) == 1
+    assert "not an NHS stage" in capsys.readouterr().err

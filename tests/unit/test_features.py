@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aki_alert.detect.features import FEATURES, features
+from aki_alert.detect.features import FEATURE_SETS, FEATURES, FEATURES_F1, features
 from aki_alert.detect.nhs import nhs_stage
 from aki_alert.timeutil import DAY, HOUR
 
@@ -43,6 +43,27 @@ def test_windows_and_ratios_by_hand():
     assert (x["n_prev"], x["n_7d"], x["n_48h"]) == (4.0, 3.0, 3.0)
     assert x["days_since_last"] == pytest.approx(60 / DAY)
     assert (x["age"], x["has_age"], x["sex_f"], x["has_sex"]) == (40.0, 1.0, 0.0, 1.0)
+
+
+def test_assay_robust_rises_and_the_nhs_stage_by_hand():
+    times = [T - 100 * DAY, T - 10 * DAY, T - 2 * DAY, T - 60]
+    values = [60.0, 80.0, 70.0, 90.0]
+    x = f(times, values, 150.0)
+    assert x["rise_rv2"] == pytest.approx(150 - 70)  # median of 60 and 80
+    assert x["rise_min"] == pytest.approx(90.0) and x["rise_last"] == pytest.approx(60.0)
+    assert (x["nhs_stage"], x["nhs_rise_48h"]) == (2.0, 1.0)  # 150/70 >= 2; 150 - 90 > 26
+    y = f([T - HOUR], [100.0], 127.0)  # no ratio stage, but more than 26 µmol/L in 48 h
+    assert (y["nhs_stage"], y["nhs_rise_48h"]) == (1.0, 1.0)
+    z = f([T - 20 * DAY], [100.0], 360.0)  # > 354 µmol/L with a ratio >= 1.5: stage 3
+    assert z["nhs_stage"] == 3.0
+    empty = f([], [], 500.0)
+    assert (empty["rise_rv2"], empty["rise_min"], empty["nhs_stage"]) == (0.0, 0.0, 0.0)
+
+
+def test_every_feature_set_keeps_its_names_and_f1_is_a_prefix_of_f2():
+    assert FEATURE_SETS["f1"][0] == FEATURES_F1 and FEATURE_SETS["f2"][0] == FEATURES
+    assert FEATURES[: len(FEATURES_F1)] == FEATURES_F1
+    assert len(FEATURES_F1) == 21  # v1 artifacts were trained on these
 
 
 def test_results_older_than_a_year_are_ignored():
@@ -95,6 +116,7 @@ def test_always_finite_and_consistent_with_nhs(hist, value, age, sex):
         assert x["nhs_ratio"] == pytest.approx(nhs.ratio)
     else:
         assert x["has_prev"] == 0.0
+    assert x["nhs_stage"] == nhs.stage  # f2: the reference's own verdict, exactly
 
 
 @settings(max_examples=200, deadline=None)

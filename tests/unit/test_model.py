@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aki_alert.detect import Patient
-from aki_alert.detect.features import FEATURES
+from aki_alert.detect.features import FEATURES, FEATURES_F1, features_f1
 from aki_alert.detect.model import (
+    MODELS_DIR,
     ModelLoadError,
     compile_model,
     default_model_path,
@@ -95,7 +96,10 @@ def test_any_history_and_missing_demographics_give_a_probability(
         sex,
     )
     j = det.judge(p, T, value)
-    assert 0.0 <= j.score <= 1.0 and j.positive == (j.score >= j.threshold)
+    guarded = det.guard_stage is not None and (
+        nhs_stage(p.times, p.values, T, value).stage >= det.guard_stage
+    )
+    assert 0.0 <= j.score <= 1.0 and j.positive == (j.score >= j.threshold or guarded)
 
 
 def test_older_artifact_directory_can_be_loaded_by_path_for_rollback(artifact):
@@ -122,6 +126,30 @@ def test_older_artifact_directory_can_be_loaded_by_path_for_rollback(artifact):
         (lambda doc: doc.update(threshold=1.5), "outside"),
         (lambda doc: doc.update(format="something-else"), "not an aki-alert-model"),
         (lambda doc: doc.update(linear=None, trees=[]), "neither"),
+        (lambda doc: doc.update(guardrail={"nhs_min_stage": 4}), "guardrail"),
+        (lambda doc: doc.update(guardrail=2), "guardrail"),
+        (lambda doc: doc.update(reference=[]), "reference is not an object"),
+        (lambda doc: doc.update(reference={"score": {}}), "no bounds"),
+        (
+            lambda doc: doc.update(
+                reference={
+                    "score": {"bounds": [0.5, 0.1], "fractions": [0.2, 0.3, 0.5]},
+                    "creatinine": {"bounds": [80.0], "fractions": [0.5, 0.5]},
+                    "positive_rate": 0.1,
+                }
+            ),
+            "not ascending",
+        ),
+        (
+            lambda doc: doc.update(
+                reference={
+                    "score": {"bounds": [0.5], "fractions": [0.5, 0.5]},
+                    "creatinine": {"bounds": [80.0], "fractions": [0.9, 0.5]},
+                    "positive_rate": 0.1,
+                }
+            ),
+            "sum to 1",
+        ),
         (
             lambda doc: doc.update(
                 trees=[
@@ -216,3 +244,52 @@ def test_every_shipped_artifact_loads_so_each_can_be_rolled_back_to():
         det = load_model(d)
         assert det.version == d.name
         assert det.judge(Patient("1", [T - DAY], [70.0], None, None), T, 210.0).positive
+
+
+def test_v1_artifacts_of_the_f1_features_still_load_and_judge_as_before():
+    """A model names its feature set: v1 (f1, 21 features) is served with f1's function after
+    f2 became the training default; its probability is its own model on f1's vector."""
+    v1 = load_model(MODELS_DIR / "v1")
+    doc = json.loads((MODELS_DIR / "v1" / "model.json").read_text())
+    assert doc["feature_version"] == "f1" and v1.guard_stage is None and v1.reference is None
+    x = features_f1([T - 3 * DAY], [70.0], T, 150.0, 60.0, "M")
+    raw = compile_model(doc["init"], doc["linear"], doc["trees"], len(FEATURES_F1))
+    assert v1.probability([T - 3 * DAY], [70.0], T, 150.0, 60.0, "M") == pytest.approx(
+        1 / (1 + math.exp(-raw(x)))
+    )
+
+
+def test_the_nhs_guardrail_pages_whatever_the_score(artifact, monkeypatch):
+    d, doc = artifact
+    doc["guardrail"] = {"nhs_min_stage": 2}
+    rewrite(d, doc)
+    det = load_model(d)
+    assert det.guard_stage == 2
+    monkeypatch.setattr(det, "_raw", lambda x: -50.0)  # the model says no to everything
+    p = Patient("1", [T - 3 * DAY], [70.0], BIRTH, "M")
+    stage2 = det.judge(p, T, 150.0)  # 150/70 > 2
+    assert stage2.positive and stage2.score < det.threshold and stage2.stage == 2
+    stage1 = det.judge(p, T, 110.0)
+    assert not stage1.positive and stage1.stage is None
+
+
+def test_the_drift_reference_is_loaded_with_the_model(artifact):
+    d, doc = artifact
+    doc["reference"] = {
+        "score": {"bounds": [0.5], "fractions": [0.9, 0.1]},
+        "creatinine": {"bounds": [80.0, 120.0], "fractions": [0.3, 0.5, 0.2]},
+        "positive_rate": 0.03,
+    }
+    rewrite(d, doc)
+    assert load_model(d).reference["positive_rate"] == 0.03
+    doc.pop("reference")
+    rewrite(d, doc)
+    assert load_model(d).reference is None
+
+
+@pytest.mark.parametrize("fmt", ["aki-alert-model/1", "aki-alert-model/2"])
+def test_both_artifact_formats_load(artifact, fmt):
+    d, doc = artifact
+    doc["format"] = fmt
+    rewrite(d, doc)
+    assert load_model(d).version == doc["version"]

@@ -12,16 +12,13 @@ Pure Python, no numpy: this runs once per result on the service's hot path.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..timeutil import DAY, HOUR
 from . import LOOKBACK
 from .nhs import median
 
-# Bump when the meaning of any feature changes: a model trained on other features refuses to load.
-FEATURE_VERSION = "f1"
-
-FEATURES: tuple[str, ...] = (
+FEATURES_F1: tuple[str, ...] = (
     "value",  # C1, the new result (µmol/L)
     "has_prev",  # any result in the previous 365 days
     "has_rv1",  # any result in the previous 0-7 days
@@ -50,7 +47,7 @@ def _ratio(value: float, base: float | None) -> float:
     return value / base if base is not None and base > 0.0 else 1.0
 
 
-def features(
+def features_f1(
     times: Sequence[int],
     values: Sequence[float],
     time: int,
@@ -58,7 +55,7 @@ def features(
     age: float | None,
     sex: str | None,
 ) -> list[float]:
-    """Feature vector (in FEATURES order) of a result at `time`, from results strictly before it.
+    """Feature vector (in FEATURES_F1 order) of a result at `time`, from results strictly before it.
 
     `times` ascending seconds with `values` beside them; results at or after `time` are ignored.
     `age` in years or None; `sex` "M"/"F" (any case) or None.
@@ -112,3 +109,52 @@ def features(
         1.0 if s == "F" else 0.0,
         1.0 if s in ("F", "M") else 0.0,
     ]
+
+
+# f2 (models v2 on): f1 plus features that no change of assay moves much. Ratios are unmoved
+# by a multiplicative change (×1.15), rises by an additive one (+15 µmol/L); the NHS stage
+# (computed here exactly as `nhs.nhs_stage`) gives the model the reference's own verdict.
+FEATURES_F2: tuple[str, ...] = FEATURES_F1 + (
+    "rise_rv2",  # C1 - RV2 (µmol/L), 0 without RV2
+    "rise_min",  # C1 - lowest result of the previous 365 days (µmol/L), 0 without one
+    "rise_last",  # C1 - the latest previous result (µmol/L), 0 without one
+    "nhs_stage",  # the NHS England stage 0-3 of the result (nhs.nhs_stage)
+    "nhs_rise_48h",  # 1 when C1 is more than 26 µmol/L above a result of the previous 48 h
+)
+
+
+def features_f2(
+    times: Sequence[int],
+    values: Sequence[float],
+    time: int,
+    value: float,
+    age: float | None,
+    sex: str | None,
+) -> list[float]:
+    """Feature vector (in FEATURES_F2 order): f1's, then the assay-robust rises and the NHS
+    stage. Same conventions as `features_f1`."""
+    x = features_f1(times, values, time, value, age, sex)
+    if not x[1]:  # no result in the past year: no baseline, no rise, no stage
+        return x + [0.0, 0.0, 0.0, 0.0, 0.0]
+    # Baselines back from f1's ratios (value / ratio; a ratio is 1.0 without its baseline).
+    rise_rv2 = value - value / x[5] if x[3] else 0.0
+    ratio = x[6]  # the NHS ratio: the higher of C1/RV1 and C1/RV2, of those that exist
+    rose = 1.0 if x[10] > 26.0 else 0.0
+    if ratio >= 1.5:
+        stage = 3.0 if ratio >= 3.0 or value > 354.0 else 2.0 if ratio >= 2.0 else 1.0
+    else:
+        stage = rose
+    return x + [rise_rv2, value - value / x[7], value - value / x[9], stage, rose]
+
+
+# Every feature set a model may have been trained on, by version: a model names its version and
+# is served with that function, so older artifacts keep loading after a new set is added.
+FEATURE_SETS: dict[str, tuple[tuple[str, ...], Callable[..., list[float]]]] = {
+    "f1": (FEATURES_F1, features_f1),
+    "f2": (FEATURES_F2, features_f2),
+}
+# What `aki-alert train` builds now. Bump (adding a set) when the meaning of any feature changes:
+# a model trained on other features refuses to load unless its version is in FEATURE_SETS.
+FEATURE_VERSION = "f2"
+FEATURES = FEATURES_F2
+features = features_f2

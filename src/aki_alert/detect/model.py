@@ -27,10 +27,13 @@ from typing import Any, Callable
 
 from ..timeutil import DAY, age_years
 from . import Judgement, Patient
-from .features import FEATURE_VERSION, FEATURES, features
+from .features import FEATURE_SETS, features
 from .nhs import nhs_stage
 
-FORMAT = "aki-alert-model/1"
+# /2 adds the optional `guardrail` (NHS stage that is positive whatever the score) and
+# `reference` (the training distributions the service's drift metrics compare against).
+FORMAT = "aki-alert-model/2"
+FORMATS = ("aki-alert-model/1", FORMAT)
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -69,11 +72,10 @@ class ModelLoadError(Exception):
     """The artifact cannot be served: missing, malformed, or built for other feature code."""
 
 
-def probe_vectors() -> list[list[float]]:
-    """Feature vectors of PROBES under the current feature code (stored by training)."""
-    return [
-        features(p["times"], p["values"], p["time"], p["value"], p["age"], p["sex"]) for p in PROBES
-    ]
+def probe_vectors(fn: Callable[..., list[float]] = features) -> list[list[float]]:
+    """Feature vectors of PROBES under a feature function (by default the current one, whose
+    vectors training stores)."""
+    return [fn(p["times"], p["values"], p["time"], p["value"], p["age"], p["sex"]) for p in PROBES]
 
 
 def _num(x: Any, what: str) -> float:
@@ -145,18 +147,21 @@ def compile_model(
     return namespace["raw"]
 
 
-def _check_features(doc: dict[str, Any]) -> None:
-    """Raises ModelLoadError naming what differs between the artifact and the feature code."""
-    if doc.get("feature_version") != FEATURE_VERSION:
+def _check_features(doc: dict[str, Any]) -> tuple[tuple[str, ...], Callable[..., list[float]]]:
+    """The feature names and function the artifact was trained with; ModelLoadError naming
+    what differs between the artifact and the feature code."""
+    version = doc.get("feature_version")
+    if not isinstance(version, str) or version not in FEATURE_SETS:
         raise ModelLoadError(
-            f"model built for feature version {doc.get('feature_version')!r}, "
-            f"this code computes {FEATURE_VERSION!r}: retrain or load a matching model"
+            f"model built for feature version {version!r}, this code computes "
+            f"{', '.join(map(repr, FEATURE_SETS))}: retrain or load a matching model"
         )
+    code_names, fn = FEATURE_SETS[version]
     names = doc.get("features")
-    if not isinstance(names, list) or tuple(names) != FEATURES:
+    if not isinstance(names, list) or tuple(names) != code_names:
         names = names if isinstance(names, list) else []
-        extra = [f for f in names if f not in FEATURES]
-        missing = [f for f in FEATURES if f not in names]
+        extra = [f for f in names if f not in code_names]
+        missing = [f for f in code_names if f not in names]
         order = "" if extra or missing else " (same names, different order)"
         raise ModelLoadError(
             f"model feature list differs from the code{order}: "
@@ -165,15 +170,16 @@ def _check_features(doc: dict[str, Any]) -> None:
     stored = doc.get("feature_probes")
     if not isinstance(stored, list) or len(stored) != len(PROBES):
         raise ModelLoadError("model lacks the feature probes needed to check the feature code")
-    for i, (want, got) in enumerate(zip(stored, probe_vectors(), strict=True)):
+    for i, (want, got) in enumerate(zip(stored, probe_vectors(fn), strict=True)):
         if not isinstance(want, list) or len(want) != len(got):
             raise ModelLoadError(f"feature probe {i} has the wrong length")
-        for name, w, g in zip(FEATURES, want, got, strict=True):
+        for name, w, g in zip(code_names, want, got, strict=True):
             if not isinstance(w, (int, float)) or not abs(w - g) <= 1e-9 * max(1.0, abs(g)):
                 raise ModelLoadError(
                     f"feature {name!r} is computed differently from when the model was trained "
                     f"(probe {i}: model {w!r}, code {g!r}): retrain or load a matching model"
                 )
+    return code_names, fn
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -184,8 +190,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise ModelLoadError(f"no model at {file}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"cannot read model {file}: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ModelLoadError(f"{file} is not an {FORMAT} artifact")
+    if not isinstance(doc, dict) or doc.get("format") not in FORMATS:
+        raise ModelLoadError(f"{file} is not an aki-alert-model artifact ({' or '.join(FORMATS)})")
     return doc
 
 
@@ -214,15 +220,50 @@ def load_model(path: str | Path | None = None) -> "ModelDetector":
     )
     if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
         raise ModelLoadError(f"model {version} has no training data fingerprint (sha256)")
-    _check_features(doc)
+    names, fn = _check_features(doc)
     threshold = _num(doc.get("threshold"), "threshold")
     if not 0.0 < threshold < 1.0:
         raise ModelLoadError(f"model {version}: threshold {threshold} outside (0, 1)")
     trees = doc.get("trees", [])
     if not isinstance(trees, list):
         raise ModelLoadError(f"model {version}: trees is not a list")
-    raw = compile_model(doc.get("init"), doc.get("linear"), trees, len(FEATURES))
-    return ModelDetector(version, threshold, raw, sha)
+    raw = compile_model(doc.get("init"), doc.get("linear"), trees, len(names))
+    guard = doc.get("guardrail")
+    stage = None
+    if guard is not None:
+        stage = guard.get("nhs_min_stage") if isinstance(guard, dict) else None
+        if stage not in (1, 2, 3) or isinstance(stage, bool):
+            raise ModelLoadError(f"model {version}: guardrail nhs_min_stage {stage!r} not 1-3")
+    reference = doc.get("reference")
+    if reference is not None:
+        reference = check_reference(reference, version)
+    return ModelDetector(version, threshold, raw, sha, fn, stage, reference)
+
+
+def check_reference(ref: Any, version: str) -> dict[str, Any]:
+    """The artifact's training distributions (`reference`), checked: for each of "score" and
+    "creatinine", ascending `bounds` and one more `fractions` than bounds, summing to 1; the
+    expected `positive_rate` in [0, 1]."""
+    if not isinstance(ref, dict):
+        raise ModelLoadError(f"model {version}: reference is not an object")
+    for key in ("score", "creatinine"):
+        h = ref.get(key)
+        if not isinstance(h, dict):
+            raise ModelLoadError(f"model {version}: reference lacks the {key} histogram")
+        bounds, fractions = h.get("bounds"), h.get("fractions")
+        if not isinstance(bounds, list) or not isinstance(fractions, list) or not bounds:
+            raise ModelLoadError(f"model {version}: reference {key}: no bounds or fractions")
+        b = [_num(x, f"reference {key} bound") for x in bounds]
+        f = [_num(x, f"reference {key} fraction") for x in fractions]
+        if any(x >= y for x, y in zip(b, b[1:], strict=False)) or len(f) != len(b) + 1:
+            raise ModelLoadError(f"model {version}: reference {key}: bounds not ascending or "
+                                 "fractions not one more than bounds")
+        if any(x < 0 for x in f) or abs(sum(f) - 1.0) > 1e-4:
+            raise ModelLoadError(f"model {version}: reference {key}: fractions do not sum to 1")
+    rate = _num(ref.get("positive_rate"), "reference positive_rate")
+    if not 0.0 <= rate <= 1.0:
+        raise ModelLoadError(f"model {version}: reference positive_rate {rate} outside [0, 1]")
+    return ref
 
 
 class ModelDetector:
@@ -236,11 +277,17 @@ class ModelDetector:
         threshold: float,
         raw: Callable[[list[float]], float],
         training_sha256: str,
+        features: Callable[..., list[float]] = features,
+        guard_stage: int | None = None,
+        reference: dict[str, Any] | None = None,
     ) -> None:
         self.version = version
         self.threshold = threshold
         self.training_sha256 = training_sha256
+        self.guard_stage = guard_stage  # an NHS stage at or above it is positive whatever p
+        self.reference = reference  # training distributions for the drift metrics, or None
         self._raw = raw
+        self._features = features
 
     def probability(
         self,
@@ -252,7 +299,7 @@ class ModelDetector:
         sex: str | None,
     ) -> float:
         """P(AKI) of a result at `time` given the earlier results and demographics."""
-        z = self._raw(features(times, values, time, value, age, sex))
+        z = self._raw(self._features(times, values, time, value, age, sex))
         # Numerically safe logistic: exp of a large positive number would overflow.
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
@@ -261,7 +308,14 @@ class ModelDetector:
         p = self.probability(patient.times, patient.values, time, value, age, patient.sex)
         positive = p >= self.threshold
         # The NHS view explains a page; computing it for every result cost a quarter of judge.
-        nhs = nhs_stage(patient.times, patient.values, time, value) if positive else None
+        # With a guardrail it is needed for every result (a stage at or above it pages).
+        nhs = None
+        if positive or self.guard_stage is not None:
+            nhs = nhs_stage(patient.times, patient.values, time, value)
+            if not positive and nhs.stage >= self.guard_stage:
+                positive = True
+            elif not positive:
+                nhs = None
         return Judgement(
             positive=positive,
             score=p,
