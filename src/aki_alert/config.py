@@ -11,7 +11,9 @@ import os
 from dataclasses import dataclass
 
 from .connection.tls import TlsError, TlsSettings, client_context, server_context
-from .hl7.profile import DEFAULT_PROFILE, FeedProfile, ProfileError, load_profile
+from .hl7.ack import NACK_POLICIES
+from .logs import PATIENT_ID_MODES
+from .hl7.profile import FeedProfile, ProfileError, load_profile
 
 
 class ConfigError(Exception):
@@ -211,8 +213,6 @@ def _tls(raw: dict[str, str], by_env: dict[str, Setting], listener: bool,
 
 
 def _profile(path: str) -> FeedProfile:
-    if not path:
-        return DEFAULT_PROFILE
     try:
         return load_profile(path)
     except ProfileError as e:
@@ -300,9 +300,9 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         log_format=_choice(by_env["LOG_FORMAT"], raw["LOG_FORMAT"], ("text", "json")),
         log_level=_choice(by_env["LOG_LEVEL"], raw["LOG_LEVEL"].upper(),
                           ("DEBUG", "INFO", "WARNING", "ERROR")),
-        nack_policy=_choice(by_env["NACK_POLICY"], raw["NACK_POLICY"], ("accept", "hl7")),
+        nack_policy=_choice(by_env["NACK_POLICY"], raw["NACK_POLICY"], NACK_POLICIES),
         feed_profile_path=raw["FEED_PROFILE"],
         log_patient_ids=_choice(by_env["LOG_PATIENT_IDS"], raw["LOG_PATIENT_IDS"],
-                                ("plain", "hashed", "none")),
+                                PATIENT_ID_MODES),
         log_patient_key=raw["LOG_PATIENT_KEY"],
     )

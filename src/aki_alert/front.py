@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator
 from . import logs
 from .connection import MllpClient, MllpListener
 from .connection.tls import TlsSettings, client_context, server_context
-from .hl7 import (DEFAULT_PROFILE, FeedProfile, acknowledgement, load_profile,
+from .hl7 import (FeedProfile, acknowledgement, load_profile,
                   nack_acknowledgement)
 from .mllp import FrameError
 from .store.msglog import Position, SegmentWriter, log_record
@@ -153,14 +153,13 @@ class Front:
         self.handoff.wait_for_room()
         kind, payload = log_record(item)
         at = self.frames.append(kind, payload)
-        if self.nack_profile is None:
-            self.handoff.send(kind, at, received, time.perf_counter() - received, payload)
-            return acknowledgement(item)
-        code, reply = nack_acknowledgement(item, self.nack_profile)
-        if code != "AA":
-            self.handoff.event(ACK_EVENT + code)
+        reply = None
+        if self.nack_profile is not None:
+            code, reply = nack_acknowledgement(item, self.nack_profile)
+            if code != "AA":
+                self.handoff.event(ACK_EVENT + code)
         self.handoff.send(kind, at, received, time.perf_counter() - received, payload)
-        return reply
+        return reply or acknowledgement(item)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -217,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     handoff = Handoff(sys.stdout.fileno(), sys.stdin.fileno())
     nack_profile = None
     if args.nack_policy == "hl7":
-        nack_profile = load_profile(args.feed_profile) if args.feed_profile else DEFAULT_PROFILE
+        nack_profile = load_profile(args.feed_profile)
     front = Front(SegmentWriter(args.state_dir, args.sync), handoff, nack_profile)
     on_frame, event = front.on_frame, handoff.event
     both = args.hospital != "-" and args.listen_fd is not None

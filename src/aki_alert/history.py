@@ -17,7 +17,7 @@ from itertools import repeat
 from dataclasses import dataclass, field
 
 from .hl7 import MAX_CREATININE, MIN_CREATININE
-from .patientid import MAX_MRN_LENGTH, is_valid_mrn
+from .patientid import is_valid_mrn
 from .timeutil import parse_csv_time
 
 
@@ -98,8 +98,7 @@ def read_history(path: str, summary: ImportSummary,
             if summary.results >= report_at:   # one comparison a row, not a result
                 report_at = summary.results + PROGRESS_RESULTS
                 progress(summary.results)
-            if not ((mrn.isdigit() and mrn.isascii() and len(mrn) <= MAX_MRN_LENGTH)
-                    or is_valid_mrn(mrn)):      # the usual plain number without a call
+            if not is_valid_mrn(mrn):
                 summary.skipped["rows with a bad MRN"] += 1
                 continue
             # --- fast path: cells 1..end-1 filled, an even number of them, only "" after

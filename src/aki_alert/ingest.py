@@ -85,11 +85,15 @@ def message_digest(raw: bytes) -> bytes:
 def is_result_message(raw: bytes) -> bool:
     """Whether a message that could not be parsed says it is a result (MSH-9 ORU or OUL), as far
     as its first segment can be read: a dead letter of the kind that may hide an AKI."""
-    head = raw.lstrip()[:2048]
-    if not head.startswith(b"MSH") or len(head) < 4:
+    text = raw[:2048].decode("utf-8", "replace").lstrip()
+    try:
+        seps = hl7.encoding.separators(text) if text.startswith("MSH") else None
+    except hl7.encoding.EncodingError:
+        seps = None
+    if seps is None:
         return False
-    msh = head.split(b"\r", 1)[0].split(b"\n", 1)[0].split(head[3:4])
-    return len(msh) > 8 and msh[8].strip().upper().startswith((b"ORU", b"OUL"))
+    msh = hl7.encoding.segments(text, seps.field)[0]
+    return hl7.is_result_type(hl7.message_type(msh, seps).upper())
 
 
 def explanation(j: Judgement, repage_of: int | None = None) -> str:
@@ -248,14 +252,8 @@ class Ingest:
 
     def _demographics(self, mrn: str, event: hl7.Admission | hl7.Update) -> None:
         cached = self._patients.get(mrn)
-        if cached is None:
-            return
-        p = cached.patient
-        if isinstance(event, hl7.Admission):
-            p.birth, p.sex = event.birth, event.sex
-        else:                       # an update leaves what it does not send as it was
-            p.birth = p.birth if event.birth is None else event.birth
-            p.sex = p.sex if event.sex is None else event.sex
+        if cached is not None:
+            take_demographics(cached.patient, event)
 
     def _merge(self, new: str, event: hl7.Merge, jid: int):
         """ADT^A40 and kin: the old number's results, admissions and episode move to `new`."""
@@ -306,15 +304,15 @@ class Ingest:
         episode = cached.episode_start
         changes: list[tuple[int, float | None]] = []   # applied to memory once committed
         reasons: list[str] = []
-        actions: list[str] = []
+        all_duplicates = True
         for obs in obs_list:
             action, obs_page, episode = self._observation(mrn, obs, seen, episode, jid,
-                                                          received)
-            actions.append(action)
+                                                          received, reasons)
+            all_duplicates = all_duplicates and action == "duplicate"
             if action in _CHANGES:
-                changes.append((obs.time, obs.value if action != "removed" else None))
+                changes.append((obs.time, obs.value))    # None: removed (W, D carry none)
                 if seen is not cached.patient:
-                    _take(seen, obs.time, changes[-1][1])
+                    _take(seen, obs.time, obs.value)
             if action != "judged":
                 metrics.child(metrics.RESULT_ACTIONS, action).inc()
                 reasons.append(f"{obs.code} {obs.time_text} {obs.status}: {action}")
@@ -324,7 +322,7 @@ class Ingest:
             reasons.extend(n.reason for n in r.notes)
         if changes:
             decision = "applied"
-        elif all(a == "duplicate" for a in actions):
+        elif all_duplicates:
             decision = "duplicate-result"
         else:
             decision = "ignored"
@@ -344,8 +342,10 @@ class Ingest:
         return page, commit_memory, decision
 
     def _observation(self, mrn: str, obs: hl7.Observation, p: Patient, episode: int | None,
-                     jid: int, received: float) -> tuple[str, Page | None, int | None]:
-        """What one observation does: (action, page, the episode start after it)."""
+                     jid: int, received: float, reasons: list[str]
+                     ) -> tuple[str, Page | None, int | None]:
+        """What one observation does: (action, page, the episode start after it); why a
+        positive was not paged goes into `reasons` (the journal's)."""
         store = self.store
         status = obs.status
         if status == hl7.NOT_OBTAINED:
@@ -376,7 +376,8 @@ class Ingest:
             action = "corrected"
         if status == hl7.PRELIMINARY and self.profile.preliminary == "store":
             return ("stored" if action == "judged" else action), None, episode
-        page, episode, positive = self._judge(mrn, obs, value, p, episode, jid, received)
+        page, episode, positive = self._judge(mrn, obs, value, p, episode, jid, received,
+                                              reasons)
         if action == "corrected" and not positive and episode == obs.time:
             # The result that opened the episode is corrected to no injury: the episode goes
             # with it, as for a withdrawn one, so that a real injury later is paged.
@@ -388,9 +389,10 @@ class Ingest:
         return action, page, episode
 
     def _judge(self, mrn: str, obs: hl7.Observation, value: float, p: Patient,
-               episode: int | None, jid: int, received: float
+               episode: int | None, jid: int, received: float, reasons: list[str]
                ) -> tuple[Page | None, int | None, bool]:
-        """(the page to send, the episode start after, whether the result is positive)."""
+        """(the page to send, the episode start after, whether the result is positive); a
+        positive that is not paged says why in `reasons`."""
         store = self.store
         j = self.detector.judge(p, obs.time, value)
         metrics.CREATININE.observe(value)
@@ -407,6 +409,8 @@ class Ingest:
             if not self._repages(mrn, episode, obs.time, value, j, p):  # type: ignore[arg-type]
                 log.info("positive result in an open episode, not paged again: %s,%s (episode "
                          "since %s)", logs.patient(mrn), obs.time_text, episode)
+                reasons.append(f"{obs.time_text} positive, not paged: the episode since "
+                               f"{format_hl7_time(episode)} is open")
                 return None, episode, True
             repage_of = episode
             metrics.REPAGES.inc()
@@ -421,6 +425,9 @@ class Ingest:
         if page_id is not None and send:
             log.info("page decided: %s %s", logs.page(body), explanation(j, repage_of))
             return Page(body, received), episode, True
+        reasons.append(f"{obs.time_text} positive: " + (
+            "its page was decided before" if page_id is None else
+            "page suppressed (sampled before the replay's paging cutoff)"))
         return None, episode, True
 
     def _repages(self, mrn: str, episode: int, time: int, value: float, j: Judgement,
@@ -433,6 +440,16 @@ class Ingest:
         paged = PagedResult.from_explanation(episode, row) if row is not None else None
         return paged is not None and should_repage(self.repage, paged, time, value, j,
                                                    p.times, p.values)
+
+
+def take_demographics(p: Patient, event: hl7.Admission | hl7.Update) -> None:
+    """An admission's demographics replace the patient's; an update's replace only what it
+    sends (the service's and offline.py's rule)."""
+    if isinstance(event, hl7.Admission):
+        p.birth, p.sex = event.birth, event.sex
+    else:
+        p.birth = p.birth if event.birth is None else event.birth
+        p.sex = p.sex if event.sex is None else event.sex
 
 
 def _take(p: Patient, t: int, v: float | None) -> None:

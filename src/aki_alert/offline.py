@@ -17,6 +17,7 @@ from . import hl7
 from .detect import Detector, Judgement, Patient
 from .episodes import episode_start_after, opens_episode
 from .history import ImportSummary, read_history
+from .ingest import take_demographics
 from .repage import PagedResult, Policy, policy_for, should_repage
 
 
@@ -77,8 +78,7 @@ def offline_events(history_path: str | None, messages: list[bytes],
         except hl7.HL7Error:
             continue
         if isinstance(event, (hl7.Admission, hl7.Update)):
-            p = patients.setdefault(event.mrn, Patient(event.mrn))
-            p.birth, p.sex = event.birth, event.sex
+            take_demographics(patients.setdefault(event.mrn, Patient(event.mrn)), event)
         elif isinstance(event, hl7.Result):
             p = patients.setdefault(event.mrn, Patient(event.mrn))
             for obs in event.observations:

@@ -354,8 +354,6 @@ def _detector(args: argparse.Namespace):
 
 
 def _profile(args: argparse.Namespace) -> hl7.FeedProfile:
-    if not args.feed_profile:
-        return hl7.DEFAULT_PROFILE
     try:
         return hl7.load_profile(args.feed_profile)
     except hl7.ProfileError as e:

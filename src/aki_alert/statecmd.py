@@ -46,6 +46,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 
+from .hl7.events import CORRECTED, FINAL, PRELIMINARY
 from .store.msglog import segment_path, segments
 
 STATE_FILE = "state.db"
@@ -61,7 +62,7 @@ JOURNAL_STATUSES = ("applied", "duplicate-result", "ignored", "dead")
 REVISION_ACTIONS = ("corrected", "removed", "merged")
 STATE_TABLES = {"meta", "patients", "admissions", "results", "journal", "outbox"}
 # OBX-11 statuses whose result is stored (W, D and X never are).
-_KEEPS_A_ROW = ("F", "C", "P")
+_KEEPS_A_ROW = (FINAL, CORRECTED, PRELIMINARY)
 
 
 class Refused(Exception):
@@ -412,10 +413,8 @@ def _merge_problems(store, merged: dict[str, str]) -> list[str]:
 def _check_profile(args: argparse.Namespace):
     from . import hl7
 
-    if not getattr(args, "feed_profile", ""):
-        return hl7.DEFAULT_PROFILE
     try:
-        return hl7.load_profile(args.feed_profile)
+        return hl7.load_profile(getattr(args, "feed_profile", ""))
     except hl7.ProfileError as e:
         raise Refused(str(e)) from None
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aki_alert import config
+from aki_alert import config, hl7
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.durable import Durable
 from aki_alert.front import AHEAD, EVENT, Decoder, FrontProcess, Handoff, ServiceGone, encode
@@ -277,7 +277,7 @@ def test_durable_accept_answers_by_its_nack_profile(tmp_path):
     """With a PostgreSQL state the reader thread acknowledges through Durable.accept itself."""
     store = SqliteStore(str(tmp_path / "state.db"))
     durable = Durable(store, Ingest(store, NhsDetector()), str(tmp_path), commit_each=True,
-                      nack_profile=config.DEFAULT_PROFILE)
+                      nack_profile=hl7.DEFAULT_PROFILE)
     bad = messages.result(T0, "7", 80.0).replace(b"80.0", b"high")
     assert durable.accept(bad, 0.0).split(b"\r")[1] == b"MSA|AE" and durable.ack_code == "AE"
     assert durable.accept(messages.result(T0, "7", 80.0), 0.0).split(b"\r")[1] == b"MSA|AA"

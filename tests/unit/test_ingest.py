@@ -403,3 +403,12 @@ def test_log_lines_show_the_mrn_as_log_patient_ids_says(ingest, store, caplog, m
     else:
         assert "987654321" not in text and "BAD_123456" not in text and tag not in text
         assert "page decided: mrn#-," in text
+
+
+def test_a_positive_that_is_not_paged_says_why_in_the_journal(ingest, store):
+    handle(ingest, result(7, T0, 100.0), 0.0)
+    assert handle(ingest, result(7, T0 + DAY, 250.0), 0.0)[1] is not None
+    assert handle(ingest, result(7, T0 + 2 * DAY, 240.0), 0.0)[1] is None   # no worse
+    status, reason = store.db.execute(
+        "SELECT status, reason FROM journal ORDER BY id DESC LIMIT 1").fetchone()
+    assert status == "applied" and "positive, not paged" in reason

@@ -111,12 +111,12 @@ def client_context(s: TlsSettings) -> ssl.SSLContext:
     """The client's context: the server's certificate is verified against TLS_CA (else the
     system's CAs) and must carry the hospital's name (TLS_SERVER_NAME, else MLLP_ADDRESS's
     host)."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=None)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)      # verifies the peer and its name
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if s.ca:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         _load_ca(ctx, s.ca)
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if s.cert:
         _load_chain(ctx, s.cert, s.key)
     elif s.key:

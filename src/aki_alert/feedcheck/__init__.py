@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         path = args.feed_profile
         try:
-            profile = hl7.load_profile(path) if path else hl7.DEFAULT_PROFILE
+            profile = hl7.load_profile(path)
         except hl7.ProfileError as e:
             raise UsageError(str(e)) from None
         report = check_file(args.file, profile, path)

@@ -226,7 +226,7 @@ def _acknowledgement(item: bytes | FrameError, code: str, error: HL7Error | None
     if len(f) < 12:
         f += [b""] * (12 - len(f))
     version = f[11] or b"2.5"
-    structured, err_v25 = _versions.get(version) or _version(version, cs)
+    structured, err_v25 = _version(version, cs)
     msh9 = _ack_type(f[8], cs, structured)
     msa = [b"MSA", code.encode("ascii")]
     if f[9]:

@@ -155,9 +155,13 @@ _PATIENT_KEYS = {"identifier_types", "assigning_authorities", "strip_leading_zer
 
 
 def load_profile(path: str) -> FeedProfile:
-    """Read a profile file. Its codes and units add to the defaults (a trust's local code
-    beside LOINC); `replace_codes = true` at the top makes its codes the only ones."""
+    """Read a profile file; "" (FEED_PROFILE unset) is the default profile. Its codes and
+    units add to the defaults (a trust's local code beside LOINC); `replace_codes = true` at
+    the top makes its codes the only ones."""
     import tomllib
+
+    if not path:
+        return DEFAULT_PROFILE
 
     try:
         with open(path, "rb") as f:
