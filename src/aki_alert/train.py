@@ -30,7 +30,9 @@ from typing import Any, Callable, Sequence
 from .detect.features import FEATURE_VERSION, FEATURES, features
 from .detect.model import FORMAT, probe_vectors
 from .detect.nhs import nhs_stage
+from .detect import Judgement
 from .episodes import episode_start_after, opens_episode
+from .repage import PagedResult, Policy, policy_for, should_repage
 from .timeutil import parse_csv_time
 
 SEED = 20240101
@@ -158,27 +160,55 @@ class Scores:
         )
 
 
-def replay(rows: Sequence[Row], scores: Sequence[float], threshold: float) -> Scores:
+@dataclass(frozen=True, slots=True)
+class Repaging:
+    """The service's re-paging within an episode (`repage.py`) in a replay: the detector's
+    policy, and the NHS stage of every result (row after row, as the scores) that it reads."""
+
+    policy: Policy
+    stages: Sequence[int]
+
+    @classmethod
+    def of(cls, detector_name: str, rows: Sequence[Row]) -> "Repaging":
+        """The shipped policy of `detector_name` ("model" or "nhs") over these rows."""
+        return cls(policy_for(detector_name), nhs_points(rows))
+
+
+def replay(rows: Sequence[Row], scores: Sequence[float], threshold: float,
+           repaging: Repaging | None = None) -> Scores:
     """The hospital's strict scoring (contract §5) when every result of every row is judged in
-    time order, as the service does, and paged under the episode rule (`episodes.py`).
+    time order, as the service does, and paged under the episode rule (`episodes.py`) and,
+    with `repaging`, the service's re-paging inside an episode (`repage.should_repage`).
 
     `scores` holds one score per result, row after row (as `point_features`). A page at an AKI
     row's last result is a TP; every other page is a FP (an early page also uses up the episode,
-    so the real AKI goes unpaged: a FN too); TN counts results not paged.
+    so the real AKI goes unpaged unless it is re-paged: a FN too); TN counts results not paged.
     """
     tp = fp = fn = 0
     at = 0
     for r in rows:
         n = len(r.times)
         start = None
+        paged: dict[int, PagedResult] = {}
         paged_last = False
         for i in range(n):
-            if scores[at + i] >= threshold and opens_episode(start, r.times[i]):
-                start = episode_start_after(start, r.times[i])
-                if r.aki and i == n - 1:
-                    paged_last = True
-                else:
-                    fp += 1
+            score = scores[at + i]
+            if score < threshold:
+                continue
+            j = None if repaging is None else Judgement(
+                True, score, threshold, "model", "", repaging.stages[at + i], None, None)
+            if not opens_episode(start, r.times[i]):
+                page = None if j is None else paged.get(start)  # type: ignore[arg-type]
+                if page is None or not should_repage(repaging.policy, page, r.times[i],
+                                                     r.values[i], j, r.times, r.values):
+                    continue
+            if j is not None:
+                paged[r.times[i]] = PagedResult.of(r.times[i], j)
+            start = episode_start_after(start, r.times[i])
+            if r.aki and i == n - 1:
+                paged_last = True
+            else:
+                fp += 1
         at += n
         if r.aki:
             tp += paged_last
@@ -199,13 +229,16 @@ def objective(last: Scores, replayed: Scores) -> float:
     return round(last.f3 + replayed.f3, 9)
 
 
-def best_threshold(rows: Sequence[Row], scores: Sequence[float], tolerance: float = 0.0) -> float:
-    """The threshold of best `objective`; the middle one of the best plateau. With a
+def best_threshold(rows: Sequence[Row], scores: Sequence[float], tolerance: float = 0.0,
+                   repaging: Repaging | None = None) -> float:
+    """The threshold of best `objective` (the replay with `repaging`, as the service pages);
+    the middle one of the best plateau. With a
     `tolerance`, the lowest threshold whose objective is within it of the best: F3 weighs a
     miss nine times a false page, so where thresholds do about as well on this hospital's
     data, the more sensitive one is the safer under a shift the data does not show."""
     curve = [
-        (t, objective(last_scores(rows, scores, t), replay(rows, scores, t))) for t in THRESHOLDS
+        (t, objective(last_scores(rows, scores, t), replay(rows, scores, t, repaging)))
+        for t in THRESHOLDS
     ]
     top = max(f for _, f in curve)
     if tolerance > 0.0:
@@ -344,7 +377,8 @@ def cross_validate(
     with `live` from every earlier result too (as negatives), and with `augment` from as many
     assay-shifted copies of the training rows (`assay_shifted`). The held-out rows, never
     shifted, are judged at every result: their last results give the labelled F3, the replay of
-    all results (`replay`) the stream's; the threshold maximises `objective`.
+    all results the stream's, paged as the service pages them (`replay` with the detector's
+    shipped re-paging policy); the threshold maximises `objective`.
     """
     import numpy as np
     from sklearn.metrics import log_loss
@@ -357,13 +391,16 @@ def cross_validate(
     P, P0 = ex.P[:, list(cols)], ex.P0[:, list(cols)]
     table: dict[str, dict[str, Any]] = {}
     stages = nhs_points(rows)
+    nhs_repaging, model_repaging = Repaging(policy_for("nhs"), stages), Repaging(
+        policy_for("model"), stages)
     for name, k in (("nhs (stage>=1)", 1), ("nhs hospital (stage>=2)", 2)):
+        replayed = replay(rows, stages, k, nhs_repaging)
         table[name] = {
             "threshold": k,
             "guard": None,
             "last": last_scores(rows, stages, k),
-            "replay": replay(rows, stages, k),
-            "replay_no_demographics": replay(rows, stages, k),
+            "replay": replayed,
+            "replay_no_demographics": replayed,
             "log_loss": None,
         }
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=SEED).split(
@@ -388,15 +425,15 @@ def cross_validate(
         for guard in guards:
             scores = guarded(oof.tolist(), stages, guard)
             scores0 = guarded(oof0.tolist(), stages, guard)
-            th = best_threshold(rows, scores, tolerance)
+            th = best_threshold(rows, scores, tolerance, model_repaging)
             key = name if guard is None else f"{name} + NHS stage>={guard} guardrail"
             table[key] = {
                 "candidate": name,
                 "guard": guard,
                 "threshold": th,
                 "last": last_scores(rows, scores, th),
-                "replay": replay(rows, scores, th),
-                "replay_no_demographics": replay(rows, scores0, th),
+                "replay": replay(rows, scores, th, model_repaging),
+                "replay_no_demographics": replay(rows, scores0, th, model_repaging),
                 "log_loss": loss,
             }
             log(
@@ -632,6 +669,7 @@ def train(
             "learns_from": "every result" if live else "labelled results",
             "assay_shifted_copies": augment,
             "threshold_tolerance": tolerance,
+            "replay_repage_policy": policy_for("model").to_dict(),
             **(
                 {"assay_shift": {"multiply": list(ASSAY_MUL), "add_umol_per_l": list(ASSAY_ADD)}}
                 if augment
@@ -660,8 +698,10 @@ def train(
         f"positive whenever its NHS stage is at least the one named, whatever the score. "
         f"F3/precision/recall/TP/FP/FN: on each held-out row's last (labelled) result. "
         f"Replayed: every result of the held-out rows judged in order, "
-        f"paged once per episode, scored as the hospital does (an early page is a FP and uses "
-        f"up the episode). Thresholds and the candidate maximise the sum of the two F3s"
+        f"paged once per episode and re-paged as the service does (`repage.py`, the shipped "
+        f"policy), scored as the hospital does (an early page is a FP and uses up the "
+        f"episode unless a re-page follows). Thresholds and the candidate maximise the sum "
+        f"of the two F3s"
         + (f" (the threshold: the lowest within {tolerance} of the best)" if tolerance else "")
         + ". "
         f"Chosen: `{chosen}`, threshold {doc['threshold']}.\n\n"
@@ -717,11 +757,14 @@ def evaluate(
         "nhs (stage>=1)": last_scores(rows, stages, 1),
         "nhs hospital (stage>=2)": last_scores(rows, stages, 2),
     }
+    model_repaging = Repaging(policy_for(det.name), stages)
+    nhs_repaging = Repaging(policy_for("nhs"), stages)
     replayed = {
-        f"model {det.version}": replay(rows, probs, th),
-        "model, age/sex withheld": replay(rows, probs0, th),
-        "nhs (stage>=1)": replay(rows, stages, 1),
-        "nhs hospital (stage>=2)": replay(rows, stages, 2),
+        f"model {det.version}": replay(rows, probs, th, model_repaging),
+        "model, age/sex withheld": replay(rows, probs0, th, model_repaging),
+        "model, without re-paging": replay(rows, probs, th),
+        "nhs (stage>=1)": replay(rows, stages, 1, nhs_repaging),
+        "nhs hospital (stage>=2)": replay(rows, stages, 2, nhs_repaging),
     }
     unknown = sum(r.age is None or r.sex is None for r in rows)
     log(
@@ -731,11 +774,12 @@ def evaluate(
     log("each row's last (labelled) result:")
     for name, s in last.items():
         log(f"  {name:34s} {s.line()}")
-    log("every result judged in order, paged once per episode (strict hospital scoring):")
+    log("every result judged in order, paged once per episode and re-paged as the service "
+        "does (strict hospital scoring):")
     for name, s in replayed.items():
         log(f"  {name:34s} {s.line()}")
     if report is not None:
-        write_report(report, det, data, rows, probs, last, replayed)
+        write_report(report, det, data, rows, probs, last, replayed, model_repaging)
         log(f"report and plots in {report}")
     return last
 
@@ -748,6 +792,7 @@ def write_report(
     probs: list[float],
     last: dict[str, Scores],
     replayed: dict[str, Scores],
+    repaging: Repaging,
 ) -> None:
     import matplotlib
 
@@ -785,7 +830,8 @@ def write_report(
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(THRESHOLDS, [last_scores(rows, probs, t).f3 for t in THRESHOLDS], label="last result")
     ax.plot(
-        THRESHOLDS, [replay(rows, probs, t).f3 for t in THRESHOLDS], label="every result, replayed"
+        THRESHOLDS, [replay(rows, probs, t, repaging).f3 for t in THRESHOLDS],
+        label="every result, replayed"
     )
     ax.axvline(det.threshold, color="grey", ls="--", label=f"threshold {det.threshold}")
     ax.axhline(nhs1.f3, color="red", ls=":", label=f"NHS F3 {nhs1.f3:.4f}")
@@ -844,7 +890,7 @@ def write_report(
         f"| AKI | {main.tp} | {main.fn} |",
         f"| no AKI | {main.fp} | {main.tn} |",
         "",
-        "## Every result judged in order, paged once per episode",
+        "## Every result judged in order, paged once per episode, re-paged as the service does",
         "",
         "TN here counts results (not rows) not paged.",
         "",

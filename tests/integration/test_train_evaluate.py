@@ -13,6 +13,7 @@ import pytest
 from aki_alert import train as train_mod
 from aki_alert.cli import main
 from aki_alert.detect.model import default_model_path, load_model
+from aki_alert.repage import policy_for
 from aki_alert.timeutil import DAY, HOUR, format_csv_time
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -164,6 +165,25 @@ def test_replay_scores_pages_as_the_hospital_does():
     assert (last.tp, last.fp, last.fn, last.tn) == (2, 2, 0, 0)
 
 
+def test_replay_re_pages_as_the_service_does():
+    """With the service's re-paging, an early moderate page no longer swallows a much worse
+    injury later in its episode; a later result no worse than the page stays silent."""
+    from aki_alert.repage import Policy
+
+    worse = train_mod.Row(50.0, "F", True, [0, 2 * DAY, 9 * DAY], [80.0, 130.0, 400.0])
+    same = train_mod.Row(50.0, "F", True, [0, 2 * DAY, 9 * DAY], [80.0, 130.0, 120.0])
+    rows = [worse, same]
+    scores = [0.0, 0.6, 0.9] + [0.0, 0.6, 0.55]
+    stages = [0, 1, 3] + [0, 1, 1]
+    plain = train_mod.replay(rows, scores, 0.5)
+    assert (plain.tp, plain.fp, plain.fn) == (0, 2, 2)
+    repaging = train_mod.Repaging(Policy(stage_gain=1), stages)
+    s = train_mod.replay(rows, scores, 0.5, repaging)
+    assert (s.tp, s.fp, s.fn) == (1, 2, 1)
+    # A policy that never re-pages replays exactly as without one.
+    assert train_mod.replay(rows, scores, 0.5, train_mod.Repaging(Policy(), stages)) == plain
+
+
 @pytest.mark.parametrize(
     "record",
     [
@@ -247,6 +267,7 @@ def test_training_options_for_shift(tmp_path, monkeypatch):
     assert doc["trainer"]["learns_from"] == "every result"
     assert doc["trainer"]["assay_shifted_copies"] == 1
     assert doc["trainer"]["threshold_tolerance"] == 0.001
+    assert doc["trainer"]["replay_repage_policy"] == policy_for("model").to_dict()
     assert any("guardrail" in name for name in doc["cv"])
     assert set(doc["cv"]) - {"nhs (stage>=1)", "nhs hospital (stage>=2)"} <= {
         "logistic", "gbt-20x2-lr0.2", *(f"{c} + NHS stage>={k} guardrail"
