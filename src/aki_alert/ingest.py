@@ -6,7 +6,8 @@ savepoint of the service's open batch (durable.py, which has made the message du
 log first), or, on the batch's fast path (`isolated=False`), no savepoint at all. It raises
 only for failures of our own storage, and on the fast path for any failure (durable.py
 restores the batch and applies the log again). A message that can never be processed is
-journaled as dead (a dead letter) with its reason.
+journaled as dead (a dead letter) with its reason. What it judged is counted in the metrics
+once its changes are committed (judged.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from . import hl7, logs, metrics
+from . import hl7, judged, logs, metrics
 from .detect import LOOKBACK, Detector, Judgement, Patient
 from .drift import DriftMonitor
 from .episodes import episode_start_after, opens_episode
@@ -129,6 +130,9 @@ class Ingest:
         # the number it lives on as.
         self._merged = store.merged_numbers()
         self._decided = {d: metrics.DECISIONS.labels(d) for d in _DECISIONS}
+        # The results judged by messages applied and not yet committed, counted once they are
+        # (judged.py).
+        self._notes: list[judged.Note] = []
 
     def _patient(self, mrn: str, time: int) -> _Cached:
         """The patient, holding at least the results a detector reads for a result at `time`."""
@@ -149,6 +153,19 @@ class Ingest:
         """Drop the in-memory patients (after the state changed underneath, e.g. a replay)."""
         self._patients.clear()
         self._merged = self.store.merged_numbers()
+
+    def committed(self) -> None:
+        """The messages applied so far are committed (a batch's commit): count their
+        judgements."""
+        if self._notes:
+            judged.count(self._notes, self.detector.name, self.drift)
+            self._notes.clear()
+
+    def rolled_back(self) -> None:
+        """The messages applied since the last commit are rolled back (a batch's rollback):
+        drop what memory and the uncounted judgements hold of them."""
+        self._notes.clear()
+        self.forget()
 
     def apply(self, raw: bytes, received: float, isolated: bool = True,
               again: bool = False) -> Page | None:
@@ -172,10 +189,12 @@ class Ingest:
         kind = type(event).__name__.lower()
         if not again:
             metrics.child(metrics.MESSAGES, kind).inc()
+        noted = len(self._notes)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return self._apply(digest, event, kind, raw, received, isolated, again)
             except Exception as e:  # noqa: BLE001 - classified below
+                del self._notes[noted:]           # judged by a unit that was rolled back
                 if is_storage_failure(e):
                     raise
                 if not isolated:
@@ -248,6 +267,8 @@ class Ingest:
         if commit_memory is not None:
             commit_memory()
         self._decided[decision].inc()
+        if isolated and self._notes and not store.in_transaction:
+            self.committed()              # its own transaction (a batch's commit counts later)
         return page
 
     def _demographics(self, mrn: str, event: hl7.Admission | hl7.Update) -> None:
@@ -391,19 +412,23 @@ class Ingest:
     def _judge(self, mrn: str, obs: hl7.Observation, value: float, p: Patient,
                episode: int | None, jid: int, received: float, reasons: list[str]
                ) -> tuple[Page | None, int | None, bool]:
-        """(the page to send, the episode start after, whether the result is positive); a
-        positive that is not paged says why in `reasons`."""
-        store = self.store
+        """(the page to send, the episode start after, whether the result is positive); the
+        judgement is noted, to be counted once committed."""
         j = self.detector.judge(p, obs.time, value)
-        metrics.CREATININE.observe(value)
-        metrics.child(metrics.SCORES, j.detector).observe(j.score)
-        if self.drift is not None:
-            self.drift.observe(value, j.score, j.positive)
-        metrics.child(metrics.RESULTS_JUDGED, "yes" if p.times else "no",
-                      "yes" if p.birth is not None else "no").inc()
-        if not j.positive:
-            return None, episode, False
-        metrics.child(metrics.POSITIVES, j.detector).inc()
+        page, repage_of = None, None
+        if j.positive:
+            page, episode, repage_of = self._positive(mrn, obs, value, j, p, episode, jid,
+                                                      received, reasons)
+        self._notes.append((value, j, bool(p.times), p.birth is not None,
+                            repage_of is not None))
+        return page, episode, j.positive
+
+    def _positive(self, mrn: str, obs: hl7.Observation, value: float, j: Judgement,
+                  p: Patient, episode: int | None, jid: int, received: float,
+                  reasons: list[str]) -> tuple[Page | None, int | None, int | None]:
+        """A positive result: (the page to send, the episode start after, the episode start
+        it re-paged, if it did); one that is not paged says why in `reasons`."""
+        store = self.store
         repage_of = None
         if not opens_episode(episode, obs.time):
             if not self._repages(mrn, episode, obs.time, value, j, p):  # type: ignore[arg-type]
@@ -411,9 +436,8 @@ class Ingest:
                          "since %s)", logs.patient(mrn), obs.time_text, episode)
                 reasons.append(f"{obs.time_text} positive, not paged: the episode since "
                                f"{format_hl7_time(episode)} is open")
-                return None, episode, True
+                return None, episode, None
             repage_of = episode
-            metrics.REPAGES.inc()
             log.warning("positive result markedly worse than the episode's page: paged again: "
                         "%s,%s (episode since %s)", logs.patient(mrn), obs.time_text, episode)
         body = f"{mrn},{obs.time_text}"
@@ -424,11 +448,11 @@ class Ingest:
         store.open_episode(mrn, episode)
         if page_id is not None and send:
             log.info("page decided: %s %s", logs.page(body), explanation(j, repage_of))
-            return Page(body, received), episode, True
+            return Page(body, received), episode, repage_of
         reasons.append(f"{obs.time_text} positive: " + (
             "its page was decided before" if page_id is None else
             "page suppressed (sampled before the replay's paging cutoff)"))
-        return None, episode, True
+        return None, episode, repage_of
 
     def _repages(self, mrn: str, episode: int, time: int, value: float, j: Judgement,
                  p: Patient) -> bool:
