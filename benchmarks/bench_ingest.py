@@ -37,7 +37,6 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 from aki_alert import hl7, ingest, judged, metrics
-from aki_alert.detect import Judgement
 from aki_alert.detect.model import load_model
 from aki_alert.durable import BATCH_MAX, Durable
 from aki_alert.history import ImportSummary, read_history
@@ -195,13 +194,14 @@ class TimedDetector:
     def __init__(self, detector, events: Events) -> None:
         self.detector = detector
         self.events = events
-        self.judged: list[judged.Note] = []     # what Ingest notes of each, to count it
+        self.judged: list[tuple] = []     # what Ingest notes of each (judged.FIELDS of them)
 
     def judge(self, patient, time_: int, value: float):
         t = clock()
         j = self.detector.judge(patient, time_, value)
         self.events.append(("detector judge (features, model, NHS)", (clock() - t) / 1000))
-        self.judged.append((value, j, bool(patient.times), patient.birth is not None, False))
+        self.judged.append((value, j.score, j.positive,
+                            (not patient.times) + 2 * (patient.birth is None), False))
         return j
 
 
@@ -253,22 +253,22 @@ def ack_only(m: bytes) -> None:
     acknowledgement(m)
 
 
-_notes: list[judged.Note] = []
+_notes: list = []
 
 
-def metric_updates(note: judged.Note) -> None:
+def metric_updates(note: tuple) -> None:
     """The metric work of one result: service.on_frame's two updates, then Ingest's count of
     the message and its note of the judgement (counted with its batch: `stages_alone`)."""
     metrics.child(metrics.ACKS, "AA").inc()
     metrics.PROCESSING.observe(1e-5)                 # a typical receive-to-ACK time
     metrics.child(metrics.MESSAGES, "result").inc()
-    _notes.append(note)
+    _notes.extend(note)
 
 
 METRICS = "metric updates (Prometheus), alone"
 
 
-def stages_alone(results: list[bytes], notes: list[judged.Note], msglog: MessageLog,
+def stages_alone(results: list[bytes], notes: list[tuple], msglog: MessageLog,
                  alone: dict[str, list[float]]) -> None:
     """Adds the µs of each stage run alone, in a loop over one batch's results, to `alone`."""
     alone["message log append (write)"] += per_call(partial(msglog.append, MESSAGE), results)
@@ -277,7 +277,7 @@ def stages_alone(results: list[bytes], notes: list[judged.Note], msglog: Message
     alone["message_digest (blake2b)"] += per_call(ingest.message_digest, results)
     each = per_call(metric_updates, notes)
     t = clock()
-    judged.count(_notes, notes[0][1].detector, None)     # at the batch's commit, spread over it
+    judged.count(_notes, "model", None)        # at the batch's commit, spread over its results
     _notes.clear()
     share = (clock() - t) / 1000 / len(each)
     alone[METRICS] += [us + share for us in each]
@@ -315,9 +315,8 @@ class Run:
     def warm_up(self) -> None:
         results = of_kind(self.msgs, self.kinds, "result")[:500]
         per_call(ack_only, results)
-        note = (80.0, Judgement(False, 0.1, 0.5, "model", "0", None, None, None), True, True,
-                False)
-        stages_alone(results, [note] * 500, self.msglog, defaultdict(list))
+        stages_alone(results, [(80.0, 0.1, False, 0, False)] * 500, self.msglog,
+                     defaultdict(list))
 
     def batch(self, msgs: list[bytes], kinds: list[str], frames: list[bytes]) -> None:
         self.baseline += per_call(ack_only, msgs)

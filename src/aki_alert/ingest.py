@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from . import hl7, judged, logs, metrics
 from .detect import LOOKBACK, Detector, Judgement, Patient
 from .drift import DriftMonitor
-from .episodes import episode_start_after, opens_episode
+from .episodes import episode_start_after, fallback_start, opens_episode
 from .logs import REQUEST_ID
 from .mllp import FrameError
+from .merges import record_merge, retired
 from .repage import PagedResult, Policy, policy_for, should_repage
+from .revisions import is_repeat
 from .store import Store, is_storage_failure
 from .timeutil import DAY, format_hl7_time
 
@@ -132,7 +134,7 @@ class Ingest:
         self._decided = {d: metrics.DECISIONS.labels(d) for d in _DECISIONS}
         # The results judged by messages applied and not yet committed, counted once they are
         # (judged.py).
-        self._notes: list[judged.Note] = []
+        self._notes: list = []
 
     def _patient(self, mrn: str, time: int) -> _Cached:
         """The patient, holding at least the results a detector reads for a result at `time`."""
@@ -189,12 +191,15 @@ class Ingest:
         kind = type(event).__name__.lower()
         if not again:
             metrics.child(metrics.MESSAGES, kind).inc()
-        noted = len(self._notes)
+        # Where this message's notes start. Not isolated, a failure rolls the batch back, and
+        # its notes with it (`rolled_back`).
+        noted = len(self._notes) if isolated else 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return self._apply(digest, event, kind, raw, received, isolated, again)
             except Exception as e:  # noqa: BLE001 - classified below
-                del self._notes[noted:]           # judged by a unit that was rolled back
+                if isolated:
+                    del self._notes[noted:]       # judged in a unit that was rolled back
                 if is_storage_failure(e):
                     raise
                 if not isolated:
@@ -278,8 +283,8 @@ class Ingest:
 
     def _merge(self, new: str, event: hl7.Merge, jid: int):
         """ADT^A40 and kin: the old number's results, admissions and episode move to `new`."""
-        old = self._merged.get(event.old, event.old)
-        if old == new:
+        old = retired(self._merged, event.old, new)
+        if old is None:
             self.store.set_journal_status(jid, "ignored", f"merge of {event.old} into {new}: "
                                           "already the same patient")
             metrics.MERGES.labels(outcome="repeated").inc()
@@ -296,7 +301,7 @@ class Ingest:
         def commit_memory() -> None:
             self._patients.pop(old, None)
             self._patients.pop(new, None)
-            self._merged = self.store.merged_numbers()
+            record_merge(self._merged, old, new)
         return commit_memory, "applied"
 
     def _unjudged(self, notes: tuple[hl7.Note, ...], mrn: str | None) -> None:
@@ -375,20 +380,17 @@ class Ingest:
             if store.result_at(mrn, obs.time) is None:
                 return "nothing-to-remove", None, episode
             store.remove_result(mrn, obs.time, jid)
-            if episode == obs.time:
-                # Its page was for a withdrawn result: the episode is the patient's page
-                # before it whose result still stands (a re-paged episode's first), if any.
-                episode = store.page_before(mrn, obs.time)
-                store.open_episode(mrn, episode)
             log.warning("result of %s at %s withdrawn (OBX-11 %s): removed from the baseline",
                         logs.patient(mrn), obs.time_text, status)
+            if episode == obs.time:
+                episode = self._fall_back(mrn, obs, f"withdrawn ({status})", reasons)
             return "removed", None, episode
         value = obs.value
         assert value is not None
         action = "judged"
         if not store.add_result(mrn, obs.time, value, status, obs.comparator):
             old_value, old_status = store.result_at(mrn, obs.time)
-            if status != hl7.CORRECTED and old_status != hl7.PRELIMINARY:
+            if is_repeat(status, old_status):
                 metrics.DUPLICATE_RESULTS.inc()
                 return "duplicate", None, episode
             store.correct_result(mrn, obs.time, value, status, obs.comparator, jid)
@@ -400,14 +402,25 @@ class Ingest:
         page, episode, positive = self._judge(mrn, obs, value, p, episode, jid, received,
                                               reasons)
         if action == "corrected" and not positive and episode == obs.time:
-            # The result that opened the episode is corrected to no injury: the episode goes
-            # with it, as for a withdrawn one, so that a real injury later is paged.
-            episode = store.page_before(mrn, obs.time)
-            store.open_episode(mrn, episode)
-            log.warning("result of %s at %s that was paged is corrected to %g µmol/L, no "
-                        "longer an injury: its episode is closed", logs.patient(mrn),
-                        obs.time_text, value)
+            # As for a withdrawn result: a real injury later is paged.
+            episode = self._fall_back(mrn, obs, f"corrected to {value:g} µmol/L, no longer an "
+                                      "injury", reasons)
         return action, page, episode
+
+    def _fall_back(self, mrn: str, obs: hl7.Observation, what: str,
+                   reasons: list[str]) -> int | None:
+        """The result the patient's episode ran from is withdrawn or corrected to no injury
+        (`what`): the episode falls back to an earlier page whose result stands, or ends (the
+        rare path: one indexed read of the patient's pages). Returns its start; the log and
+        `reasons` (the journal's) say which."""
+        start = fallback_start(self.store.standing_pages(mrn), obs.time)
+        self.store.open_episode(mrn, start)
+        now = ("is closed" if start is None else
+               f"falls back to the page of {format_hl7_time(start)}")
+        log.warning("result of %s at %s, paged, is %s: its episode %s", logs.patient(mrn),
+                    obs.time_text, what, now)
+        reasons.append(f"{obs.time_text} {what}: its episode {now}")
+        return start
 
     def _judge(self, mrn: str, obs: hl7.Observation, value: float, p: Patient,
                episode: int | None, jid: int, received: float, reasons: list[str]
@@ -419,8 +432,8 @@ class Ingest:
         if j.positive:
             page, episode, repage_of = self._positive(mrn, obs, value, j, p, episode, jid,
                                                       received, reasons)
-        self._notes.append((value, j, bool(p.times), p.birth is not None,
-                            repage_of is not None))
+        self._notes += (value, j.score, j.positive, (not p.times) + 2 * (p.birth is None),
+                        repage_of is not None)            # judged.FIELDS
         return page, episode, j.positive
 
     def _positive(self, mrn: str, obs: hl7.Observation, value: float, j: Judgement,
