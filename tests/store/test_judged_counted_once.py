@@ -102,11 +102,11 @@ def storage_error(backend) -> Exception:
     return psycopg.OperationalError("server closed the connection unexpectedly")
 
 
-def service(backend, tmp_path, detector=None, commit_each=False):
+def service(backend, tmp_path, commit_each=False):
     store = backend.open()
     store.db = FailingCommit(store.db, storage_error(backend))
     drift = drift_monitor()
-    ingest = Ingest(store, detector or NhsDetector(), repage=POLICY, drift=drift)
+    ingest = Ingest(store, NhsDetector(), repage=POLICY, drift=drift)
     return Durable(store, ingest, str(tmp_path), commit_each=commit_each), Counted(drift)
 
 
@@ -133,30 +133,36 @@ def test_a_batch_counts_once_though_its_commit_fails_once(backend, tmp_path):
     assert counted.since() == ONCE
 
 
-class FailsOnce(NhsDetector):
-    """Raises (a bug of ours) the first time it judges patient 7's third result."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failed = False
-
-    def judge(self, patient, time, value):
-        if patient.mrn == "7" and len(patient.times) == 2 and not self.failed:
-            self.failed = True
-            raise RuntimeError("bug")
-        return super().judge(patient, time, value)
+def page_fails_once(store) -> None:
+    """The store's next add_page raises (a bug of ours): after the message's result was
+    written and judged, before its page is."""
+    def failing(*args):
+        del store.add_page
+        raise RuntimeError("bug")
+    store.add_page = failing
 
 
 def test_a_batch_rebuilt_after_a_message_failed_midway_counts_once(backend, tmp_path):
-    d, counted = service(backend, tmp_path, FailsOnce())
+    d, counted = service(backend, tmp_path)
+    page_fails_once(d.store)
     for m in stream():
         d.accept(m, 0.0)
         d.settle()
-    # The last message failed without a savepoint: the batch was rolled back, and is applied
-    # again from the log, each message in a savepoint (the failing one's retry succeeds).
-    assert d.broken
+    # The paged message failed without a savepoint: the batch was rolled back, and applied
+    # again from the log (the failing message, in a savepoint, once more) with the next one.
+    assert not d.broken
     d.flush()
-    assert not d.broken and counted.since() == ONCE
+    assert counted.since() == ONCE
+    assert len(pages(backend, d)) == 2
+
+
+def test_a_message_failing_midway_on_its_own_counts_once_when_retried(backend, tmp_path):
+    d, counted = service(backend, tmp_path, commit_each=True)
+    page_fails_once(d.store)
+    for m in stream():
+        d.accept(m, 0.0)
+        d.settle()
+    assert counted.since() == ONCE
     assert len(pages(backend, d)) == 2
 
 
