@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from functools import lru_cache, partial
 from pathlib import Path
 
-from aki_alert import hl7, ingest, metrics
+from aki_alert import hl7, ingest, judged, metrics
 from aki_alert.detect.model import load_model
 from aki_alert.durable import BATCH_MAX, Durable
 from aki_alert.history import ImportSummary, read_history
@@ -194,14 +194,14 @@ class TimedDetector:
     def __init__(self, detector, events: Events) -> None:
         self.detector = detector
         self.events = events
-        self.judged: list[tuple] = []   # (value, score, positive, has history, has birth, name)
+        self.judged: list[tuple] = []     # what Ingest notes of each (judged.FIELDS of them)
 
     def judge(self, patient, time_: int, value: float):
         t = clock()
         j = self.detector.judge(patient, time_, value)
         self.events.append(("detector judge (features, model, NHS)", (clock() - t) / 1000))
-        self.judged.append((value, j.score, j.positive, bool(patient.times),
-                            patient.birth is not None, j.detector))
+        self.judged.append((value, j.score, j.positive,
+                            (not patient.times) + 2 * (patient.birth is None), False))
         return j
 
 
@@ -253,31 +253,34 @@ def ack_only(m: bytes) -> None:
     acknowledgement(m)
 
 
-def metric_updates(judged: tuple) -> None:
-    """The Prometheus calls of one result: service.on_frame's two, then Ingest's."""
-    value, score, positive, history, birth, detector = judged
+_notes: list = []
+
+
+def metric_updates(note: tuple) -> None:
+    """The metric work of one result: service.on_frame's two updates, then Ingest's count of
+    the message and its note of the judgement (counted with its batch: `stages_alone`)."""
     metrics.child(metrics.ACKS, "AA").inc()
     metrics.PROCESSING.observe(1e-5)                 # a typical receive-to-ACK time
     metrics.child(metrics.MESSAGES, "result").inc()
-    metrics.CREATININE.observe(value)
-    metrics.child(metrics.SCORES, detector).observe(score)
-    metrics.child(metrics.RESULTS_JUDGED, "yes" if history else "no",
-                  "yes" if birth else "no").inc()
-    if positive:
-        metrics.child(metrics.POSITIVES, detector).inc()
+    _notes.extend(note)
 
 
 METRICS = "metric updates (Prometheus), alone"
 
 
-def stages_alone(results: list[bytes], judged: list[tuple], msglog: MessageLog,
+def stages_alone(results: list[bytes], notes: list[tuple], msglog: MessageLog,
                  alone: dict[str, list[float]]) -> None:
     """Adds the µs of each stage run alone, in a loop over one batch's results, to `alone`."""
     alone["message log append (write)"] += per_call(partial(msglog.append, MESSAGE), results)
     msglog.clear()                                   # as the batch's commit does
     alone["hl7.parse"] += per_call(hl7.parse, results)
     alone["message_digest (blake2b)"] += per_call(ingest.message_digest, results)
-    alone[METRICS] += per_call(metric_updates, judged)
+    each = per_call(metric_updates, notes)
+    t = clock()
+    judged.count(_notes, "model", None)        # at the batch's commit, spread over its results
+    _notes.clear()
+    share = (clock() - t) / 1000 / len(each)
+    alone[METRICS] += [us + share for us in each]
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -312,15 +315,15 @@ class Run:
     def warm_up(self) -> None:
         results = of_kind(self.msgs, self.kinds, "result")[:500]
         per_call(ack_only, results)
-        stages_alone(results, [(80.0, 0.1, False, True, True, "model")] * 500, self.msglog,
+        stages_alone(results, [(80.0, 0.1, False, 0, False)] * 500, self.msglog,
                      defaultdict(list))
 
     def batch(self, msgs: list[bytes], kinds: list[str], frames: list[bytes]) -> None:
         self.baseline += per_call(ack_only, msgs)
         self.reader.run(frames)
-        judged = len(self.timed.detector.judged)
+        start = len(self.timed.detector.judged)
         self.timed.run(msgs, kinds, self.in_place)
-        stages_alone(of_kind(msgs, kinds, "result"), self.timed.detector.judged[judged:],
+        stages_alone(of_kind(msgs, kinds, "result"), self.timed.detector.judged[start:],
                      self.msglog, self.alone)
 
 

@@ -48,7 +48,7 @@ class Watching:
         self.n += 1
         if self.monitor is None:
             return j
-        self.monitor.observe(value, j.score, j.positive)
+        self.monitor.observe([value], [j.score], [j.positive])
         full = self.monitor.max_slots * self.monitor.per_slot
         if self.n >= full and self.n % self.monitor.per_slot == 0:
             s = self.monitor.snapshot()

@@ -16,14 +16,15 @@ one filling) and exports, computed at scrape time:
   results judged positive, and the training share.
 - `aki_drift_window_results`: how many results the window holds (the rules wait for it to fill).
 
-Per result: two bisects and three additions (`observe`); PSI is computed only when scraped.
+Per result: two bisects and three additions (`observe`, once the result's message is committed:
+judged.py); PSI is computed only when scraped.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
@@ -85,15 +86,19 @@ class DriftMonitor:
         self._cur_score = self._score.slots[-1]
         self._cur_creatinine = self._creatinine.slots[-1]
 
-    def observe(self, value: float, score: float, positive: bool) -> None:
-        """Counts one judged result (the per-result cost: two bisects, three additions)."""
-        self._cur_score[bisect_left(self._score.bounds, score)] += 1
-        self._cur_creatinine[bisect_left(self._creatinine.bounds, value)] += 1
-        if positive:
-            self._positives[-1] += 1
-        self._n += 1
-        if self._n >= self.per_slot:
-            self._rotate()
+    def observe(self, values: Iterable[float], scores: Iterable[float],
+                positives: Iterable[bool]) -> None:
+        """Counts judged results, in order: each one's creatinine `values`, score and whether
+        positive (the per-result cost: two bisects, three additions)."""
+        score_bounds, creatinine_bounds = self._score.bounds, self._creatinine.bounds
+        for value, score, positive in zip(values, scores, positives, strict=True):
+            self._cur_score[bisect_left(score_bounds, score)] += 1
+            self._cur_creatinine[bisect_left(creatinine_bounds, value)] += 1
+            if positive:
+                self._positives[-1] += 1
+            self._n += 1
+            if self._n >= self.per_slot:
+                self._rotate()
 
     def _rotate(self) -> None:
         for w in (self._score, self._creatinine):

@@ -12,7 +12,8 @@ BATCH_MAX messages or BATCH_SECONDS after the first uncommitted one, and then th
 committed part is dropped. A crash loses the uncommitted batch from the database but not from
 the log: `recover()` applies the log again at the next start, and the journal's keys skip what
 was committed. The log also records each page the pager accepted (`delivered()`), so a page
-decided again by a recovery is not resent.
+decided again by a recovery is not resent. The metrics of the results a batch judged are
+counted when it commits (judged.py), so a batch applied twice counts them once.
 
 Any storage failure while applying (disk full, read-only) rolls the whole batch back, forgets
 the patients held in memory and marks the batch broken; the next frame (or `flush()`)
@@ -169,6 +170,7 @@ class Durable:
             if self.broken:
                 return pages + self.recover()
             self.store.commit_batch()
+            self.ingest.committed()
             self._drop_committed()
         except Exception as e:  # noqa: BLE001 - any failure here is our storage's
             log.error("cannot commit the state (%s): the message log keeps the batch", e)
@@ -186,7 +188,7 @@ class Durable:
         is writing may ask for (the service, before it starts one, and after one died).
         Returns the pages it decided; raises when the storage still fails."""
         self.store.rollback_batch()
-        self.ingest.forget()
+        self.ingest.rolled_back()
         upto = None if everything else self._taken
         own, torn = self.deliveries.records()
         frames, torn_frames, last_segment = segment_records(self.log_dir, upto)
@@ -213,9 +215,10 @@ class Durable:
             self.store.commit_batch()
         except Exception:
             self.store.rollback_batch()
-            self.ingest.forget()
+            self.ingest.rolled_back()
             self.broken = True
             raise
+        self.ingest.committed()
         self.deliveries.clear()
         if last_segment is not None:
             # The last segment read stays while a writer may still append to it.
@@ -246,6 +249,6 @@ class Durable:
             self.store.rollback_batch()
         except Exception as e:  # noqa: BLE001 - the connection may be gone; recover() retries
             log.error("rollback failed: %s", e)
-        self.ingest.forget()
+        self.ingest.rolled_back()
         self.broken = True
 

@@ -8,9 +8,15 @@ EPISODE_DAYS after the episode started is a new episode and is paged. 90 days is
 horizon of acute kidney disease, after which a rise is a new injury rather than the old one.
 A result sampled before the episode's start (a late or replayed one) belongs to it when within
 the same distance: the window is symmetric, and the episode's start never moves back.
+
+When the result an episode runs from is withdrawn (OBX-11 W, D) or corrected to no injury, the
+episode falls back to the patient's latest earlier page whose result still stands (the first
+page of an episode that paged again), or ends.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from .timeutil import DAY
 
@@ -25,3 +31,10 @@ def opens_episode(episode_start: int | None, time: int) -> bool:
 def episode_start_after(episode_start: int | None, time: int) -> int:
     """The episode start to keep once a positive at `time` opened an episode."""
     return time if episode_start is None else max(episode_start, time)
+
+
+def fallback_start(standing_pages: Iterable[int], time: int) -> int | None:
+    """The episode start once the result at `time` that the episode ran from is withdrawn or
+    corrected to no injury: the latest of `standing_pages` (the result times of the patient's
+    pages whose results still stand) before it; None (no episode) without one."""
+    return max((t for t in standing_pages if t < time), default=None)

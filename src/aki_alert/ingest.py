@@ -6,7 +6,8 @@ savepoint of the service's open batch (durable.py, which has made the message du
 log first), or, on the batch's fast path (`isolated=False`), no savepoint at all. It raises
 only for failures of our own storage, and on the fast path for any failure (durable.py
 restores the batch and applies the log again). A message that can never be processed is
-journaled as dead (a dead letter) with its reason.
+journaled as dead (a dead letter) with its reason. What it judged is counted in the metrics
+once its changes are committed (judged.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from . import hl7, logs, metrics
+from . import hl7, judged, logs, metrics
 from .detect import LOOKBACK, Detector, Judgement, Patient
 from .drift import DriftMonitor
-from .episodes import episode_start_after, opens_episode
+from .episodes import episode_start_after, fallback_start, opens_episode
 from .logs import REQUEST_ID
 from .mllp import FrameError
+from .merges import record_merge, retired
 from .repage import PagedResult, Policy, policy_for, should_repage
+from .revisions import is_repeat
 from .store import Store, is_storage_failure
 from .timeutil import DAY, format_hl7_time
 
@@ -129,6 +132,9 @@ class Ingest:
         # the number it lives on as.
         self._merged = store.merged_numbers()
         self._decided = {d: metrics.DECISIONS.labels(d) for d in _DECISIONS}
+        # The results judged by messages applied and not yet committed, counted once they are
+        # (judged.py).
+        self._notes: list = []
 
     def _patient(self, mrn: str, time: int) -> _Cached:
         """The patient, holding at least the results a detector reads for a result at `time`."""
@@ -149,6 +155,19 @@ class Ingest:
         """Drop the in-memory patients (after the state changed underneath, e.g. a replay)."""
         self._patients.clear()
         self._merged = self.store.merged_numbers()
+
+    def committed(self) -> None:
+        """The messages applied so far are committed (a batch's commit): count their
+        judgements."""
+        if self._notes:
+            judged.count(self._notes, self.detector.name, self.drift)
+            self._notes.clear()
+
+    def rolled_back(self) -> None:
+        """The messages applied since the last commit are rolled back (a batch's rollback):
+        drop what memory and the uncounted judgements hold of them."""
+        self._notes.clear()
+        self.forget()
 
     def apply(self, raw: bytes, received: float, isolated: bool = True,
               again: bool = False) -> Page | None:
@@ -172,10 +191,15 @@ class Ingest:
         kind = type(event).__name__.lower()
         if not again:
             metrics.child(metrics.MESSAGES, kind).inc()
+        # Where this message's notes start. Not isolated, a failure rolls the batch back, and
+        # its notes with it (`rolled_back`).
+        noted = len(self._notes) if isolated else 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return self._apply(digest, event, kind, raw, received, isolated, again)
             except Exception as e:  # noqa: BLE001 - classified below
+                if isolated:
+                    del self._notes[noted:]       # judged in a unit that was rolled back
                 if is_storage_failure(e):
                     raise
                 if not isolated:
@@ -248,6 +272,8 @@ class Ingest:
         if commit_memory is not None:
             commit_memory()
         self._decided[decision].inc()
+        if isolated and self._notes and not store.in_transaction:
+            self.committed()              # its own transaction (a batch's commit counts later)
         return page
 
     def _demographics(self, mrn: str, event: hl7.Admission | hl7.Update) -> None:
@@ -257,8 +283,8 @@ class Ingest:
 
     def _merge(self, new: str, event: hl7.Merge, jid: int):
         """ADT^A40 and kin: the old number's results, admissions and episode move to `new`."""
-        old = self._merged.get(event.old, event.old)
-        if old == new:
+        old = retired(self._merged, event.old, new)
+        if old is None:
             self.store.set_journal_status(jid, "ignored", f"merge of {event.old} into {new}: "
                                           "already the same patient")
             metrics.MERGES.labels(outcome="repeated").inc()
@@ -275,7 +301,7 @@ class Ingest:
         def commit_memory() -> None:
             self._patients.pop(old, None)
             self._patients.pop(new, None)
-            self._merged = self.store.merged_numbers()
+            record_merge(self._merged, old, new)
         return commit_memory, "applied"
 
     def _unjudged(self, notes: tuple[hl7.Note, ...], mrn: str | None) -> None:
@@ -354,20 +380,17 @@ class Ingest:
             if store.result_at(mrn, obs.time) is None:
                 return "nothing-to-remove", None, episode
             store.remove_result(mrn, obs.time, jid)
-            if episode == obs.time:
-                # Its page was for a withdrawn result: the episode is the patient's page
-                # before it whose result still stands (a re-paged episode's first), if any.
-                episode = store.page_before(mrn, obs.time)
-                store.open_episode(mrn, episode)
             log.warning("result of %s at %s withdrawn (OBX-11 %s): removed from the baseline",
                         logs.patient(mrn), obs.time_text, status)
+            if episode == obs.time:
+                episode = self._fall_back(mrn, obs, f"withdrawn ({status})", reasons)
             return "removed", None, episode
         value = obs.value
         assert value is not None
         action = "judged"
         if not store.add_result(mrn, obs.time, value, status, obs.comparator):
             old_value, old_status = store.result_at(mrn, obs.time)
-            if status != hl7.CORRECTED and old_status != hl7.PRELIMINARY:
+            if is_repeat(status, old_status):
                 metrics.DUPLICATE_RESULTS.inc()
                 return "duplicate", None, episode
             store.correct_result(mrn, obs.time, value, status, obs.comparator, jid)
@@ -379,31 +402,46 @@ class Ingest:
         page, episode, positive = self._judge(mrn, obs, value, p, episode, jid, received,
                                               reasons)
         if action == "corrected" and not positive and episode == obs.time:
-            # The result that opened the episode is corrected to no injury: the episode goes
-            # with it, as for a withdrawn one, so that a real injury later is paged.
-            episode = store.page_before(mrn, obs.time)
-            store.open_episode(mrn, episode)
-            log.warning("result of %s at %s that was paged is corrected to %g µmol/L, no "
-                        "longer an injury: its episode is closed", logs.patient(mrn),
-                        obs.time_text, value)
+            # As for a withdrawn result: a real injury later is paged.
+            episode = self._fall_back(mrn, obs, f"corrected to {value:g} µmol/L, no longer an "
+                                      "injury", reasons)
         return action, page, episode
+
+    def _fall_back(self, mrn: str, obs: hl7.Observation, what: str,
+                   reasons: list[str]) -> int | None:
+        """The result the patient's episode ran from is withdrawn or corrected to no injury
+        (`what`): the episode falls back to an earlier page whose result stands, or ends (the
+        rare path: one indexed read of the patient's pages). Returns its start; the log and
+        `reasons` (the journal's) say which."""
+        start = fallback_start(self.store.standing_pages(mrn), obs.time)
+        self.store.open_episode(mrn, start)
+        now = ("is closed" if start is None else
+               f"falls back to the page of {format_hl7_time(start)}")
+        log.warning("result of %s at %s, paged, is %s: its episode %s", logs.patient(mrn),
+                    obs.time_text, what, now)
+        reasons.append(f"{obs.time_text} {what}: its episode {now}")
+        return start
 
     def _judge(self, mrn: str, obs: hl7.Observation, value: float, p: Patient,
                episode: int | None, jid: int, received: float, reasons: list[str]
                ) -> tuple[Page | None, int | None, bool]:
-        """(the page to send, the episode start after, whether the result is positive); a
-        positive that is not paged says why in `reasons`."""
-        store = self.store
+        """(the page to send, the episode start after, whether the result is positive); the
+        judgement is noted, to be counted once committed."""
         j = self.detector.judge(p, obs.time, value)
-        metrics.CREATININE.observe(value)
-        metrics.child(metrics.SCORES, j.detector).observe(j.score)
-        if self.drift is not None:
-            self.drift.observe(value, j.score, j.positive)
-        metrics.child(metrics.RESULTS_JUDGED, "yes" if p.times else "no",
-                      "yes" if p.birth is not None else "no").inc()
-        if not j.positive:
-            return None, episode, False
-        metrics.child(metrics.POSITIVES, j.detector).inc()
+        page, repage_of = None, None
+        if j.positive:
+            page, episode, repage_of = self._positive(mrn, obs, value, j, p, episode, jid,
+                                                      received, reasons)
+        self._notes += (value, j.score, j.positive, (not p.times) + 2 * (p.birth is None),
+                        repage_of is not None)            # judged.FIELDS
+        return page, episode, j.positive
+
+    def _positive(self, mrn: str, obs: hl7.Observation, value: float, j: Judgement,
+                  p: Patient, episode: int | None, jid: int, received: float,
+                  reasons: list[str]) -> tuple[Page | None, int | None, int | None]:
+        """A positive result: (the page to send, the episode start after, the episode start
+        it re-paged, if it did); one that is not paged says why in `reasons`."""
+        store = self.store
         repage_of = None
         if not opens_episode(episode, obs.time):
             if not self._repages(mrn, episode, obs.time, value, j, p):  # type: ignore[arg-type]
@@ -411,9 +449,8 @@ class Ingest:
                          "since %s)", logs.patient(mrn), obs.time_text, episode)
                 reasons.append(f"{obs.time_text} positive, not paged: the episode since "
                                f"{format_hl7_time(episode)} is open")
-                return None, episode, True
+                return None, episode, None
             repage_of = episode
-            metrics.REPAGES.inc()
             log.warning("positive result markedly worse than the episode's page: paged again: "
                         "%s,%s (episode since %s)", logs.patient(mrn), obs.time_text, episode)
         body = f"{mrn},{obs.time_text}"
@@ -424,11 +461,11 @@ class Ingest:
         store.open_episode(mrn, episode)
         if page_id is not None and send:
             log.info("page decided: %s %s", logs.page(body), explanation(j, repage_of))
-            return Page(body, received), episode, True
+            return Page(body, received), episode, repage_of
         reasons.append(f"{obs.time_text} positive: " + (
             "its page was decided before" if page_id is None else
             "page suppressed (sampled before the replay's paging cutoff)"))
-        return None, episode, True
+        return None, episode, repage_of
 
     def _repages(self, mrn: str, episode: int, time: int, value: float, j: Judgement,
                  p: Patient) -> bool:

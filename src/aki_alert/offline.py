@@ -1,5 +1,6 @@
-"""The service's decisions computed offline: the same parsing, detector, episode rule and
-re-page policy over a history file and a recorded stream, with no sockets and no state. The
+"""The service's decisions computed offline: the same parsing, detector, episode rule, re-page
+policy, rules for a repeated or revised result (revisions.py) and for merged patient numbers
+(merges.py), over a history file and a recorded stream, with no sockets and no state. The
 reference a live run's pages are compared with.
 
 In two steps, so that the re-page policy can be tuned without judging the stream again:
@@ -15,10 +16,12 @@ from dataclasses import dataclass
 
 from . import hl7
 from .detect import Detector, Judgement, Patient
-from .episodes import episode_start_after, opens_episode
+from .episodes import episode_start_after, fallback_start, opens_episode
 from .history import ImportSummary, read_history
 from .ingest import take_demographics
+from .merges import merged_episode, merged_fields, record_merge, retired
 from .repage import PagedResult, Policy, policy_for, should_repage
+from .revisions import is_repeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,16 @@ class Withdrawal:
     left: frozenset[int]
 
 
-Event = Positive | Withdrawal
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """The patient number `old` merged into `new` (ADT^A40 and kin): its pages and episode
+    are `new`'s from now on."""
+
+    old: str
+    new: str
+
+
+Event = Positive | Withdrawal | Merged
 
 
 def offline_pages(history_path: str | None, messages: list[bytes], detector: Detector,
@@ -57,8 +69,12 @@ def offline_pages(history_path: str | None, messages: list[bytes], detector: Det
 
 def offline_events(history_path: str | None, messages: list[bytes],
                    detector: Detector) -> list[Event]:
-    """Every positive judgement and every withdrawal of the stream, in order."""
+    """Every positive judgement, withdrawal and merge of the stream, in order."""
     patients: dict[str, Patient] = {}
+    # The OBX-11 status of each result of the feed, by patient and sample time (the history's
+    # are final).
+    statuses: dict[str, dict[int, str]] = {}
+    aliases: dict[str, str] = {}      # numbers merged away, and the number each lives on as
     if history_path:
         for mrn, t, v in read_history(history_path, ImportSummary()):
             p = patients.setdefault(mrn, Patient(mrn))
@@ -67,7 +83,6 @@ def offline_events(history_path: str | None, messages: list[bytes],
                 p.times.insert(i, t)
                 p.values.insert(i, v)
     events: list[Event] = []
-    preliminary: set[tuple[str, int]] = set()
     seen: set[bytes] = set()
     for raw in messages:
         if raw in seen:
@@ -78,33 +93,40 @@ def offline_events(history_path: str | None, messages: list[bytes],
         except hl7.HL7Error:
             continue
         if isinstance(event, (hl7.Admission, hl7.Update)):
-            take_demographics(patients.setdefault(event.mrn, Patient(event.mrn)), event)
+            mrn = aliases.get(event.mrn, event.mrn)
+            take_demographics(patients.setdefault(mrn, Patient(mrn)), event)
         elif isinstance(event, hl7.Result):
-            p = patients.setdefault(event.mrn, Patient(event.mrn))
+            mrn = aliases.get(event.mrn, event.mrn)
+            p = patients.setdefault(mrn, Patient(mrn))
+            held = statuses.setdefault(mrn, {})
             for obs in event.observations:
-                _observation(p, obs, detector, preliminary, events)
+                _observation(p, held, obs, detector, events)
+        elif isinstance(event, hl7.Merge):
+            new = aliases.get(event.mrn, event.mrn)
+            old = retired(aliases, event.old, new)
+            if old is not None:
+                _merge(patients, statuses, old, new)
+                record_merge(aliases, old, new)
+                events.append(Merged(old, new))
     return events
 
 
-def _observation(p: Patient, obs: hl7.Observation, detector: Detector,
-                 preliminary: set[tuple[str, int]], events: list[Event]) -> None:
+def _observation(p: Patient, held: dict[int, str], obs: hl7.Observation, detector: Detector,
+                 events: list[Event]) -> None:
     """One observation as the service takes it (default profile): a new result, or a
     correction (or a result after a preliminary) judged again; W and D leave the baseline;
-    X and a repeat change nothing."""
+    X and a repeat change nothing. `held`: the statuses of the patient's feed results."""
     i = bisect_left(p.times, obs.time)
     present = i < len(p.times) and p.times[i] == obs.time
-    key = (p.mrn, obs.time)
     if obs.status in (hl7.WRONG_PATIENT, hl7.DELETED):
         if present:
             del p.times[i], p.values[i]
+            held.pop(obs.time, None)
             events.append(Withdrawal(p.mrn, obs.time, frozenset(p.times)))
         return
-    if obs.value is None or (present and obs.status != hl7.CORRECTED and key not in preliminary):
+    if obs.value is None or (present and is_repeat(obs.status, held.get(obs.time, hl7.FINAL))):
         return
-    if obs.status == hl7.PRELIMINARY:
-        preliminary.add(key)
-    else:
-        preliminary.discard(key)
+    held[obs.time] = obs.status
     j = detector.judge(p, obs.time, obs.value)
     if j.positive:
         events.append(Positive(p.mrn, obs.time, obs.time_text, obs.value, j,
@@ -119,6 +141,24 @@ def _observation(p: Patient, obs: hl7.Observation, detector: Detector,
         p.values.insert(i, obs.value)
 
 
+def _merge(patients: dict[str, Patient], statuses: dict[str, dict[int, str]], old: str,
+           new: str) -> None:
+    """What the state's merge_patient does: `old`'s results move to `new` (at a sample time
+    both have, `new`'s is kept), and its demographics where `new` has none."""
+    was = patients.pop(old, None)
+    was_held = statuses.pop(old, {})
+    if was is None:
+        return
+    p = patients.setdefault(new, Patient(new))
+    mine = set(p.times)
+    statuses.setdefault(new, {}).update((t, s) for t, s in was_held.items() if t not in mine)
+    series = dict(zip(was.times, was.values, strict=True))
+    series.update(zip(p.times, p.values, strict=True))
+    p.times[:] = sorted(series)
+    p.values[:] = [series[t] for t in p.times]
+    p.birth, p.sex = merged_fields((p.birth, p.sex), (was.birth, was.sex))
+
+
 def decide(events: Iterable[Event], policy: Policy) -> list[str]:
     """The pages of these events under the episode rule and the re-page policy, as the
     service decides them (ingest.py `_judge`): a positive opening an episode pages; one inside
@@ -128,13 +168,18 @@ def decide(events: Iterable[Event], policy: Policy) -> list[str]:
     pages: list[str] = []
     sent: set[str] = set()       # the outbox's bodies are unique: a body is queued once
     for e in events:
+        if isinstance(e, Merged):
+            start = merged_episode(episodes.pop(e.new, None), episodes.pop(e.old, None))
+            if start is not None:
+                episodes[e.new] = start
+            paged[e.new] = paged.pop(e.old, {}) | paged.get(e.new, {})
+            continue
         if isinstance(e, Withdrawal):
             if episodes.get(e.mrn) == e.time:
-                # Its page was for a withdrawn result: the episode is the patient's page
-                # before it whose result still stands, if any.
-                earlier = [t for t in paged.get(e.mrn, ()) if t < e.time and t in e.left]
-                if earlier:
-                    episodes[e.mrn] = max(earlier)
+                # Its page was for a withdrawn result: the episode falls back, or ends.
+                start = fallback_start((t for t in paged.get(e.mrn, ()) if t in e.left), e.time)
+                if start is not None:
+                    episodes[e.mrn] = start
                 else:
                     del episodes[e.mrn]
             continue

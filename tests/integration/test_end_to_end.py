@@ -219,6 +219,9 @@ def test_metrics_health_and_readiness(tmp_path, pager, backend):
         assert get("/healthz") == (200, "ok\n")
         code, body = get("/readyz")
         assert code == 503 and "history: failed" in body and "state: ok" in body
+        # Judged results are counted once committed: with SQLite, by the batch's commit (at
+        # most BATCH_SECONDS after the page).
+        assert wait_for(lambda: "aki_results_judged_total{" in get("/metrics")[1], 5)
         _, text = get("/metrics")
     finally:
         stop(proc)
@@ -255,8 +258,13 @@ def test_the_model_exports_its_drift_signal(tmp_path, pager, backend):
     try:
         assert wait_for(hospital.done.is_set, 30)
         assert wait_for(lambda: pager.bodies, 10)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
+
+        def metrics_text():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                return r.read().decode()
+        # Counted once the batch commits (at most BATCH_SECONDS after the page).
+        assert wait_for(lambda: "aki_drift_window_results 3.0" in metrics_text(), 5)
+        text = metrics_text()
     finally:
         stop(proc)
         hospital.close()

@@ -5,7 +5,9 @@ re-delivery nor after the state is reopened."""
 from __future__ import annotations
 
 import json
+import logging
 
+from aki_alert.console import queries
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.hospital import messages
 from aki_alert.ingest import Ingest
@@ -25,6 +27,13 @@ def withdrawal(t, mrn="7"):
     ts = format_hl7_time(t)
     return (f"MSH|^~\\&|LAB|RVJ|||{format_hl7_time(t + 60)}||ORU^R01|||2.5\rPID|1||{mrn}\r"
             f"OBR|1||||||{ts}\rOBX|1|SN|CREATININE||||||||W\r").encode()
+
+
+def corrected(t, value, mrn="7"):
+    """OBX-11 C: the result sampled at `t` corrected to `value`, sent a day later."""
+    ts = format_hl7_time(t)
+    return (f"MSH|^~\\&|LAB|RVJ|||{format_hl7_time(t + DAY)}||ORU^R01|||2.5\rPID|1||{mrn}\r"
+            f"OBR|1||||||{ts}\rOBX|1|SN|CREATININE||{value!r}|umol/L|||||C\r").encode()
 
 
 def merge(old, new, t):
@@ -92,6 +101,39 @@ def test_a_withdrawn_repage_falls_back_to_the_first_page(backend):
     assert sent(ing, result(T0 + 11 * DAY, 150.0)) is None
     # And one that is markedly worse than the first page is, once.
     assert sent(ing, result(T0 + 12 * DAY, 400.0)) == body(T0 + 12 * DAY)
+
+
+def test_a_repage_corrected_to_no_injury_falls_back_to_the_first_page(backend, caplog):
+    store = backend.open()
+    ing = Ingest(store, NhsDetector(), repage=POLICY)
+    sent(ing, result(T0 - 30 * DAY, 100.0))
+    assert sent(ing, result(T0, 155.0)) == body(T0)
+    assert sent(ing, result(T0 + 10 * DAY, 400.0)) == body(T0 + 10 * DAY)
+    with caplog.at_level(logging.WARNING, logger="aki_alert.ingest"):
+        assert sent(ing, corrected(T0 + 10 * DAY, 105.0)) is None      # no injury: no page
+    first = format_hl7_time(T0)
+    assert f"its episode falls back to the page of {first}" in caplog.text
+    assert backend.rows(store, "SELECT episode_start FROM patients WHERE mrn = '7'") == [(T0,)]
+    (status, reason), = backend.rows(
+        store, "SELECT status, reason FROM journal ORDER BY id DESC LIMIT 1")
+    assert status == "applied"
+    assert f"{format_hl7_time(T0 + 10 * DAY)} corrected to 105 µmol/L, no longer an injury: " \
+        f"its episode falls back to the page of {first}" in reason
+    # The console reads the episode's start, both pages as sent, and the corrected value.
+    db = queries.connect(backend.path if backend.name == "sqlite" else backend.url)
+    try:
+        view = queries.patient(db, "7")
+    finally:
+        db.close()
+    assert view.episode_start == T0
+    assert [a.result_time for a in view.pages] == [T0, T0 + 10 * DAY]
+    assert [(r.time, r.value, r.action) for r in view.revisions] == \
+        [(T0 + 10 * DAY, 400.0, "corrected")]
+    # Still the first page's episode: a positive no worse than it is not paged...
+    assert sent(ing, result(T0 + 11 * DAY, 160.0)) is None
+    # ...and one markedly worse than it is, as a re-page of it.
+    assert sent(ing, result(T0 + 12 * DAY, 400.0)) == body(T0 + 12 * DAY)
+    assert outbox(backend, store)[-1][1]["repage_of"] == first
 
 
 def test_a_page_from_a_merged_away_number_is_found(backend):

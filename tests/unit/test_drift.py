@@ -55,13 +55,12 @@ def test_psi_is_zero_for_the_same_distribution_and_grows_with_the_shift():
 def test_the_window_keeps_the_last_results_only():
     values = [60.0 + (i % 80) for i in range(4000)]
     m = DriftMonitor(reference([0.0] * 100, values), slots=4, per_slot=100)
-    for v in values[:350]:
-        m.observe(v, 0.0, False)
+    m.observe(values[:350], [0.0] * 350, [False] * 350)      # slots fill within one call
     assert m.results() == 350
     calm = m.snapshot()
     assert calm["psi_creatinine"] < 0.1 and calm["psi_score"] < 1e-9
     for _ in range(400):  # a new assay reading 35 % higher, and many positives
-        m.observe(150.0 * 1.35, 0.95, True)
+        m.observe([150.0 * 1.35], [0.95], [True])             # or one at a time
     s = m.snapshot()
     # 3 full slots and the current one: the last 300-400 results
     assert m.results() == 350
@@ -76,7 +75,7 @@ def test_collector_exports_the_families_and_values_at_scrape():
     text = generate_latest(registry).decode()
     assert "# TYPE aki_drift_psi gauge" in text and 'quantity="score"' not in text
     c.monitor = DriftMonitor(reference([0.0] * 10, [80.0] * 10, rate=0.25))
-    c.monitor.observe(80.0, 0.0, True)
+    c.monitor.observe([80.0], [0.0], [True])
     text = generate_latest(registry).decode()
     assert 'aki_drift_psi{quantity="score"} 0.0' in text
     assert 'aki_drift_psi{quantity="creatinine"} 0.0' in text

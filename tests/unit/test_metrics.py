@@ -46,6 +46,18 @@ def test_unlabelled_is_exported_from_the_start(xs):
     assert exposition(ours) == exposition(theirs)
 
 
+@given(values, values)
+def test_observing_many_at_once_is_observing_each(a, b):
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    hot = HotHistogram("z", "h", buckets=BUCKETS, registry=ours)
+    ref = Histogram("z", "h", buckets=BUCKETS, registry=theirs)
+    for xs in (a, b):
+        hot.labels().observe_many(xs)
+        for x in xs:
+            ref.observe(x)
+    assert exposition(ours) == exposition(theirs)
+
+
 def test_the_services_hot_histograms_are_in_the_default_registry():
     text = generate_latest().decode()
     metrics.PROCESSING.observe(0.0002)

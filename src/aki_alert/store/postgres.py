@@ -9,8 +9,8 @@ module; the schema is created in the connection's current schema (`public` unles
 Transactions. The connection is in autocommit mode and the store issues `BEGIN` / `COMMIT` /
 `ROLLBACK` itself, exactly where SqliteStore does: `transaction()` is its own transaction, or
 `SAVEPOINT unit` inside a batch (`begin_batch()` … `commit_batch()`), so one failing message
-rolls back alone. `in_transaction` tells whether a transaction is open (SqliteStore callers
-use `store.db.in_transaction`). Unlike SQLite, any error aborts a PostgreSQL transaction until
+rolls back alone. `in_transaction` tells whether a transaction is open (as SqliteStore's).
+Unlike SQLite, any error aborts a PostgreSQL transaction until
 it is rolled back: `transaction()` always rolls back its savepoint (or transaction) on an
 exception, so the batch stays usable, as with SQLite. A lost connection (server restart,
 network) is reopened at the next `BEGIN` outside a transaction (`begin_batch()`,

@@ -12,6 +12,7 @@ from array import array
 from dataclasses import dataclass
 
 from ..detect import Patient
+from ..merges import merged_episode, merged_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +154,12 @@ class RowOps:
             "WHERE mrn IN (?, ?)", (old, new)).fetchall())
         if old in rows:
             was, now = rows[old], rows.get(new, (None, None, None, 0, None))
-            keep = [n if n is not None else o for n, o in zip(now[:3], was[:3], strict=True)]
-            starts = [s for s in (was[4], now[4]) if s is not None]
             self._x("INSERT INTO patients (mrn, name, birth, sex, admitted, episode_start) "
                     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (mrn) DO UPDATE SET "
                     "name = excluded.name, birth = excluded.birth, sex = excluded.sex, "
                     "admitted = excluded.admitted, episode_start = excluded.episode_start",
-                    (new, *keep, max(was[3] or 0, now[3] or 0), max(starts, default=None)))
+                    (new, *merged_fields(now[:3], was[:3]), max(was[3] or 0, now[3] or 0),
+                     merged_episode(now[4], was[4])))
             self._x("DELETE FROM patients WHERE mrn = ?", (old,))
         return True
 
@@ -203,13 +203,12 @@ class RowOps:
                       "ORDER BY id DESC LIMIT 1", (result_time, mrn)).fetchone()
         return None if row is None else row[0]
 
-    def page_before(self, mrn: str, time_: int) -> int | None:
-        """The result time of the patient's latest page for a result before `time_` that is
-        still in its series (where an episode falls back to when its page's result is
-        withdrawn); None without one."""
-        return self._x("SELECT max(o.result_time) FROM outbox o JOIN results r "
-                       "ON r.mrn = o.mrn AND r.time = o.result_time "
-                       "WHERE o.mrn = ? AND o.result_time < ?", (mrn, time_)).fetchone()[0]
+    def standing_pages(self, mrn: str) -> list[int]:
+        """The result times of the patient's pages whose results are still in its series (what
+        an episode may fall back to when its page's result is withdrawn: episodes.py)."""
+        return [r[0] for r in self._x(
+            "SELECT o.result_time FROM outbox o JOIN results r "
+            "ON r.mrn = o.mrn AND r.time = o.result_time WHERE o.mrn = ?", (mrn,))]
 
     # --- outbox (the dispatcher's side) -------------------------------------------------
     def pending_pages(self) -> list[PendingPage]:

@@ -184,6 +184,10 @@ class SqliteStore(RowOps, StateAdmin):
     def close(self) -> None:
         self.db.close()
 
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
     def transaction(self, isolated: bool = True) -> AbstractContextManager[None]:
         """One unit of change: its own transaction, or, inside a batch, a savepoint of it (so
         a failing message rolls back alone and the batch goes on). `isolated=False`: inside a
