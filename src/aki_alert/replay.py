@@ -310,17 +310,19 @@ def report_progress(r: Report) -> str:
             f"{len(r.rejected)} rejected")
 
 
-def validate(store, items: list[Item]) -> list[str]:
+def validate(store, items: list[Item],
+             profile: hl7.FeedProfile = hl7.DEFAULT_PROFILE) -> list[str]:
     """Where-descriptions of the items whose digest is not in the store's journal."""
-    return [f"{it.where}: {describe(it.raw)}" for it in items
+    return [f"{it.where}: {describe(it.raw, profile)}" for it in items
             if store.query("SELECT 1 FROM journal WHERE digest = ?",
                            digest(it.raw)).fetchone() is None]
 
 
-def describe(raw: bytes) -> str:
-    """One line naming a message for an operator: type, MRN and time, or its first bytes."""
+def describe(raw: bytes, profile: hl7.FeedProfile = hl7.DEFAULT_PROFILE) -> str:
+    """One line naming a message for an operator: type, MRN and time, or its first bytes.
+    Read with the feed's `profile`, as the service reads it (its MRNs, its creatinine codes)."""
     try:
-        e = hl7.parse(raw)
+        e = hl7.parse(raw, profile)
     except hl7.HL7Error:
         e = None
     sent = _msh_time(raw)
@@ -395,6 +397,7 @@ def _replay_and_report(args: argparse.Namespace, items: list[Item]) -> int:
     store = open_for_replay(args, args.environment or os.environ.get("AKI_ENVIRONMENT"))
     try:
         report = Report(args.file, store.location, messages=len(items))
+        profile = _profile(args)
         if not args.validate_only:
             if "history_sha256" not in store.meta():
                 print("warning: no history has been imported into this state: results are "
@@ -403,11 +406,11 @@ def _replay_and_report(args: argparse.Namespace, items: list[Item]) -> int:
             now = parse_hl7_time(args.now) if args.now else hospital_now()
             detector = _detector(args)
             replay(store, detector, items, now, None if args.page_missed else args.cutoff_hours,
-                   report, _profile(args))
+                   report, profile)
             # A running service sees this, drops its in-memory patients and sends queued pages.
             with store.transaction():
                 store.set_meta(replayed_at=str(time.time()))
-        report.missing = validate(store, items)
+        report.missing = validate(store, items, profile)
         report.validated = True
     finally:
         store.close()

@@ -420,7 +420,8 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
 
         try:
             console, _ = spawn(cfg.console_host, cfg.console_port, cfg.console_token or "",
-                            cfg.state_url or store.path, cfg.metrics_port, cfg.console_refresh)
+                            cfg.state_url or store.path, cfg.metrics_port, cfg.console_refresh,
+                            (cfg.log_patient_ids, cfg.log_patient_key))
         except ConsoleStartError as e:
             raise StartupError(f"CONSOLE_PORT {cfg.console_port}: {e}") from e
     log.info("serving: hospital %s, pager %s, state %s, detector %s %s, feed profile %s",

@@ -374,3 +374,31 @@ def test_an_aborted_connection_is_one_debug_line_not_a_traceback(clinical_consol
     out, err = capfd.readouterr()
     assert "Traceback" not in err and "Exception occurred" not in err
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("mode,shown", [("plain", "/patients/7"), ("none", "/patients/mrn#-")])
+def test_the_access_log_shows_a_patients_number_as_log_patient_ids_says(console, caplog, mode,
+                                                                        shown):
+    from aki_alert import logs
+
+    logs.set_patient_ids(mode, "")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="aki_alert.console"):
+            assert request(console, "/patients/7").status == 200
+    finally:
+        logs.set_patient_ids()
+    access = [r.getMessage() for r in caplog.records if "GET " in r.getMessage()]
+    assert access and all(shown in line for line in access)
+    if mode == "none":
+        assert "/patients/7" not in caplog.text
+
+
+def test_logged_path_hides_the_mrn_when_hashed():
+    from aki_alert import logs
+
+    logs.set_patient_ids("hashed", "k" * 16)
+    try:
+        assert server.logged_path("/patients/A%2012?x=1") == "/patients/" + logs.patient("A 12")
+        assert server.logged_path("/service?x=1") == "/service"
+    finally:
+        logs.set_patient_ids()

@@ -345,3 +345,18 @@ def test_replay_interleaves_with_live_ingest(tmp_path, loc, capsys):
     s.close()
     assert c["messages"] == len(day) + len(live_msgs)
     assert main(["state", "check", *loc.argv]) == 0
+
+
+def test_describe_reads_a_message_with_the_feeds_profile():
+    """What `replay` names as missing is read as the service reads it: with the profile, the
+    hospital-number repetition (0003003 → 3003) rather than the NHS number first."""
+    from pathlib import Path
+
+    from aki_alert import hl7
+    from aki_alert.replay import describe
+
+    corpus = Path(__file__).resolve().parents[1] / "corpus"
+    raw = (corpus / "leading-zeros-nhs-first.hl7").read_bytes().strip(b"\n")
+    profile = hl7.load_profile(str(corpus / "profiles" / "rvj-local.toml"))
+    assert "MRN 3003 sampled 20240309120000" in describe(raw, profile)
+    assert "MRN 3003" not in describe(raw)

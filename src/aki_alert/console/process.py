@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from .. import logs
 from . import start
 from .server import MAX_REFRESH, REFRESH
 
@@ -32,15 +33,19 @@ class ConsoleStartError(OSError):
 
 
 def spawn(host: str, port: int, token: str, state: str, metrics_port: int,
-          refresh: int = REFRESH) -> tuple[subprocess.Popen, str]:
+          refresh: int = REFRESH, patient_ids: tuple[str, str] = ("plain", "")
+          ) -> tuple[subprocess.Popen, str]:
     """Start the console of `state` (a SQLite file's path or a postgresql:// URL) beside this
-    process; returns it and its URL. Raises ConsoleStartError if it cannot serve."""
+    process; returns it and its URL. `patient_ids`: the service's LOG_PATIENT_IDS and
+    LOG_PATIENT_KEY, which the console's log lines follow too. Raises ConsoleStartError if it
+    cannot serve."""
     cmd = [sys.executable, "-m", "aki_alert", "console", "--host", host, "--port", str(port),
            "--parent-pid", str(os.getpid()), "--refresh", str(refresh)]
     if metrics_port:
         cmd += ["--metrics-url", f"http://127.0.0.1:{metrics_port}/metrics"]
-    child = subprocess.Popen(cmd, env=dict(os.environ, CONSOLE_TOKEN=token, **{STATE_ENV: state}),
-                             stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ, CONSOLE_TOKEN=token, LOG_PATIENT_IDS=patient_ids[0],
+               LOG_PATIENT_KEY=patient_ids[1], **{STATE_ENV: state})
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         ready, _, _ = select.select([child.stdout], [], [], 0.1)
@@ -85,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
     if not state:
         print(f"aki-alert console: no state; give --state or {STATE_ENV}, example: "
               "--state /var/lib/aki-alert/state.db", file=sys.stderr)
+        return 2
+    try:
+        logs.set_patient_ids(os.environ.get("LOG_PATIENT_IDS", "") or "plain",
+                             os.environ.get("LOG_PATIENT_KEY", ""))
+    except ValueError as e:
+        print(f"aki-alert console: {e}", file=sys.stderr)
         return 2
     refresh = args.refresh
     if refresh is None:

@@ -30,10 +30,20 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlencode
 
+from .. import logs
 from ..patientid import is_valid_mrn
 from . import queries, render
 
 log = logging.getLogger(__name__)
+
+
+def logged_path(path: str) -> str:
+    """A request's path as a log line may show it: without its query, and a patient page's
+    MRN as LOG_PATIENT_IDS says (`logs.patient`)."""
+    path = path.partition("?")[0]
+    if path.startswith(PATIENT_PREFIX):
+        return PATIENT_PREFIX + logs.patient(unquote(path[len(PATIENT_PREFIX):]))
+    return path
 
 REALM = "aki-alert"
 MAX_BUSY = 4              # requests reading the state and rendering at the same time
@@ -42,6 +52,7 @@ REFRESH = 30              # seconds between a page's automatic reloads (0: none)
 MAX_REFRESH = 3600
 MAX_LIMIT = 1000          # pages on one alerts page (?limit=)
 MAX_ID = 2**63 - 1        # outbox ids are 64-bit (PostgreSQL's bigint)
+PATIENT_PREFIX = "/patients/"
 
 # A client that goes away mid-response (closed tab, reload, a proxy's timeout).
 ABORTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
@@ -206,7 +217,11 @@ class Handler(BaseHTTPRequestHandler):
         super().end_headers()
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        log.debug("console %s - %s", self.address_string(), format % args)
+        text = format % args
+        path = getattr(self, "path", "")
+        if path:
+            text = text.replace(path, logged_path(path))
+        log.debug("console %s - %s", self.address_string(), text)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None):
         # The base class's error page (malformed requests, unsupported methods) goes through
@@ -256,7 +271,7 @@ class Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         if path == "/":
             takes = ALERTS_QUERY
-        elif path == "/service" or path.startswith("/patients/"):
+        elif path == "/service" or path.startswith(PATIENT_PREFIX):
             takes = PAGE_QUERY
         else:
             self._not_found("No such page: try the alerts, a patient or the service page.")
@@ -281,7 +296,7 @@ class Handler(BaseHTTPRequestHandler):
             self._with_state(lambda db: render.service_page(queries.service(db), live, refresh))
         else:
             # What the feed may file a patient under (patientid.py), and nothing else.
-            mrn = unquote(path[len("/patients/"):])
+            mrn = unquote(path[len(PATIENT_PREFIX):])
             if not is_valid_mrn(mrn):
                 self._not_found("No such patient.")
                 return
@@ -311,7 +326,7 @@ class Handler(BaseHTTPRequestHandler):
                        (("Retry-After", "2"),))
             return
         except Exception:
-            log.exception("console page %s failed", self.path.partition("?")[0])
+            log.exception("console page %s failed", logged_path(self.path))
             self._send(500, render.error_page(500, "Error", "This page failed; see the log."))
             return
         finally:
