@@ -244,3 +244,12 @@ def test_good_query_values():
     assert server.parse_query("", server.PAGE_QUERY) == {}
     with pytest.raises(server.BadQuery, match="this page takes refresh= only"):
         server.parse_query("before=1", server.PAGE_QUERY)
+
+
+def test_the_patient_page_shows_the_episode_the_service_holds():
+    view = PatientView("7", "ANN", None, "F", True, T0, [Result(T0, 380.0, "feed")], [], [])
+    page = render.patient_page(view, NOW)
+    start, end = render.fmt_sample(T0), render.fmt_sample(T0 + 90 * DAY)
+    assert f'id="episode">from {start} to {end}<' in page
+    view.episode_start = None
+    assert 'id="episode">none<' in render.patient_page(view, NOW)

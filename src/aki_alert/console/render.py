@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from ..detect.nhs import ABSOLUTE_LIMIT, RISE_LIMIT
+from ..episodes import EPISODE_DAYS
 from ..timeutil import DAY, HOUR, age_years, format_csv_time
 from .explain import (ABSOLUTE, OVERDUE_SECONDS, RATIO, RISE, PageReason, page_reason,
                       since_page)
@@ -857,6 +858,15 @@ def _result_rows(view: PatientView, paged: set[int]) -> str:
     return "".join(rows)
 
 
+def episode_text(start: int | None) -> str:
+    """The patient's AKI episode as the service holds it (episodes.py): from the result that
+    opened it (or re-paged it) for EPISODE_DAYS, during which only a markedly worse result
+    pages again."""
+    if start is None:
+        return "none"
+    return f"from {fmt_sample(start)} to {fmt_sample(start + EPISODE_DAYS * DAY)}"
+
+
 def patient_page(view: PatientView, now: float | None = None,
                  refresh: Refresh = NO_REFRESH) -> str:
     now = time.time() if now is None else now
@@ -879,7 +889,9 @@ def patient_page(view: PatientView, now: float | None = None,
             f'<div class="card"><div class="k">Status</div><div class="v">{e(status)}</div>'
             "</div>"
             f'<div class="card"><div class="k">Results</div><div class="v">'
-            f"{len(view.results)}</div></div></div>")
+            f"{len(view.results)}</div></div>"
+            f'<div class="card"><div class="k">Episode</div><div class="v" id="episode">'
+            f"{e(episode_text(view.episode_start))}</div></div></div>")
     reasons = page_reasons(view)
     pages = chart_pages(view, reasons)
     svg = chart_svg([(r.time, r.value) for r in view.results], pages,
