@@ -190,3 +190,16 @@ def test_a_value_in_mg_dl_sent_as_umol_l_is_below_the_floor():
     with pytest.raises(hl7.HL7Error, match="outside"):
         hl7.parse(RESULT.replace(b"CREATININE||94.11504200406928",
                                  b"2160-0^Creatinine^LN||1.2|umol/L"))
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("urine-creatinine.hl7", hl7.NOT_SERUM), ("status-i-pending.hl7", hl7.PENDING),
+    ("unconfigured-creatinine.hl7", hl7.UNNAMED),
+])
+def test_an_obx_not_judged_says_what_it_is(name, kind):
+    from pathlib import Path
+
+    raw = (Path(__file__).resolve().parents[1] / "corpus" / name).read_bytes().strip(b"\n")
+    kinds = {n.kind for n in hl7.parse(raw).notes}
+    assert kind in kinds
+    assert all(n.suspicious == (n.kind == hl7.UNNAMED) for n in hl7.parse(raw).notes)

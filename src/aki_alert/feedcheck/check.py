@@ -190,7 +190,7 @@ def _decision(event: hl7.Event, profile: hl7.FeedProfile) -> tuple[str, str]:
         return IGNORED, f"message type {event.kind} is not used"
     if any(n.suspicious for n in event.notes):
         return IGNORED, "a creatinine-looking OBX the profile does not name (NOT JUDGED)"
-    if any(" status " in n.reason for n in event.notes):
+    if any(n.kind == hl7.PENDING for n in event.notes):
         return IGNORED, "creatinine not resulted yet (OBX-11 I/O/N)"
     return IGNORED, "no creatinine OBX"
 
@@ -217,10 +217,10 @@ def _obx_outcome(read, profile: hl7.FeedProfile, dead: str | None, sent_unit: st
         if read.suspicious:
             return ObxOutcome("NOT JUDGED: looks like creatinine but the profile does not name "
                               "it", False, False, True)
-        if read.reason.endswith(" is not creatinine"):
+        if read.kind == hl7.NOT_CREATININE:
             return ObxOutcome("ignored: not creatinine", False, False, False)
-        if " status " in read.reason:
-            why = read.reason.split(" status ", 1)[1]
+        if read.kind == hl7.PENDING:
+            why = read.reason.split(" status ", 1)[1]   # "<code> status <OBX-11>: <meaning>"
             return ObxOutcome(f"creatinine, no result yet: OBX-11 {why}", True, False, False)
         return ObxOutcome(f"ignored: {read.reason}", False, False, False)
     obs: hl7.Observation = read

@@ -85,13 +85,25 @@ class Observation:
     code: str = ""      # OBX-3's identifier
 
 
+# What an OBX that is not judged is (Note.kind).
+NOT_CREATININE = "not creatinine"   # another analyte
+NOT_SERUM = "not serum"             # creatinine of urine or another fluid
+UNNAMED = "unnamed creatinine"      # looks like creatinine, but the profile does not name it
+PENDING = "pending"                 # creatinine without a result yet (OBX-11 I, O or N)
+
+
 @dataclass(frozen=True, slots=True)
 class Note:
     """An OBX that is not judged, and why."""
 
     code: str           # OBX-3 identifier (a code, never patient data)
     reason: str
-    suspicious: bool = False   # looks like creatinine, but the profile does not say it is
+    kind: str = NOT_CREATININE
+
+    @property
+    def suspicious(self) -> bool:
+        """Looks like creatinine, but the profile does not say it is: an operator must hear."""
+        return self.kind == UNNAMED
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from .encoding import (
 )
 from .encoding import separators as read_separators
 from .events import (
-    CORRECTED, DATA_TYPE_ERROR, DELETED, FINAL, NOT_OBTAINED, PRELIMINARY,
+    CORRECTED, DATA_TYPE_ERROR, DELETED, FINAL, NOT_OBTAINED, PENDING, PRELIMINARY,
     REQUIRED_FIELD_MISSING, SEGMENT_SEQUENCE_ERROR, TABLE_VALUE_NOT_FOUND, WRONG_PATIENT,
     Admission, Discharge, Event, HL7Error, Merge, Note, Observation, Other, Result, Update,
 )
@@ -287,15 +287,14 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
         code, text = first(ident, seps), ""
         spec = profile.creatinine(code, "")
     if spec is None:
-        reason, suspicious = not_creatinine(code, text)
-        notes.append(Note(code, reason, suspicious))
+        notes.append(Note(code, *not_creatinine(code, text)))
         return None
     status_text = first(obx[11], seps).upper() if n > 11 and obx[11] else ""
     status = _STATUS.get(status_text)
     if status is None:
         if status_text in _NO_RESULT_YET:
             notes.append(Note(code, f"{code} status {status_text}: "
-                                    f"{_NO_RESULT_YET[status_text]}"))
+                                    f"{_NO_RESULT_YET[status_text]}", PENDING))
             return None
         raise HL7Error(f"OBX-11 result status {status_text!r} of {code} is not an HL7 status",
                        TABLE_VALUE_NOT_FOUND)

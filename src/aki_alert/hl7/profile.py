@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import events
+
 # The µmol/L equivalent of one unit of each. Creatinine's molar mass is 113.12 g/mol, so
 # 1 mg/dL = 10 mg/L / 113.12 g/mol = 88.4 µmol/L (the factor labs use).
 MG_DL = 88.4
@@ -130,20 +132,20 @@ class FeedProfile:
 DEFAULT_PROFILE = FeedProfile()
 
 
-def not_creatinine(code: str, text: str) -> tuple[str, bool]:
-    """Why an OBX the profile does not name as creatinine is not judged, and whether it looks
-    like creatinine all the same (then an operator must hear of it)."""
+def not_creatinine(code: str, text: str) -> tuple[str, str]:
+    """Why an OBX the profile does not name as creatinine is not judged, and what it is (a
+    Note kind: UNNAMED when it looks like creatinine all the same, and an operator must hear)."""
     key = code.upper()
     if key in NOT_SERUM:
-        return f"{NOT_SERUM[key]} ({code}), not serum creatinine", False
+        return f"{NOT_SERUM[key]} ({code}), not serum creatinine", events.NOT_SERUM
     words = f"{key} {text.upper()}"
     if key in OTHER_SYSTEM_CREATININE or "CREA" in words or "KREA" in words:
         if any(w in words for w in _NOT_SERUM_WORDS):
-            return f"{code} mentions creatinine but is not serum creatinine", False
+            return f"{code} mentions creatinine but is not serum creatinine", events.NOT_SERUM
         return (f"{code} ({text}) looks like creatinine but the feed profile does not name it"
                 if text else f"{code} looks like creatinine but the feed profile does not name it"
-                ), True
-    return f"{code} is not creatinine", False
+                ), events.UNNAMED
+    return f"{code} is not creatinine", events.NOT_CREATININE
 
 
 class ProfileError(ValueError):
