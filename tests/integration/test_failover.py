@@ -16,10 +16,10 @@ from aki_alert.hospital.simulator import HospitalThread
 from aki_alert.offline import offline_pages
 from aki_alert.timeutil import parse_hl7_time
 
-from .service_process import Backend, log_text, start, stop, wait_for
+from .service_process import Backend, leader_pid, log_text, start, stop, wait_for
 
 # PostgreSQL only, by nature: replicas share one state, which only STATE_URL provides.
-psycopg = pytest.importorskip("psycopg")
+pytest.importorskip("psycopg")
 LEASE = "1"
 
 
@@ -34,13 +34,6 @@ def stream(tmp_path_factory):
         mrn, ts = body.split(",")
         scorer.page(mrn, parse_hl7_time(ts), None)
     return paths, msgs, rows, expected, scorer.score()
-
-
-def leader_pid(url: str) -> int | None:
-    with psycopg.connect(url, autocommit=True) as c:
-        row = c.execute("SELECT holder, expires_at > extract(epoch from clock_timestamp()) "
-                        "FROM leader_lease WHERE id = 1").fetchone()
-    return int(row[0].split(":")[1]) if row and row[0] and row[1] else None
 
 
 def replica(h, tmp_path, name, paths, url):
