@@ -139,6 +139,14 @@ def leader_pid(url: str) -> int | None:
     return int(row[0].split(":")[1]) if row and row[0] and row[1] else None
 
 
+def one_leads(url: str, procs) -> bool:
+    """One of the replicas `procs` leads and every other one has said it stands by. A replica
+    started after a kill may lead at once: the lease can lapse before the standby asks again."""
+    pid = leader_pid(url)
+    return any(p.pid == pid for p in procs) and \
+        all("standby" in log_text(p) for p in procs if p.pid != pid)
+
+
 def stop(proc: subprocess.Popen, timeout: float = 10.0) -> tuple[int, str]:
     """SIGTERM, wait; returns (exit code, stderr)."""
     return terminate(proc, timeout), log_text(proc)

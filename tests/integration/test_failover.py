@@ -16,7 +16,8 @@ from aki_alert.hospital.simulator import HospitalThread
 from aki_alert.offline import offline_pages
 from aki_alert.timeutil import parse_hl7_time
 
-from .service_process import Backend, leader_pid, log_text, start, stop, wait_for
+from .service_process import (Backend, leader_pid, log_text, one_leads, start, stop,
+                              wait_for)
 
 # PostgreSQL only, by nature: replicas share one state, which only STATE_URL provides.
 pytest.importorskip("psycopg")
@@ -58,7 +59,7 @@ def test_ten_leader_kills_lose_nothing(tmp_path, stream, postgres_url):
                 procs[name] = replica(h, tmp_path, name, paths, postgres_url)   # back as standby
                 assert wait_for(lambda a=acked: h.hospital.acked > a or h.hospital.done, 30)
                 failovers.append(time.monotonic() - killed)
-                assert wait_for(lambda p=procs[name]: "standby" in log_text(p), 30)
+                assert wait_for(lambda: one_leads(postgres_url, procs.values()), 30)
             assert h.wait_done(120)
             wait_for(lambda: h.score().tp + h.score().fp >= len(expected), 10)
         finally:

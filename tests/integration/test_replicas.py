@@ -21,7 +21,7 @@ from aki_alert.ingest import message_digest
 from aki_alert.offline import offline_pages
 from aki_alert.timeutil import DAY, HOUR, format_hl7_time
 
-from .service_process import Backend, leader_pid, log_text, start, stop, wait_for
+from .service_process import Backend, leader_pid, one_leads, start, stop, wait_for
 
 pytest.importorskip("psycopg")        # replicas share a state only on PostgreSQL
 
@@ -137,7 +137,7 @@ def test_two_replicas_page_as_offline_through_kills_corrections_merges_and_a_bad
                 if what == "re-page":
                     assert page(REPAGED_KILL, REPAGE_DAY) not in received()
                     set_pager(h, flaky)
-                assert wait_for(lambda p=procs[name]: "standby" in log_text(p), 30), what
+                assert wait_for(lambda: one_leads(postgres_url, procs.values()), 30), what
             assert h.wait_done(120)
             wait_for(lambda: set(expected) <= set(received()), 30)
             state = Backend("postgresql", postgres_url).state(tmp_path / "a")
