@@ -7,6 +7,7 @@ per kill, and the journal holds every message once."""
 from __future__ import annotations
 
 import heapq
+import json
 import signal
 
 import pytest
@@ -63,7 +64,7 @@ def scenario() -> tuple[list[bytes], dict[str, bytes], list[str], list[str]]:
         # paged under the surviving one.
         admit(MERGED_AWAY), *results(MERGED_AWAY, (2, 80), (3, 85)), merge,
         *results(MERGED_AWAY, (10.5, 300)),
-        # A paged patient merged: its episode moves, and the survivor's next positive (no
+        # A paged patient merged: its episode moves, and the survivor's next positive (not
         # markedly worse) is not paged.
         admit(MERGED_PAGED), *results(MERGED_PAGED, (2, 90), (3, 88), (4, 250)),
         m.merge(at(6), MERGED_PAGED, ITS_SURVIVOR), *results(ITS_SURVIVOR, (7, 260)),
@@ -88,7 +89,8 @@ def stream(tmp_path_factory):
     paths = write_hospital(d, generate(days=20, patients=3000, seed=3, cohort_size=10))
     generated = read_messages(paths["messages"])
     extra, kills, must, never = scenario()
-    assert not any(mrn.encode() in b"".join(generated) for mrn in
+    everything = b"".join(generated)
+    assert not any(mrn.encode() in everything for mrn in
                    (REPAGED, CORRECTED, MERGED_AWAY, SURVIVOR, MERGED_PAGED, ITS_SURVIVOR))
     msgs = list(heapq.merge(generated, sorted(extra, key=sent_at), key=sent_at))
     expected = offline_pages(str(paths["history"]), msgs, load_model())
@@ -121,10 +123,6 @@ def test_two_replicas_page_as_offline_through_kills_corrections_merges_and_a_bad
         procs = {n: replica(h, tmp_path, n, paths, postgres_url) for n in ("a", "b")}
         try:
             for what, i in sorted(kill_after.items(), key=lambda kv: kv[1]):
-                if what == "re-page":
-                    # The pager hangs every request from before the re-page until the next
-                    # leader leads: the killed leader's re-page is only in the outbox.
-                    set_pager(h, PagerFaults(outage=(0.0, float("inf")), outage_kind="hang"))
                 # Right after the message is acknowledged, so committed.
                 assert wait_for(lambda i=i: h.hospital.next > i, 60, 0.001), what
                 pid = leader_pid(postgres_url)
@@ -133,6 +131,11 @@ def test_two_replicas_page_as_offline_through_kills_corrections_merges_and_a_bad
                 procs[name].send_signal(signal.SIGKILL)
                 procs[name].wait()
                 procs[name] = replica(h, tmp_path, name, paths, postgres_url)
+                if what == "merge":
+                    # From here until a leader follows the one killed after the re-page, the
+                    # pager hangs every request: pages wait in the outbox through a failover,
+                    # and the re-page is only there when its leader is killed.
+                    set_pager(h, PagerFaults(outage=(0.0, float("inf")), outage_kind="hang"))
                 assert wait_for(lambda a=acked: h.hospital.acked > a or h.hospital.done, 30), what
                 if what == "re-page":
                     assert page(REPAGED_KILL, REPAGE_DAY) not in received()
@@ -152,9 +155,13 @@ def test_two_replicas_page_as_offline_through_kills_corrections_merges_and_a_bad
     # The journal: every message once, none set aside; every page delivered.
     digests = {bytes(r[0]) for r in state.rows("SELECT digest FROM journal")}
     assert digests == {message_digest(raw) for raw in msgs}
-    assert state.rows("SELECT status, count(*) FROM journal WHERE status = 'dead' "
-                      "GROUP BY status") == []
+    assert state.value("SELECT count(*) FROM journal WHERE status = 'dead'") == 0
     assert state.rows("SELECT status, count(*) FROM outbox GROUP BY status") == \
         [("delivered", len(expected))]
+    # Judged by the shipped model, the re-pages saying which page they follow.
+    outbox = {b: json.loads(e) for b, e in state.rows("SELECT body, explanation FROM outbox")}
+    assert {e["detector"] for e in outbox.values()} == {"model"}
+    assert {b for b, e in outbox.items() if "repage_of" in e} >= \
+        {page(REPAGED, 7), page(REPAGED_KILL, REPAGE_DAY)}
     print(f"\n{len(msgs)} messages, {len(kill_after)} kills, pager answers "
           f"{dict(h.hospital.pager.responses)}: {len(got)} pages, {len(set(got))} distinct")
