@@ -1,8 +1,8 @@
 """Issue 18 on two replicas sharing one PostgreSQL state, with the shipped model: re-pages within
-an episode, an OBX-11 correction of a paged result, an ADT^A40 merge, and a pager failing or
-hanging part of its requests, while the leader is killed (SIGKILL) right after each of them.
-The hospital receives exactly the pages of the offline reference, none lost, at most one repeat
-per kill, and the journal holds every message once."""
+an episode, OBX-11 corrections of a paged result and of a re-page, ADT^A40 merges, and a pager
+failing or hanging part of its requests, while the leader is killed (SIGKILL) right after four
+of them. The hospital receives exactly the pages of the offline reference, none lost, at most
+one repeat per kill, and the journal holds every message once."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from .service_process import Backend, leader_pid, one_leads, start, stop, wait_f
 
 pytest.importorskip("psycopg")        # replicas share a state only on PostgreSQL
 
-REPAGED, CORRECTED, MERGED_AWAY, SURVIVOR, MERGED_PAGED, ITS_SURVIVOR, REPAGED_KILL = (
-    f"90000000{i}" for i in range(1, 8))
+(REPAGED, CORRECTED, MERGED_AWAY, SURVIVOR, MERGED_PAGED, ITS_SURVIVOR, REPAGED_KILL,
+ FELL_BACK) = (f"90000000{i}" for i in range(1, 9))
 REPAGE_DAY = 16
 
 
@@ -53,6 +53,7 @@ def scenario() -> tuple[list[bytes], dict[str, bytes], list[str], list[str]]:
     correction = m.result(at(5), CORRECTED, 85.0, "C", sent=at(5) + 6 * HOUR)
     merge = m.merge(at(10), MERGED_AWAY, SURVIVOR)
     repage = m.result(at(REPAGE_DAY), REPAGED_KILL, 480.0)
+    re_correction = m.result(at(18), FELL_BACK, 120.0, "C", sent=at(18) + 6 * HOUR)
     msgs = [
         # A moderate rise paged, then a much worse result in its episode: paged again.
         admit(REPAGED), *results(REPAGED, (1, 80), (2, 84), (5, 150), (6, 140), (7, 420)),
@@ -71,12 +72,19 @@ def scenario() -> tuple[list[bytes], dict[str, bytes], list[str], list[str]]:
         # Another re-page, the leader killed as soon as its worse result is acknowledged.
         admit(REPAGED_KILL), *results(REPAGED_KILL, (11, 95), (12, 90), (14, 170), (15, 160)),
         repage,
+        # A re-page corrected to no injury: the episode falls back to the first page, and a
+        # positive not markedly worse than that one is not paged (it would be, were the
+        # episode closed).
+        admit(FELL_BACK), *results(FELL_BACK, (15, 80), (16, 84), (17, 150), (17.5, 140),
+                                   (18, 420)), re_correction, *results(FELL_BACK, (18.5, 170)),
     ]
     must = [page(REPAGED, 5), page(REPAGED, 7), page(CORRECTED, 5), page(CORRECTED, 9),
             page(SURVIVOR, 10.5), page(MERGED_PAGED, 4), page(REPAGED_KILL, 14),
-            page(REPAGED_KILL, REPAGE_DAY)]
-    never = [page(MERGED_AWAY, 10.5), page(ITS_SURVIVOR, 7)]
-    return msgs, {"correction": correction, "merge": merge, "re-page": repage}, must, never
+            page(REPAGED_KILL, REPAGE_DAY), page(FELL_BACK, 17), page(FELL_BACK, 18)]
+    never = [page(MERGED_AWAY, 10.5), page(ITS_SURVIVOR, 7), page(FELL_BACK, 18.5)]
+    kills = {"correction": correction, "merge": merge, "re-page": repage,
+             "re-page's correction": re_correction}
+    return msgs, kills, must, never
 
 
 def sent_at(raw: bytes) -> bytes:
@@ -91,7 +99,8 @@ def stream(tmp_path_factory):
     extra, kills, must, never = scenario()
     everything = b"".join(generated)
     assert not any(mrn.encode() in everything for mrn in
-                   (REPAGED, CORRECTED, MERGED_AWAY, SURVIVOR, MERGED_PAGED, ITS_SURVIVOR))
+                   (REPAGED, CORRECTED, MERGED_AWAY, SURVIVOR, MERGED_PAGED, ITS_SURVIVOR,
+                    REPAGED_KILL, FELL_BACK))
     msgs = list(heapq.merge(generated, sorted(extra, key=sent_at), key=sent_at))
     expected = offline_pages(str(paths["history"]), msgs, load_model())
     # The reference itself takes the cases as the issue says.
