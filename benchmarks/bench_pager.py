@@ -16,10 +16,14 @@ hospital counts a repeated body once), pages left undelivered in the outbox, and
 own attempt counters (`/metrics`: attempts by kind, circuit openings). For the outage: how long
 after the pager's return the last page was accepted (target: within 10 s). `--before DIR` adds a
 healthy and a degraded run of another source tree (`DIR/src`, e.g. `git archive` of an earlier
-commit's `src`: the policy this one replaces), in the same run.
+commit's `src`: the policy this one replaces), in the same run. `--state-url URL` (a PostgreSQL
+server's URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres) keeps each run's state in a
+fresh database of that server (STATE_URL: a commit per message, one replica), created and
+dropped, instead of SQLite.
 
     python -m benchmarks.bench_pager [--patients 18000] [--outage 60] [--outage-kind hang]
                                      [--before DIR] [--only healthy,degraded,down]
+                                     [--state-url URL]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +46,8 @@ from aki_alert.hospital.generator import generate
 from aki_alert.hospital.pager_server import PagerFaults
 from aki_alert.hospital.process import terminate
 from aki_alert.hospital.simulator import HospitalThread
+
+from .bench_throughput import postgres_database
 
 DEGRADED = PagerFaults(fail_rate=0.5, hang_rate=0.1, hang_seconds=12.0, seed=18)
 
@@ -80,25 +87,31 @@ def scrape(port: int) -> dict[str, float]:
     return found
 
 
-def outbox(state: Path) -> tuple[int, int]:
-    """(rows not delivered, rows delivered) of the service's outbox, read-only."""
+def outbox(state: Path, url: str | None) -> tuple[int, int]:
+    """(rows not delivered, rows delivered) of the service's outbox (SQLite in `state`, or the
+    PostgreSQL database at `url`), read-only; (-1, 0) while it cannot be read."""
     try:
-        db = sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
+        if url is None:
+            db = sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True, timeout=5)
+        else:
+            import psycopg
+
+            db = psycopg.connect(url, autocommit=True, connect_timeout=5)
+    except Exception:  # noqa: BLE001 - sqlite3's or psycopg's: not there yet
         return -1, 0
     try:
         rows = dict(db.execute("SELECT status = 'delivered', count(*) FROM outbox "
                                "WHERE status != 'suppressed' GROUP BY 1").fetchall())
-    except sqlite3.Error:
+    except Exception:  # noqa: BLE001 - no outbox yet
         return -1, 0
     finally:
         db.close()
-    return rows.get(0, 0), rows.get(1, 0)
+    return rows.get(0, 0), rows.get(1, 0)      # False == 0, True == 1: PostgreSQL's keys
 
 
 def service_run(name: str, msgs, rows, history: Path, state: Path, detector: str,
                 faults: PagerFaults | None, src: Path | None = None,
-                settle: float = 120.0) -> Run:
+                settle: float = 120.0, state_url: str | None = None) -> Run:
     with HospitalThread(msgs, rows, pager_faults=faults) as h:
         pager = h.hospital.pager
         accepted_at: list[float] = []
@@ -115,6 +128,8 @@ def service_run(name: str, msgs, rows, history: Path, state: Path, detector: str
                    DETECTOR=detector, LOG_LEVEL="WARNING")
         if src is not None:
             env["PYTHONPATH"] = str(src)
+        if state_url is not None:
+            env["STATE_URL"] = state_url
         proc = subprocess.Popen([sys.executable, "-m", "aki_alert", "serve"], env=env,
                                 stderr=subprocess.DEVNULL)
         try:
@@ -124,14 +139,14 @@ def service_run(name: str, msgs, rows, history: Path, state: Path, detector: str
             if faults is not None and faults.outage:
                 deadline += max(0.0, pager._started + faults.outage[1] - time.monotonic())
             while time.monotonic() < deadline:
-                pending, _ = outbox(state)
+                pending, _ = outbox(state, state_url)
                 if pending == 0:
                     break
                 time.sleep(0.1)
             time.sleep(0.5)    # hedged repeats still on their way
             counters = scrape(metrics_port)
             score = h.score()
-            pending, delivered = outbox(state)
+            pending, delivered = outbox(state, state_url)
             run = Run(name, score, score.pages, score.tp + score.fp, pending, delivered,
                       counters, responses=dict(pager.responses))
             if faults is not None and faults.outage:
@@ -157,6 +172,8 @@ def main() -> None:
                     help="a source tree (DIR/src) to run healthy and degraded too")
     ap.add_argument("--only", default="healthy,degraded,down")
     ap.add_argument("--data", type=Path, help="a generated hospital directory to reuse")
+    ap.add_argument("--state-url", help="a PostgreSQL server: each run's state a fresh "
+                    "database of it (default: SQLite)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,11 +198,15 @@ def main() -> None:
             if key not in only:
                 continue
             print(f"  running: {name}", flush=True)
-            runs.append(service_run(name, msgs, rows, history, d / f"state-{i}",
-                                    args.detector, faults, src,
-                                    settle=600.0 if src else 120.0))
+            with (postgres_database(args.state_url) if args.state_url
+                  else nullcontext(None)) as url:
+                if args.state_url and url is None:
+                    raise SystemExit(f"--state-url {args.state_url}: no server answers")
+                runs.append(service_run(name, msgs, rows, history, d / f"state-{i}",
+                                        args.detector, faults, src,
+                                        settle=600.0 if src else 120.0, state_url=url))
     print(f"{len(msgs)} messages, {args.days} days, {args.patients} patients, "
-          f"detector {args.detector}")
+          f"detector {args.detector}, state {'PostgreSQL' if args.state_url else 'SQLite'}")
     print(f"{'':44}{'latency p50 / p90 / p99':>32}{'pages':>7}{'repeats':>8}"
           f"{'undelivered':>12}   score")
     base = runs[0] if runs and runs[0].name.startswith("healthy") else None

@@ -214,12 +214,13 @@ def listener_run(msgs, rows, history: Path, detector: str, state: Path):
 
 
 @contextmanager
-def postgres_database():
-    """A fresh database URL, dropped afterwards; None when no server answers."""
+def postgres_database(admin_url: str = POSTGRES_ADMIN_URL):
+    """A fresh database URL on the server of `admin_url`, dropped afterwards; None when no
+    server answers."""
     try:
         import psycopg
 
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
     except Exception as e:  # noqa: BLE001 - psycopg missing or no server: the row is skipped
         print(f"(no PostgreSQL run: {e})")
         yield None
@@ -227,7 +228,7 @@ def postgres_database():
     name = f"aki_bench_{uuid.uuid4().hex[:12]}"
     admin.execute(f"CREATE DATABASE {name}")
     try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
     finally:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()

@@ -128,6 +128,25 @@ def start(mllp_port: int, pager_port: int, state: State | Path | str, history,
     return proc
 
 
+def leader_pid(url: str) -> int | None:
+    """The process id of the replica holding the leader lease of the state at `url`, if any
+    holds a lease that has not lapsed."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as c:
+        row = c.execute("SELECT holder, expires_at > extract(epoch from clock_timestamp()) "
+                        "FROM leader_lease WHERE id = 1").fetchone()
+    return int(row[0].split(":")[1]) if row and row[0] and row[1] else None
+
+
+def one_leads(url: str, procs) -> bool:
+    """One of the replicas `procs` leads and every other one has said it stands by. A replica
+    started after a kill may lead at once: the lease can lapse before the standby asks again."""
+    pid = leader_pid(url)
+    return any(p.pid == pid for p in procs) and \
+        all("standby" in log_text(p) for p in procs if p.pid != pid)
+
+
 def stop(proc: subprocess.Popen, timeout: float = 10.0) -> tuple[int, str]:
     """SIGTERM, wait; returns (exit code, stderr)."""
     return terminate(proc, timeout), log_text(proc)

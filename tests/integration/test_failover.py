@@ -16,10 +16,11 @@ from aki_alert.hospital.simulator import HospitalThread
 from aki_alert.offline import offline_pages
 from aki_alert.timeutil import parse_hl7_time
 
-from .service_process import Backend, log_text, start, stop, wait_for
+from .service_process import (Backend, leader_pid, log_text, one_leads, start, stop,
+                              wait_for)
 
 # PostgreSQL only, by nature: replicas share one state, which only STATE_URL provides.
-psycopg = pytest.importorskip("psycopg")
+pytest.importorskip("psycopg")
 LEASE = "1"
 
 
@@ -34,13 +35,6 @@ def stream(tmp_path_factory):
         mrn, ts = body.split(",")
         scorer.page(mrn, parse_hl7_time(ts), None)
     return paths, msgs, rows, expected, scorer.score()
-
-
-def leader_pid(url: str) -> int | None:
-    with psycopg.connect(url, autocommit=True) as c:
-        row = c.execute("SELECT holder, expires_at > extract(epoch from clock_timestamp()) "
-                        "FROM leader_lease WHERE id = 1").fetchone()
-    return int(row[0].split(":")[1]) if row and row[0] and row[1] else None
 
 
 def replica(h, tmp_path, name, paths, url):
@@ -65,7 +59,7 @@ def test_ten_leader_kills_lose_nothing(tmp_path, stream, postgres_url):
                 procs[name] = replica(h, tmp_path, name, paths, postgres_url)   # back as standby
                 assert wait_for(lambda a=acked: h.hospital.acked > a or h.hospital.done, 30)
                 failovers.append(time.monotonic() - killed)
-                assert wait_for(lambda p=procs[name]: "standby" in log_text(p), 30)
+                assert wait_for(lambda: one_leads(postgres_url, procs.values()), 30)
             assert h.wait_done(120)
             wait_for(lambda: h.score().tp + h.score().fp >= len(expected), 10)
         finally:
