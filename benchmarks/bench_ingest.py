@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from functools import lru_cache, partial
 from pathlib import Path
 
-from aki_alert import hl7, ingest, judged, metrics
+from aki_alert import counted, hl7, ingest, metrics
 from aki_alert.detect.model import load_model
 from aki_alert.durable import BATCH_MAX, Durable
 from aki_alert.history import ImportSummary, read_history
@@ -194,7 +194,7 @@ class TimedDetector:
     def __init__(self, detector, events: Events) -> None:
         self.detector = detector
         self.events = events
-        self.judged: list[tuple] = []     # what Ingest notes of each (judged.FIELDS of them)
+        self.judged: list[tuple] = []     # what Ingest notes of each (counted.FIELDS of them)
 
     def judge(self, patient, time_: int, value: float):
         t = clock()
@@ -254,15 +254,18 @@ def ack_only(m: bytes) -> None:
 
 
 _notes: list = []
+_counts: list = []
 
 
 def metric_updates(note: tuple) -> None:
     """The metric work of one result: service.on_frame's two updates, then Ingest's count of
-    the message and its note of the judgement (counted with its batch: `stages_alone`)."""
+    the message and its notes of the judgement and the decision (counted with its batch:
+    `stages_alone`)."""
     metrics.child(metrics.ACKS, "AA").inc()
     metrics.PROCESSING.observe(1e-5)                 # a typical receive-to-ACK time
     metrics.child(metrics.MESSAGES, "result").inc()
     _notes.extend(note)
+    _counts.append(metrics.child(metrics.DECISIONS, "applied"))
 
 
 METRICS = "metric updates (Prometheus), alone"
@@ -277,8 +280,10 @@ def stages_alone(results: list[bytes], notes: list[tuple], msglog: MessageLog,
     alone["message_digest (blake2b)"] += per_call(ingest.message_digest, results)
     each = per_call(metric_updates, notes)
     t = clock()
-    judged.count(_notes, "model", None)        # at the batch's commit, spread over its results
+    counted.count_judged(_notes, "model", None)   # at the batch's commit, spread over its results
+    counted.count_series(_counts)
     _notes.clear()
+    _counts.clear()
     share = (clock() - t) / 1000 / len(each)
     alone[METRICS] += [us + share for us in each]
 

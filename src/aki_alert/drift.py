@@ -17,7 +17,7 @@ one filling) and exports, computed at scrape time:
 - `aki_drift_window_results`: how many results the window holds (the rules wait for it to fill).
 
 Per result: two bisects and three additions (`observe`, once the result's message is committed:
-judged.py); PSI is computed only when scraped.
+counted.py); PSI is computed only when scraped.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ BATCH_MAX messages or BATCH_SECONDS after the first uncommitted one, and then th
 committed part is dropped. A crash loses the uncommitted batch from the database but not from
 the log: `recover()` applies the log again at the next start, and the journal's keys skip what
 was committed. The log also records each page the pager accepted (`delivered()`), so a page
-decided again by a recovery is not resent. The metrics of the results a batch judged are
-counted when it commits (judged.py), so a batch applied twice counts them once.
+decided again by a recovery is not resent. The metrics of what a batch's messages did are
+counted when it commits (counted.py), so a batch applied twice counts them once.
 
 Any storage failure while applying (disk full, read-only) rolls the whole batch back, forgets
 the patients held in memory and marks the batch broken; the next frame (or `flush()`)
@@ -36,7 +36,7 @@ import os
 import time
 
 from . import metrics
-from .hl7 import FeedProfile, acknowledgement, nack_acknowledgement
+from .hl7 import Event, HL7Error, acknowledgement, nack_acknowledgement, parse_outcome
 from .ingest import Ingest, Page, Unisolated
 from .mllp import FrameError
 from .store.msglog import (DELIVERED, MESSAGE, MessageLog, Position, SegmentWriter,
@@ -56,13 +56,13 @@ Frame = bytes | FrameError
 
 class Durable:
     def __init__(self, store: Store, ingest: Ingest, log_dir: str, sync: bool = False,
-                 commit_each: bool = False, nack_profile: FeedProfile | None = None) -> None:
+                 commit_each: bool = False, nack: bool = False) -> None:
         """`log_dir`: where the message log is (the state directory); `sync`: fdatasync each
         record (durability "machine"); `commit_each`: apply and commit every message before
-        its ACK, without the log; `nack_profile`: answer under the `hl7` NACK policy with this
-        feed profile (hl7/ack.py), None: AA to every frame."""
-        self.nack_profile = nack_profile
-        self.ack_code = "AA"                  # MSA-1 of the last ACK accept() returned
+        its ACK, without the log; `nack`: answer under the `hl7` NACK policy (hl7/ack.py),
+        judging each message as Ingest parses it (its feed profile); otherwise AA to every
+        frame."""
+        self.nack = nack
         self.store = store
         self.commit_each = commit_each
         self.ingest = ingest
@@ -74,27 +74,32 @@ class Durable:
         self.uncommitted = 0                  # messages applied since the last commit
         self.batch_started = 0.0              # monotonic time of the first of them
         self.broken = False                   # a failure left the batch to be re-applied
-        self._accepted: tuple[Frame, float] | None = None
+        # The frame accept() made durable and settle() applies, when it came, and what the ACK's
+        # verdict parsed it into (None: not parsed yet).
+        self._accepted: tuple[Frame, float, Event | HL7Error | None] | None = None
         self._recovered: list[Page] = []      # pages decided before settle() hands them out
 
-    def accept(self, item: Frame, received: float) -> bytes:
-        """Make one frame durable; returns its ACK. Raises when it cannot (the frame must not
-        be acknowledged). Call `settle()` after sending the ACK, even if sending failed."""
+    def accept(self, item: Frame, received: float) -> tuple[str, bytes]:
+        """Make one frame durable; returns its ACK's code (MSA-1) and the ACK. Raises when it
+        cannot (the frame must not be acknowledged). Call `settle()` after sending the ACK,
+        even if sending failed."""
         if self.broken:
             self._recovered += self.recover()
+        # Parsed once, for both the ACK's verdict and the message's application.
+        parsed = (parse_outcome(item, self.ingest.profile)
+                  if self.nack and not isinstance(item, FrameError) else None)
         if self.commit_each:
-            page = self._apply(item, received, isolated=True)
+            page = self._apply(item, received, True, parsed)
             if page is not None:
                 self._recovered.append(page)
         else:
             if self.frames is None:
                 self.frames = SegmentWriter(self.log_dir, self.sync)
             self._taken = self.frames.append(*log_record(item))
-            self._accepted = (item, received)
-        if self.nack_profile is None:
-            return acknowledgement(item)
-        self.ack_code, reply = nack_acknowledgement(item, self.nack_profile)
-        return reply
+            self._accepted = (item, received, parsed)
+        if not self.nack:
+            return "AA", acknowledgement(item)
+        return nack_acknowledgement(item, self.ingest.profile, parsed)
 
     def take(self, item: Frame, received: float, at: Position) -> list[Page]:
         """Apply a frame the front logged at `at` and acknowledged; returns the pages to send.
@@ -103,7 +108,7 @@ class Durable:
         if self.broken:
             self._recovered += self.recover()
         self._taken = at
-        self._accepted = (item, received)
+        self._accepted = (item, received, None)
         return self.settle()
 
     def settle(self) -> list[Page]:
@@ -113,13 +118,13 @@ class Durable:
         pages, self._recovered = self._recovered, []
         if self._accepted is None:
             return pages
-        item, received = self._accepted
+        item, received, parsed = self._accepted
         self._accepted = None
         if not self.uncommitted:
             self.batch_started = time.monotonic()
         try:
             self.store.begin_batch()
-            page = self._apply(item, received, isolated=False)
+            page = self._apply(item, received, False, parsed)
         except Unisolated as e:
             log.warning("a message failed midway (%r): the batch is applied again from the "
                         "message log, each message in a savepoint of its own", e.__cause__)
@@ -143,11 +148,12 @@ class Durable:
         if not self.commit_each:              # there, the row's update is its own commit
             self.deliveries.append(DELIVERED, f"{body}\0{attempts}".encode())
 
-    def _apply(self, item: Frame, received: float, isolated: bool) -> Page | None:
+    def _apply(self, item: Frame, received: float, isolated: bool,
+               parsed: Event | HL7Error | None) -> Page | None:
         if isinstance(item, FrameError):
             self.ingest.set_aside_frame(item)
             return None
-        return self.ingest.apply(item, received, isolated)
+        return self.ingest.apply(item, received, isolated, False, parsed)
 
     @property
     def due(self) -> bool:
@@ -211,7 +217,7 @@ class Durable:
                     self.store.page_delivered(body, int(attempts))
                     delivered.add(body)
                 else:
-                    self.ingest.set_aside_frame(frame_of(kind, payload))
+                    self.ingest.set_aside_frame(frame_of(kind, payload), again=True)
             self.store.commit_batch()
         except Exception:
             self.store.rollback_batch()

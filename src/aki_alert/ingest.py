@@ -6,8 +6,8 @@ savepoint of the service's open batch (durable.py, which has made the message du
 log first), or, on the batch's fast path (`isolated=False`), no savepoint at all. It raises
 only for failures of our own storage, and on the fast path for any failure (durable.py
 restores the batch and applies the log again). A message that can never be processed is
-journaled as dead (a dead letter) with its reason. What it judged is counted in the metrics
-once its changes are committed (judged.py).
+journaled as dead (a dead letter) with its reason. What it did (its judgements, its decision
+and the like) is counted in the metrics once its changes are committed (counted.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from . import hl7, judged, logs, metrics
+from . import counted, hl7, logs, metrics
 from .detect import LOOKBACK, Detector, Judgement, Patient
 from .drift import DriftMonitor
 from .episodes import episode_start_after, fallback_start, opens_episode
@@ -132,9 +132,11 @@ class Ingest:
         # the number it lives on as.
         self._merged = store.merged_numbers()
         self._decided = {d: metrics.DECISIONS.labels(d) for d in _DECISIONS}
-        # The results judged by messages applied and not yet committed, counted once they are
-        # (judged.py).
+        # What the messages applied and not yet committed did, counted once they are
+        # (counted.py): the results judged (flat, counted.FIELDS each), and the series of the
+        # other per-message counters to add one to.
         self._notes: list = []
+        self._counts: list = []
 
     def _patient(self, mrn: str, time: int) -> _Cached:
         """The patient, holding at least the results a detector reads for a result at `time`."""
@@ -157,32 +159,42 @@ class Ingest:
         self._merged = self.store.merged_numbers()
 
     def committed(self) -> None:
-        """The messages applied so far are committed (a batch's commit): count their
-        judgements."""
+        """The messages applied so far are committed (a batch's commit): count what they
+        did."""
         if self._notes:
-            judged.count(self._notes, self.detector.name, self.drift)
+            counted.count_judged(self._notes, self.detector.name, self.drift)
             self._notes.clear()
+        if self._counts:
+            counted.count_series(self._counts)
+            self._counts.clear()
 
     def rolled_back(self) -> None:
         """The messages applied since the last commit are rolled back (a batch's rollback):
-        drop what memory and the uncounted judgements hold of them."""
+        drop what memory and the uncounted notes hold of them."""
         self._notes.clear()
+        self._counts.clear()
         self.forget()
 
-    def apply(self, raw: bytes, received: float, isolated: bool = True,
-              again: bool = False) -> Page | None:
+    def apply(self, raw: bytes, received: float, isolated: bool = True, again: bool = False,
+              parsed: hl7.Event | hl7.HL7Error | None = None) -> Page | None:
         """Apply one message; returns the page to dispatch, if any. Raises only for failures
         of our storage; a message that fails otherwise MAX_ATTEMPTS times is a dead letter.
         `isolated=False` (inside a batch): no savepoint around the message, and a failure of
         any kind raises `Unisolated`: the caller rolls the batch back and applies it again
         isolated (durable.py), where the retries and the dead letter happen. `again`: a
         message of the log applied again by a recovery: not counted as received, nor, when
-        its journal row is there (committed before), as a re-delivery."""
+        its journal row is there (committed before), as a re-delivery. `parsed`: what
+        `hl7.parse_outcome` already made of `raw` with this feed profile (not parsed again)."""
         digest = message_digest(raw)
         # Not reset: the page task started for this message inherits it (see logs.py).
         REQUEST_ID.set(digest[-8:].hex())
         try:
-            event = hl7.parse(raw, self.profile)
+            if parsed is None:
+                event = hl7.parse(raw, self.profile)
+            elif isinstance(parsed, hl7.HL7Error):
+                raise parsed
+            else:
+                event = parsed
         except hl7.HL7Error as e:
             if not again:
                 metrics.child(metrics.MESSAGES, "unparseable").inc()
@@ -193,13 +205,13 @@ class Ingest:
             metrics.child(metrics.MESSAGES, kind).inc()
         # Where this message's notes start. Not isolated, a failure rolls the batch back, and
         # its notes with it (`rolled_back`).
-        noted = len(self._notes) if isolated else 0
+        noted = (len(self._notes), len(self._counts)) if isolated else None
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return self._apply(digest, event, kind, raw, received, isolated, again)
             except Exception as e:  # noqa: BLE001 - classified below
-                if isolated:
-                    del self._notes[noted:]       # judged in a unit that was rolled back
+                if noted is not None:             # noted in a unit that was rolled back
+                    del self._notes[noted[0]:], self._counts[noted[1]:]
                 if is_storage_failure(e):
                     raise
                 if not isolated:
@@ -215,9 +227,11 @@ class Ingest:
                                getattr(event, "mrn", None))
         return None
 
-    def set_aside_frame(self, frame: FrameError) -> None:
-        """A frame that could not be read whole: kept as a dead letter."""
-        metrics.FRAME_ERRORS.inc()
+    def set_aside_frame(self, frame: FrameError, again: bool = False) -> None:
+        """A frame that could not be read whole: kept as a dead letter. `again`: applied again
+        by a recovery, not counted as received (as in `apply`)."""
+        if not again:
+            metrics.FRAME_ERRORS.inc()
         digest = message_digest(frame.reason.encode() + frame.prefix)
         REQUEST_ID.set(digest[-8:].hex())
         self.set_aside(digest, "oversized-frame", frame.reason, frame.prefix)
@@ -229,12 +243,15 @@ class Ingest:
         with self.store.transaction():
             new = self.store.journal(digest, kind, mrn, "dead", reason, raw)
         if new:
-            metrics.DEAD_LETTERS.labels(reason=kind if kind in _DEAD_KINDS else "processing").inc()
-            self._decided["dead"].inc()
+            self._counts += (metrics.child(metrics.DEAD_LETTERS,
+                                           kind if kind in _DEAD_KINDS else "processing"),
+                             self._decided["dead"])
             if kind == "result" or is_result_message(raw):
-                metrics.RESULTS_DEAD_LETTERED.inc()
+                self._counts.append(metrics.RESULTS_DEAD_LETTERED)
             log.warning("dead letter (journal %s): %s", new,
                         logs.scrub(logs.scrub(reason, mrn), quoted))
+            if not self.store.in_transaction:
+                self.committed()      # its own transaction (a batch's commit counts later)
 
     def _apply(self, digest: bytes, event: hl7.Event, kind: str, raw: bytes,
                received: float, isolated: bool, again: bool) -> Page | None:
@@ -246,13 +263,10 @@ class Ingest:
         commit_memory = None
         with store.transaction(isolated):
             jid = store.journal(digest, kind, mrn, "applied", None, raw)
-            if jid is None:
-                if not again:
-                    metrics.DUPLICATES.inc()
-                    self._decided["duplicate"].inc()
-                return None
             decision = "applied"
-            if isinstance(event, hl7.Result):
+            if jid is None:
+                decision = "duplicate"
+            elif isinstance(event, hl7.Result):
                 page, commit_memory, decision = self._result(mrn, event, jid, received)
             elif isinstance(event, (hl7.Admission, hl7.Update)):
                 if isinstance(event, hl7.Admission):
@@ -268,11 +282,18 @@ class Ingest:
                 decision = "ignored"
                 store.set_journal_status(jid, decision, event.reason)
                 self._unjudged(event.notes, mrn)
+        if jid is None:
+            # A re-delivery, counted now, not noted: a rolled-back batch would drop the note,
+            # and its recovery, applying it `again`, cannot tell it from one committed before.
+            if not again:
+                metrics.DUPLICATES.inc()
+                self._decided["duplicate"].inc()
+            return None
         # Committed: now the in-memory view may follow.
         if commit_memory is not None:
             commit_memory()
-        self._decided[decision].inc()
-        if isolated and self._notes and not store.in_transaction:
+        self._counts.append(self._decided[decision])
+        if isolated and not store.in_transaction:
             self.committed()              # its own transaction (a batch's commit counts later)
         return page
 
@@ -287,14 +308,14 @@ class Ingest:
         if old is None:
             self.store.set_journal_status(jid, "ignored", f"merge of {event.old} into {new}: "
                                           "already the same patient")
-            metrics.MERGES.labels(outcome="repeated").inc()
+            self._counts.append(metrics.child(metrics.MERGES, "repeated"))
             return None, "ignored"
         if not self.store.merge_patient(old, new, jid):
             self.store.set_journal_status(jid, "ignored", f"{old} was merged before")
-            metrics.MERGES.labels(outcome="repeated").inc()
+            self._counts.append(metrics.child(metrics.MERGES, "repeated"))
             return None, "ignored"
         self.store.set_journal_status(jid, "applied", f"merged {old} into {new}")
-        metrics.MERGES.labels(outcome="merged").inc()
+        self._counts.append(metrics.child(metrics.MERGES, "merged"))
         log.warning("patient %s merged into %s: its results, admissions and episode moved",
                     logs.patient(old), logs.patient(new))
 
@@ -309,8 +330,8 @@ class Ingest:
         names the patient, whose result someone must look at."""
         for n in notes:
             if n.suspicious:
-                metrics.UNRECOGNISED_CREATININE.labels(
-                    code=metrics.unrecognised_code(n.code)).inc()
+                self._counts.append(metrics.child(metrics.UNRECOGNISED_CREATININE,
+                                                  metrics.unrecognised_code(n.code)))
                 log.warning("creatinine-like result of patient %s not judged: %s; name its code "
                             "in the feed profile (FEED_PROFILE) if it is serum creatinine",
                             logs.patient(mrn), n.reason)
@@ -340,7 +361,7 @@ class Ingest:
                 if seen is not cached.patient:
                     _take(seen, obs.time, obs.value)
             if action != "judged":
-                metrics.child(metrics.RESULT_ACTIONS, action).inc()
+                self._counts.append(metrics.child(metrics.RESULT_ACTIONS, action))
                 reasons.append(f"{obs.code} {obs.time_text} {obs.status}: {action}")
             page = page or obs_page
         if r.notes:
@@ -391,7 +412,7 @@ class Ingest:
         if not store.add_result(mrn, obs.time, value, status, obs.comparator):
             old_value, old_status = store.result_at(mrn, obs.time)
             if is_repeat(status, old_status):
-                metrics.DUPLICATE_RESULTS.inc()
+                self._counts.append(metrics.DUPLICATE_RESULTS)
                 return "duplicate", None, episode
             store.correct_result(mrn, obs.time, value, status, obs.comparator, jid)
             log.info("result of %s at %s corrected (%s → %s): %g → %g µmol/L", logs.patient(mrn),
@@ -433,7 +454,7 @@ class Ingest:
             page, episode, repage_of = self._positive(mrn, obs, value, j, p, episode, jid,
                                                       received, reasons)
         self._notes += (value, j.score, j.positive, (not p.times) + 2 * (p.birth is None),
-                        repage_of is not None)            # judged.FIELDS
+                        repage_of is not None)            # counted.FIELDS
         return page, episode, j.positive
 
     def _positive(self, mrn: str, obs: hl7.Observation, value: float, j: Judgement,

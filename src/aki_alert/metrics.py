@@ -122,7 +122,7 @@ class _HotSeries:
         self.sum += amount
 
     def observe_many(self, amounts: Iterable[float]) -> None:
-        """`observe` each of `amounts` in turn (one call for a batch's results: judged.py)."""
+        """`observe` each of `amounts` in turn (one call for a batch's results: counted.py)."""
         counts, bounds, total = self.counts, self.bounds, self.sum
         for amount in amounts:
             counts[bisect_left(bounds, amount)] += 1

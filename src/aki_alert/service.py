@@ -248,9 +248,9 @@ class Service:
         """Make the frame durable and return its ACK (raises: no ACK)."""
         with self.lock:
             self._fence()
-            reply = self.durable.accept(item, received)
+            code, reply = self.durable.accept(item, received)
             self._fence()
-        metrics.child(metrics.ACKS, self.durable.ack_code).inc()
+        metrics.child(metrics.ACKS, code).inc()
         metrics.PROCESSING.observe(time.perf_counter() - received)
         return reply
 
@@ -396,7 +396,7 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
     ingest = Ingest(store, detector, profile=cfg.feed_profile, drift=drift)
     durable = Durable(store, ingest, cfg.state_dir, sync=cfg.durability == "machine",
                       commit_each=lease is not None,
-                      nack_profile=cfg.feed_profile if cfg.nack_policy == "hl7" else None)
+                      nack=cfg.nack_policy == "hl7")
     # Messages acknowledged but not committed before a crash go in first, into the state they
     # belong to (which reconcile may then archive).
     try:

@@ -273,18 +273,55 @@ def test_an_hl7_policy_front_answers_ae_ar_with_its_profile_and_says_so(hospital
         front.wait()
 
 
-def test_durable_accept_answers_by_its_nack_profile(tmp_path):
+def test_durable_accept_answers_by_the_nack_policy(tmp_path):
     """With a PostgreSQL state the reader thread acknowledges through Durable.accept itself."""
     store = SqliteStore(str(tmp_path / "state.db"))
     durable = Durable(store, Ingest(store, NhsDetector()), str(tmp_path), commit_each=True,
-                      nack_profile=hl7.DEFAULT_PROFILE)
+                      nack=True)
     bad = messages.result(T0, "7", 80.0).replace(b"80.0", b"high")
-    assert durable.accept(bad, 0.0).split(b"\r")[1] == b"MSA|AE" and durable.ack_code == "AE"
-    assert durable.accept(messages.result(T0, "7", 80.0), 0.0).split(b"\r")[1] == b"MSA|AA"
-    assert durable.ack_code == "AA"
+    code, reply = durable.accept(bad, 0.0)
+    assert code == "AE" and reply.split(b"\r")[1] == b"MSA|AE"
+    code, reply = durable.accept(messages.result(T0, "7", 80.0), 0.0)
+    assert code == "AA" and reply.split(b"\r")[1] == b"MSA|AA"
     # Still a dead letter in the journal: nothing silent.
     assert store.db.execute("SELECT status FROM journal ORDER BY id").fetchall() == [
         ("dead",), ("applied",)]
+    durable.close()
+    store.close()
+
+
+def counted_parses(monkeypatch) -> list[bytes]:
+    """The messages `hl7.parse` parses from now on, under whichever module's name for it."""
+    parsed, original = [], hl7.parse
+
+    def counting(raw, *args):
+        parsed.append(raw)
+        return original(raw, *args)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("aki_alert") and getattr(module, "parse", None) is original:
+            monkeypatch.setattr(module, "parse", counting)
+    return parsed
+
+
+@pytest.mark.parametrize("commit_each", [True, False], ids=["commit-each", "batch"])
+def test_durable_parses_each_message_once_for_its_verdict_and_its_application(
+        tmp_path, monkeypatch, commit_each):
+    """Under the `hl7` NACK policy, the parse that decides the ACK is the one applied."""
+    store = SqliteStore(str(tmp_path / "state.db"))
+    durable = Durable(store, Ingest(store, NhsDetector()), str(tmp_path),
+                      commit_each=commit_each, nack=True)
+    good = messages.result(T0, "7", 80.0)
+    bad = good.replace(b"80.0", b"high")
+    parses = counted_parses(monkeypatch)
+    codes = []
+    for m in (good, bad):
+        codes.append(durable.accept(m, 0.0)[0])
+        durable.settle()
+    durable.flush()
+    assert codes == ["AA", "AE"]
+    assert parses == [good, bad]
+    assert store.db.execute("SELECT status FROM journal ORDER BY id").fetchall() == [
+        ("applied",), ("dead",)]
     durable.close()
     store.close()
 

@@ -13,12 +13,13 @@ from .events import (
     UNNAMED, WRONG_PATIENT, Admission, Discharge, Event, HL7Error, Merge, Note, Observation,
     Other, Result, Update,
 )
-from .parse import MAX_CREATININE, MIN_CREATININE, is_result_type, message_type, parse
+from .parse import (MAX_CREATININE, MIN_CREATININE, is_result_type, message_type, parse,
+                    parse_outcome)
 from .profile import DEFAULT_PROFILE, FeedProfile, ProfileError, load_profile
 
 __all__ = [
     "ack", "acknowledgement", "control_id", "verdict", "nack_acknowledgement", "NACK_POLICIES",
-    "parse", "message_type", "is_result_type", "MIN_CREATININE",
+    "parse", "parse_outcome", "message_type", "is_result_type", "MIN_CREATININE",
     "MAX_CREATININE", "Admission", "Update", "Discharge", "Merge", "Result", "Observation",
     "Note", "Other", "Event", "HL7Error", "FeedProfile", "DEFAULT_PROFILE", "ProfileError",
     "load_profile", "FINAL", "CORRECTED", "PRELIMINARY", "WRONG_PATIENT", "DELETED",

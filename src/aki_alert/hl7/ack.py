@@ -35,8 +35,8 @@ from time import time as _clock
 
 from ..mllp import FrameError
 from .encoding import EncodingError, separators
-from .events import APPLICATION_INTERNAL_ERROR, HL7Error
-from .parse import parse
+from .events import APPLICATION_INTERNAL_ERROR, Event, HL7Error
+from .parse import parse_outcome
 from .profile import DEFAULT_PROFILE, FeedProfile
 
 # The policies of NACK_POLICY: `accept` answers AA to every frame it has durably logged (a
@@ -243,28 +243,30 @@ def _acknowledgement(item: bytes | FrameError, code: str, error: HL7Error | None
                      fs.join(msa), tail))
 
 
-def verdict(item: bytes | FrameError, profile: FeedProfile = DEFAULT_PROFILE
-            ) -> tuple[str, HL7Error | None]:
+def verdict(item: bytes | FrameError, profile: FeedProfile = DEFAULT_PROFILE,
+            parsed: Event | HL7Error | None = None) -> tuple[str, HL7Error | None]:
     """The `hl7` NACK policy's code for a frame, and why: AR for a frame that cannot be read as
     HL7 (oversized, no MSH, unusable separators), AE for a message that will be a dead letter
     (`parse` with the service's feed profile raises HL7Error), AA otherwise. A message that
     fails later, while it is applied (a processing error after MAX_ATTEMPTS), was answered AA:
-    the front answers before the service applies it."""
+    the front answers before the service applies it. `parsed`: what `parse_outcome` already
+    made of the message with `profile` (not parsed again)."""
     if isinstance(item, FrameError):
         return "AR", HL7Error(item.reason, APPLICATION_INTERNAL_ERROR, reject=True)
-    try:
-        parse(item, profile)
-    except HL7Error as e:
-        return ("AR" if e.reject else "AE"), e
-    except Exception:  # noqa: BLE001 - the service's own handling decides; never fail the ACK
-        return "AA", None
+    if parsed is None:
+        try:
+            parsed = parse_outcome(item, profile)
+        except Exception:  # noqa: BLE001 - the service's own handling decides; never fail the ACK
+            return "AA", None
+    if isinstance(parsed, HL7Error):
+        return ("AR" if parsed.reject else "AE"), parsed
     return "AA", None
 
 
-def nack_acknowledgement(item: bytes | FrameError, profile: FeedProfile = DEFAULT_PROFILE
-                         ) -> tuple[str, bytes]:
-    """(code, ACK) of a frame under the `hl7` NACK policy."""
-    code, error = verdict(item, profile)
+def nack_acknowledgement(item: bytes | FrameError, profile: FeedProfile = DEFAULT_PROFILE,
+                         parsed: Event | HL7Error | None = None) -> tuple[str, bytes]:
+    """(code, ACK) of a frame under the `hl7` NACK policy (`parsed`: as for `verdict`)."""
+    code, error = verdict(item, profile, parsed)
     return code, acknowledgement(item, code, error)
 
 

@@ -85,6 +85,15 @@ def parse(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event:
     return Other(kind, field(msh, 9), f"message type {kind} is not used")
 
 
+def parse_outcome(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event | HL7Error:
+    """`parse`'s event, or the HL7Error it raised (any other exception propagates): one parse
+    that both the ACK's verdict and the message's application read (durable.py)."""
+    try:
+        return parse(raw, profile)
+    except HL7Error as e:
+        return e
+
+
 def is_result_type(kind: str) -> bool:
     """True for a message type whose OBX creatinine results are judged (`TYPE^TRIGGER`)."""
     return kind == "ORU^R01" or kind.startswith(_RESULT_TYPES)

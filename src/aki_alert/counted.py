@@ -1,17 +1,22 @@
-"""The metrics of judged results, counted once per result, after its message commits.
+"""The metrics of what a message did, counted once, after its changes commit: each judged
+result (histograms, results judged, positives, re-pages, the drift window) and each message's
+decision, result actions, duplicate results, merges, dead letters and unrecognised creatinine.
 
 A message is applied inside a unit that may not last: a savepoint of the service's open batch,
 which a failed commit or a failure midway rolls back and the recovery applies again from the
 message log (durable.py), or a transaction of its own, retried or re-sent by the hospital when
-it fails. So Ingest only notes each judged result, and the note is counted here once the
+it fails. So Ingest only notes what the message did, and the notes are counted here once the
 message's changes are committed: by Ingest after its own transaction, by durable.py after a
-batch's commit. A rolled-back unit drops its notes.
+batch's commit. A rolled-back unit drops its notes. (What arrived, counted on arrival: messages
+received, re-deliveries, unreadable frames; a recovery's re-application skips those.)
 
-A batch of notes is counted in a few passes over it rather than with five metric updates per
-result as each is judged.
+A batch of notes is counted in a few passes over it rather than with a metric update per
+note as each is made.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 from . import metrics
 from .drift import DriftMonitor
@@ -26,7 +31,7 @@ FIELDS = 5
 KINDS = (("yes", "yes"), ("no", "yes"), ("yes", "no"), ("no", "no"))
 
 
-def count(notes: list, detector: str, drift: DriftMonitor | None) -> None:
+def count_judged(notes: list, detector: str, drift: DriftMonitor | None) -> None:
     """Count the committed results `notes`, all judged by `detector`: creatinine and score
     histograms, results judged, positives, re-pages and the drift window."""
     values, scores, positives = notes[0::FIELDS], notes[1::FIELDS], notes[2::FIELDS]
@@ -45,3 +50,9 @@ def count(notes: list, detector: str, drift: DriftMonitor | None) -> None:
         repages = sum(notes[4::FIELDS])
         if repages:
             metrics.REPAGES.inc(repages)
+
+
+def count_series(series: list) -> None:
+    """Add one to each noted counter series (noted n times: n, in one update)."""
+    for one, n in Counter(series).items():
+        one.inc(n)

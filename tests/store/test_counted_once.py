@@ -1,7 +1,8 @@
-"""The metrics of judged results (judged.py) count each result once, after its message commits,
-on SQLite and PostgreSQL: not while the batch is open, not again when a failed commit or a
-message failing midway makes the batch be applied again from the message log, and not again
-when a message's own transaction fails to commit and the hospital sends it again."""
+"""The metrics of what messages did (counted.py: judged results, decisions, result actions,
+duplicate results, merges, dead letters, unrecognised creatinine) count once, after the
+message commits, on SQLite and PostgreSQL: not while the batch is open, not again when a failed
+commit or a message failing midway makes the batch be applied again from the message log, and
+not again when a message's own transaction fails to commit and the hospital sends it again."""
 
 from __future__ import annotations
 
@@ -14,29 +15,48 @@ from aki_alert.durable import Durable
 from aki_alert.hospital import messages
 from aki_alert.ingest import Ingest
 from aki_alert.repage import Policy
-from aki_alert.timeutil import DAY, parse_hl7_date, parse_hl7_time
+from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_date, parse_hl7_time
 
 T0 = parse_hl7_time("20240301080000")
 POLICY = Policy(min_hours=24.0, stage_gain=2)
 STEADY = 10
 
 
+def oru(mrn: str, t: int, value: str, status: str = "F", code: str = "CREATININE",
+        unit: str = "umol/L", sent: int | None = None) -> bytes:
+    """A result with OBX-3 `code`, OBX-6 `unit` and OBX-11 `status`, sent at `sent`."""
+    return (f"MSH|^~\\&|LAB|RVJ|||{format_hl7_time(sent or t)}||ORU^R01|||2.5\rPID|1||{mrn}\r"
+            f"OBR|1||||||{format_hl7_time(t)}\rOBX|1|NM|{code}||{value}|{unit}|||||{status}\r"
+            ).encode()
+
+
 def stream() -> list[bytes]:
     """Patient 7 (admitted) is paged (stage 1), then paged again (stage 3); patients 100..
-    (not admitted) are steady."""
+    (not admitted) are steady; then one of each other thing a message may do."""
     return ([messages.admission(T0 - 31 * DAY, "7", "ANN SMITH", parse_hl7_date("19600101"),
                                 "F"),
              messages.result(T0 - 30 * DAY, "7", 100.0), messages.result(T0, "7", 155.0)]
             + [messages.result(T0 + i * 60, str(100 + i), 80.0) for i in range(STEADY)]
-            + [messages.result(T0 + 10 * DAY, "7", 400.0)])
+            + [messages.result(T0 + 10 * DAY, "7", 400.0),
+               oru("100", T0, "80", sent=T0 + DAY),              # a duplicate result
+               oru("101", T0 + 60, "", status="D"),              # a withdrawal
+               oru("102", T0 + DAY, "90", code="CREA^Creatinine serum^L"),   # unrecognised
+               b"MSH|^~\\&|PAS|RVJ|||20240302080000||ADT^A40|||2.5\rPID|1||104\rMRG|103\r",
+               oru("105", T0 + DAY, "90", unit="furlongs")])     # a dead letter
 
 
 # Each counter's advance over the stream: every result judged once (by whether the patient had
-# earlier results / a date of birth), two positives, one re-page.
+# earlier results / a date of birth), two positives, one re-page; one of each other thing.
 ONCE = {"creatinine": STEADY + 3, "scores": STEADY + 3, "judged no/yes": 1, "judged yes/yes": 2,
         "judged no/no": STEADY, "judged yes/no": 0, "positives": 2, "repages": 1,
-        "drift": STEADY + 3, "drift positives": 2}
+        "drift": STEADY + 3, "drift positives": 2,
+        "applied": STEADY + 6, "duplicate": 0, "duplicate-result": 1, "ignored": 1, "dead": 1,
+        "re-deliveries": 0, "action duplicate": 1, "action removed": 1, "duplicate results": 1,
+        "merges": 1, "dead letters": 1, "results dead-lettered": 1, "unrecognised": 1}
 NONE = dict.fromkeys(ONCE, 0)
+# The whole stream sent again once committed: each message a re-delivery, but the dead letter
+# (journaled as dead, it is no re-delivery).
+AGAIN = ONCE | {"duplicate": len(stream()) - 1, "re-deliveries": len(stream()) - 1}
 
 
 def drift_monitor() -> DriftMonitor:
@@ -49,7 +69,7 @@ def drift_monitor() -> DriftMonitor:
 
 
 class Counted:
-    """The judgement metrics' values now, and their advance since."""
+    """The metrics' values now, and their advance since."""
 
     def __init__(self, drift: DriftMonitor) -> None:
         self.drift = drift
@@ -58,6 +78,9 @@ class Counted:
     def values(self) -> dict[str, float]:
         def get(name, **labels):
             return REGISTRY.get_sample_value(name, labels) or 0.0
+
+        def total(name):                        # over every label
+            return sum(s.value for m in REGISTRY.collect() for s in m.samples if s.name == name)
 
         window = self.drift.snapshot()
         return {
@@ -69,6 +92,16 @@ class Counted:
             "repages": get("aki_repages_total"),
             "drift": self.drift.results(),
             "drift positives": round(window["positive_rate"] * window["results"]),
+            **{d: get("aki_message_decisions_total", decision=d)
+               for d in ("applied", "duplicate", "duplicate-result", "ignored", "dead")},
+            "re-deliveries": get("aki_duplicate_messages_total"),
+            **{f"action {a}": get("aki_result_actions_total", action=a)
+               for a in ("duplicate", "removed")},
+            "duplicate results": get("aki_duplicate_results_total"),
+            "merges": get("aki_patient_merges_total", outcome="merged"),
+            "dead letters": get("aki_dead_letters_total", reason="unparseable"),
+            "results dead-lettered": get("aki_results_dead_lettered_total"),
+            "unrecognised": total("aki_unrecognised_creatinine_total"),
         }
 
     def since(self) -> dict[str, float]:
@@ -130,7 +163,7 @@ def test_a_batch_counts_once_though_its_commit_fails_once(backend, tmp_path):
         d.accept(m, 0.0)
         d.settle()
     d.flush()
-    assert counted.since() == ONCE
+    assert counted.since() == AGAIN
 
 
 def page_fails_once(store) -> None:
@@ -166,7 +199,9 @@ def test_a_message_failing_midway_on_its_own_counts_once_when_retried(backend, t
     assert len(pages(backend, d)) == 2
 
 
-@pytest.mark.parametrize("failing", [2, 3, STEADY + 3], ids=["paged", "steady", "re-paged"])
+@pytest.mark.parametrize("failing", [2, 3, *range(STEADY + 3, len(stream()))], ids=[
+    "paged", "steady", "re-paged", "duplicate result", "withdrawal", "unrecognised", "merge",
+    "dead letter"])
 def test_a_message_whose_own_commit_fails_counts_once_when_sent_again(backend, tmp_path,
                                                                        failing):
     """Commit-each (replicas sharing PostgreSQL; SQLite takes the same path): a message whose
