@@ -71,6 +71,9 @@ SETTINGS = (
     Setting("DETECTOR", "--detector", "model", "nhs", "the detector: model or nhs"),
     Setting("MODEL_PATH", "--model-path", "", "/models/v2",
             "model artifact directory (default: the model shipped in the package)"),
+    Setting("MODEL_ON_SHIFT", "--model-on-shift", "v3-robust", "none",
+            "the shipped model served instead of the default when the history shows another "
+            "population (docs/model-card.md); none: always the default. Not with MODEL_PATH"),
     Setting("DURABILITY", "--durability", "process", "machine",
             "process: survives a process crash; machine: also a power cut (fsync per message)"),
     Setting("ON_HISTORY_CHANGE", "--on-history-change", "auto", "refuse",
@@ -130,6 +133,7 @@ class Config:
     console_refresh: int
     log_format: str
     log_level: str
+    model_on_shift: str | None = "v3-robust"  # None: MODEL_ON_SHIFT=none
     nack_policy: str = "accept"
     feed_profile_path: str = ""             # FEED_PROFILE as given ("": the default profile)
     log_patient_ids: str = "plain"
@@ -287,6 +291,7 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         metrics_port=ports["METRICS_PORT"],
         detector=_choice(by_env["DETECTOR"], raw["DETECTOR"], ("model", "nhs")),
         model_path=raw["MODEL_PATH"] or None,
+        model_on_shift=None if raw["MODEL_ON_SHIFT"] in ("", "none") else raw["MODEL_ON_SHIFT"],
         durability=_choice(by_env["DURABILITY"], raw["DURABILITY"], ("process", "machine")),
         environment=raw["AKI_ENVIRONMENT"] or raw["MLLP_ADDRESS"] or raw["MLLP_LISTEN"],
         on_history_change=_choice(by_env["ON_HISTORY_CHANGE"], raw["ON_HISTORY_CHANGE"],

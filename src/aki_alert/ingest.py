@@ -153,6 +153,12 @@ class Ingest:
         self._patients.move_to_end(mrn)
         return cached
 
+    def serve_with(self, detector: Detector, drift: DriftMonitor | None) -> None:
+        """Judge with `detector` from now on (population.py chose another model at start),
+        with its own re-page policy and drift window."""
+        self.detector, self.drift = detector, drift
+        self.repage = policy_for(detector.name)
+
     def forget(self) -> None:
         """Drop the in-memory patients (after the state changed underneath, e.g. a replay)."""
         self._patients.clear()

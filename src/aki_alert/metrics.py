@@ -253,6 +253,9 @@ HISTORY_LOADED = Gauge("aki_history_loaded", "1 when the configured history file
 DRIFT = DriftCollector()
 REGISTRY.register(DRIFT)
 MODEL = Info("aki_detector", "The detector judging results")
+HISTORY_PSI = Gauge("aki_history_creatinine_psi",
+                    "Population stability index of the history's creatinine against the default "
+                    "model's training distribution (population.py); NaN when not recorded")
 PROVENANCE = Info("aki_state_provenance", "What the state was built from")
 PROVENANCE_MISMATCH = Gauge(
     "aki_state_provenance_mismatch",

@@ -30,7 +30,8 @@ from .leader import Lease, LeadershipLost
 from .mllp import FrameError
 from .pager import Dispatcher
 from .quality import LabelsMonitor
-from .startup import StartupError, load_detector, open_state, reconcile
+from .population import SHIFT_PSI
+from .startup import StartupError, load_detector, load_robust, open_state, reconcile, serving
 from .store.msglog import Position, frame_of
 from .store import Store
 
@@ -383,17 +384,23 @@ def _lead(cfg: Config) -> Lease:
     return lease
 
 
+def _drift(detector) -> DriftMonitor | None:
+    """The drift window of a model with a training reference (the service's metrics read it)."""
+    reference = getattr(detector, "reference", None)
+    metrics.DRIFT.monitor = DriftMonitor(reference) if reference is not None else None
+    return metrics.DRIFT.monitor
+
+
 def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> None:
     store = open_state(cfg)
     if lease is not None:
         # A predecessor paused inside a transaction must not block us past our own lease.
         store.limit_idle_transactions(cfg.lease_seconds / 2)
-    detector = load_detector(cfg)
+    default, robust = load_detector(cfg), load_robust(cfg)
     readiness.set("detector", True)
-    reference = getattr(detector, "reference", None)
-    drift = DriftMonitor(reference) if reference is not None else None
-    metrics.DRIFT.monitor = drift
-    ingest = Ingest(store, detector, profile=cfg.feed_profile, drift=drift)
+    # The model this state's hospital was served by: the messages of the log are applied with it.
+    detector = serving(store, default, robust).detector
+    ingest = Ingest(store, detector, profile=cfg.feed_profile, drift=_drift(detector))
     durable = Durable(store, ingest, cfg.state_dir, sync=cfg.durability == "machine",
                       commit_each=lease is not None,
                       nack=cfg.nack_policy == "hl7")
@@ -406,6 +413,13 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
     readiness.set("state", True)
     history_ok = reconcile(store, cfg)
     ingest.forget()
+    choice = serving(store, default, robust)      # a history imported now decides it anew
+    if choice.detector is not detector:
+        detector = choice.detector
+        ingest.serve_with(detector, _drift(detector))
+    shifted = choice.psi is not None and choice.psi > SHIFT_PSI
+    (log.warning if shifted else log.info)("model: %s", choice.reason)
+    metrics.HISTORY_PSI.set(float("nan") if choice.psi is None else choice.psi)
     metrics.HISTORY_LOADED.set(1 if history_ok else 0)
     readiness.set("history", history_ok, f"{cfg.history_path} not imported")
     metrics.MODEL.info({"detector": detector.name, "version": detector.version})

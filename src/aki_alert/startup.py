@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
-from . import metrics
+from . import metrics, population
 from .config import Config
 from .detect import Detector
 from .detect.nhs import NhsDetector
@@ -37,6 +37,30 @@ def load_detector(cfg: Config) -> Detector:
         raise StartupError(f"cannot load the model: {e}") from e
 
 
+def load_robust(cfg: Config) -> Detector | None:
+    """The shipped model to serve instead of the default on another population
+    (MODEL_ON_SHIFT); None with DETECTOR=nhs, an explicit MODEL_PATH, or MODEL_ON_SHIFT=none."""
+    if cfg.detector != "model" or cfg.model_path is not None or cfg.model_on_shift is None:
+        return None
+    from .detect.model import MODELS_DIR, ModelLoadError, load_model
+
+    path = MODELS_DIR / cfg.model_on_shift
+    if "/" in cfg.model_on_shift or not (path / "model.json").is_file():
+        shipped = sorted(p.name for p in MODELS_DIR.iterdir() if (p / "model.json").is_file())
+        raise StartupError(f"MODEL_ON_SHIFT {cfg.model_on_shift!r} is not a shipped model; "
+                           f"one of {', '.join(shipped)}, or none")
+    try:
+        return load_model(path)
+    except ModelLoadError as e:
+        raise StartupError(f"cannot load MODEL_ON_SHIFT's model: {e}") from e
+
+
+def serving(store: Store, default: Detector, robust: Detector | None) -> population.Choice:
+    """Which of the two models serves this state's hospital (population.py)."""
+    return population.choose(default, robust, population.CreatinineCounts.from_json(
+        store.meta().get(population.META_KEY)))
+
+
 def _history(path: str, summary: ImportSummary, progress: Callable[[int], None],
              profile: FeedProfile) -> Iterator[tuple[str, int, float]]:
     """The history's results, their patient numbers normalised as the feed's are."""
@@ -50,13 +74,16 @@ def _import(store: Store, path: str, digest: str, profile: FeedProfile) -> None:
     log.info("importing history %s", path)
     summary = ImportSummary()
     started = time.perf_counter()
-    added = store.import_results(_history(path, summary, _progress("import", started), profile))
+    creatinine = population.CreatinineCounts()
+    added = store.import_results(creatinine.counted(
+        _history(path, summary, _progress("import", started), profile)))
     if summary.results > added:
         summary.skipped["duplicate results"] += summary.results - added
         summary.results = added
     with store.transaction():
         store.set_meta(history_sha256=digest, history_path=path,
-                       history_imported_at=str(int(time.time())))
+                       history_imported_at=str(int(time.time())),
+                       **{population.META_KEY: creatinine.to_json()})
     metrics.HISTORY_ROWS.inc(added)
     for reason, n in summary.skipped.items():
         metrics.HISTORY_SKIPPED.labels(reason=reason).inc(n)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from aki_alert.detect.model import load_model
+from aki_alert.offline import served_model
 from aki_alert.hospital.pager_server import PagerFaults
 
 from .harness import assert_journal_complete, finish, outcome, reach
@@ -23,7 +23,7 @@ def test_sigterm_in_a_burst_exits_0_within_5s_and_loses_nothing(tmp_path, stream
     journal would miss it); one that waited on hung pages would miss the 5 s; one that dropped
     in-flight pages at exit would leave a false negative; one that did not record its
     deliveries would page twice after the restart."""
-    expected_pages, expected = stream.expect(load_model())
+    expected_pages, expected = stream.expect(served_model(str(stream.history)))
     n = len(stream.messages)
     rng = random.Random(17)
     points = sorted(rng.sample(range(n // 10, n - n // 10), STOPS))

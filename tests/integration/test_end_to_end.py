@@ -519,3 +519,64 @@ def test_hl7_nack_policy_and_hashed_patient_ids(tmp_path, pager, backend):
     tag = "mrn#" + hmac.new(key.encode(), b"555000111", sha256).hexdigest()[:12]
     assert "555000111" not in err
     assert f"page decided: {tag},20240303080000" in err
+
+
+def population_history(path, scale: float) -> None:
+    """1,500 results of 300 patients drawn from the default model's training histogram of
+    creatinine, times `scale` (1.4: a hospital whose creatinine runs higher, as cohort-2025's)."""
+    from aki_alert.detect.model import load_model
+    from aki_alert.drift import CREATININE_BOUNDS
+
+    rnd = random.Random(3)
+    fractions = load_model().reference["creatinine"]["fractions"]
+    edges = (20.0,) + CREATININE_BOUNDS + (1500.0,)
+    lines = ["mrn," + ",".join(f"creatinine_date_{i},creatinine_result_{i}" for i in range(5))]
+    for mrn in range(1000, 1300):
+        bins = rnd.choices(range(len(fractions)), weights=fractions, k=5)
+        cells = [f"2024-01-{d + 1:02d} 08:00:00,"
+                 f"{scale * rnd.uniform(edges[b] + 0.01, edges[b + 1]):.2f}"
+                 for d, b in enumerate(bins)]
+        lines.append(f"{mrn}," + ",".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_history_from_another_population_is_served_by_the_shift_robust_model(
+        tmp_path, pager, backend):
+    """The history says which hospital this is: another population's is judged by the
+    shift-robust model from the first message, this hospital's by the default; every restart
+    decides the same from the state's record, and MODEL_ON_SHIFT=none keeps the default."""
+    import urllib.request
+
+    def served(history, state, **extra):
+        with socket_free_port() as port:
+            pass
+        hospital = MllpHospital([result(7, "20240302080000", 110)])
+        proc = start(hospital.port, pager.port, state, history, METRICS_PORT=str(port),
+                     DETECTOR="model", **extra)
+        try:
+            assert wait_for(hospital.done.is_set, 30), log_text(proc)[-2000:]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        finally:
+            code, log = stop(proc)
+            hospital.close()
+        assert code == 0, log[-2000:]
+        version = text.split('aki_detector_info{detector="model",version="')[1].split('"')[0]
+        psi = float(text.split("\naki_history_creatinine_psi ")[1].split()[0])
+        return version, psi, log
+
+    other, ours = tmp_path / "other.csv", tmp_path / "ours.csv"
+    population_history(other, 1.4)
+    population_history(ours, 1.0)
+    state = backend.state(tmp_path / "other-state")
+    version, psi, log = served(other, state)
+    assert version == "v3-robust" and psi > 0.25
+    assert "serving the shift-robust model v3-robust instead of v2" in log
+    assert served(other, state)[:2] == (version, psi)          # a restart: the state's record
+    assert served(ours, backend.state(tmp_path / "ours-state"))[0] == "v2"
+    kept = served(other, backend.state(tmp_path / "kept-state"), MODEL_ON_SHIFT="none")
+    assert kept[0] == "v2" and kept[1] > 0.25
+    bad = start(pager.port, pager.port, backend.state(tmp_path / "bad-state"), other,
+                DETECTOR="model", MODEL_ON_SHIFT="v9")
+    assert bad.wait(30) != 0
+    assert "MODEL_ON_SHIFT 'v9' is not a shipped model; one of v1, v1-robust" in log_text(bad)
