@@ -15,6 +15,9 @@ from .hl7.ack import NACK_POLICIES
 from .logs import PATIENT_ID_MODES
 from .hl7.profile import FeedProfile, ProfileError, load_profile
 
+# The shipped shift-robust model, served on another population (MODEL_ON_SHIFT, population.py).
+ROBUST = "v3-robust"
+
 
 class ConfigError(Exception):
     pass
@@ -71,7 +74,7 @@ SETTINGS = (
     Setting("DETECTOR", "--detector", "model", "nhs", "the detector: model or nhs"),
     Setting("MODEL_PATH", "--model-path", "", "/models/v2",
             "model artifact directory (default: the model shipped in the package)"),
-    Setting("MODEL_ON_SHIFT", "--model-on-shift", "v3-robust", "none",
+    Setting("MODEL_ON_SHIFT", "--model-on-shift", ROBUST, "none",
             "the shipped model served instead of the default when the history shows another "
             "population (docs/model-card.md); none: always the default. Not with MODEL_PATH"),
     Setting("DURABILITY", "--durability", "process", "machine",
@@ -133,7 +136,7 @@ class Config:
     console_refresh: int
     log_format: str
     log_level: str
-    model_on_shift: str | None = "v3-robust"  # None: MODEL_ON_SHIFT=none
+    model_on_shift: str | None = ROBUST     # None: MODEL_ON_SHIFT=none
     nack_policy: str = "accept"
     feed_profile_path: str = ""             # FEED_PROFILE as given ("": the default profile)
     log_patient_ids: str = "plain"

@@ -20,7 +20,7 @@ from .episodes import episode_start_after, fallback_start, opens_episode
 from .history import ImportSummary, read_history
 from .ingest import take_demographics
 from .merges import merged_episode, merged_fields, record_merge, retired
-from .population import CreatinineCounts, choose
+from .population import ROBUST, CreatinineCounts, choose
 from .repage import PagedResult, Policy, policy_for, should_repage
 from .revisions import is_repeat
 
@@ -60,7 +60,7 @@ class Merged:
 Event = Positive | Withdrawal | Merged
 
 
-def served_model(history_path: str, robust: str = "v3-robust") -> Detector:
+def served_model(history_path: str, robust: str = ROBUST) -> Detector:
     """The model a service with the default settings serves on a first start on this history
     (population.py: the default, or `robust` when the history shows another population)."""
     from .detect.model import MODELS_DIR, load_model

@@ -25,6 +25,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from .config import ROBUST as ROBUST   # the shipped shift-robust model
 from .drift import CREATININE_BOUNDS, psi
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ class CreatinineCounts:
 
     def __init__(self, counts: list[int] | None = None) -> None:
         self.counts = counts if counts is not None else [0] * (len(CREATININE_BOUNDS) + 1)
+
+    def add(self, values: Iterable[float]) -> "CreatinineCounts":
+        counts, bounds = self.counts, CREATININE_BOUNDS
+        for v in values:
+            counts[bisect_left(bounds, v)] += 1
+        return self
 
     def counted(self, rows: Iterable[tuple[str, int, float]]
                 ) -> Iterator[tuple[str, int, float]]:
