@@ -82,6 +82,23 @@ class Choice:
     detector: object        # the detector to serve
     psi: float | None       # the history's creatinine PSI against the default's training
     reason: str
+    history: CreatinineCounts | None = None   # what the choice was made on
+    switched: bool = False  # the robust model serves instead of the default
+
+    @property
+    def shifted(self) -> bool:
+        return self.psi is not None and self.psi > SHIFT_PSI
+
+    def drift_reference(self) -> dict | None:
+        """What the served model's drift window compares with (drift.py): its training
+        reference; on another population, with this hospital's own history for creatinine (its
+        difference from training is known: a further shift is the news)."""
+        reference = getattr(self.detector, "reference", None)
+        if reference is None or not self.switched or self.history is None:
+            return reference
+        n = self.history.total
+        creatinine = {**reference["creatinine"], "fractions": [c / n for c in self.history.counts]}
+        return {**reference, "creatinine": creatinine}
 
 
 def choose(default, robust, history: CreatinineCounts | None) -> Choice:
@@ -95,13 +112,14 @@ def choose(default, robust, history: CreatinineCounts | None) -> Choice:
         return Choice(default, None, f"the history holds {history.total} results, too few to "
                                      f"tell its population (< {MIN_RESULTS}): the default model")
     value = psi(history.counts, reference["creatinine"]["fractions"])
-    if robust is None or value <= SHIFT_PSI:
+    if value <= SHIFT_PSI:
         return Choice(default, value, f"the history's creatinine is like the default model's "
-                                      f"training population (PSI {value:.3f})"
-                      if value <= SHIFT_PSI else
-                      f"the history's creatinine differs from the default model's training "
-                      f"population (PSI {value:.3f} > {SHIFT_PSI}), and no robust model is set")
+                                      f"training population (PSI {value:.3f})", history)
+    if robust is None:
+        return Choice(default, value, f"the history's creatinine differs from the default model's "
+                                      f"training population (PSI {value:.3f} > {SHIFT_PSI}), and "
+                                      "no robust model is set", history)
     return Choice(robust, value, f"the history's creatinine differs from the default model's "
                                  f"training population (PSI {value:.3f} > {SHIFT_PSI}): serving "
                                  f"the shift-robust model {robust.version} instead of "
-                                 f"{default.version}")
+                                 f"{default.version}", history, switched=True)

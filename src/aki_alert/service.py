@@ -30,7 +30,7 @@ from .leader import Lease, LeadershipLost
 from .mllp import FrameError
 from .pager import Dispatcher
 from .quality import LabelsMonitor
-from .population import SHIFT_PSI
+from .population import Choice
 from .startup import StartupError, load_detector, load_robust, open_state, reconcile, serving
 from .store.msglog import Position, frame_of
 from .store import Store
@@ -384,9 +384,9 @@ def _lead(cfg: Config) -> Lease:
     return lease
 
 
-def _drift(detector) -> DriftMonitor | None:
-    """The drift window of a model with a training reference (the service's metrics read it)."""
-    reference = getattr(detector, "reference", None)
+def _drift(choice: Choice) -> DriftMonitor | None:
+    """The drift window of the model served, when it has a reference (the metrics read it)."""
+    reference = choice.drift_reference()
     metrics.DRIFT.monitor = DriftMonitor(reference) if reference is not None else None
     return metrics.DRIFT.monitor
 
@@ -399,8 +399,9 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
     default, robust = load_detector(cfg), load_robust(cfg)
     readiness.set("detector", True)
     # The model this state's hospital was served by: the messages of the log are applied with it.
-    detector = serving(store, default, robust).detector
-    ingest = Ingest(store, detector, profile=cfg.feed_profile, drift=_drift(detector))
+    choice = serving(store, default, robust)
+    detector = choice.detector
+    ingest = Ingest(store, detector, profile=cfg.feed_profile, drift=_drift(choice))
     durable = Durable(store, ingest, cfg.state_dir, sync=cfg.durability == "machine",
                       commit_each=lease is not None,
                       nack=cfg.nack_policy == "hl7")
@@ -416,9 +417,8 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
     choice = serving(store, default, robust)      # a history imported now decides it anew
     if choice.detector is not detector:
         detector = choice.detector
-        ingest.serve_with(detector, _drift(detector))
-    shifted = choice.psi is not None and choice.psi > SHIFT_PSI
-    (log.warning if shifted else log.info)("model: %s", choice.reason)
+        ingest.serve_with(detector, _drift(choice))
+    (log.warning if choice.shifted else log.info)("model: %s", choice.reason)
     metrics.HISTORY_PSI.set(float("nan") if choice.psi is None else choice.psi)
     metrics.HISTORY_LOADED.set(1 if history_ok else 0)
     readiness.set("history", history_ok, f"{cfg.history_path} not imported")

@@ -67,3 +67,17 @@ def test_the_record_round_trips_and_junk_is_no_record():
     for junk in (None, "", "{", '{"counts": [1]}', '{"bounds": [1, 2], "counts": [1, 2, 3]}',
                  '{"bounds": ' + str(list(CREATININE_BOUNDS)) + ', "counts": ["x"]}'):
         assert CreatinineCounts.from_json(junk) is None
+
+
+def test_served_for_another_population_creatinine_drift_is_measured_against_its_history():
+    shifted = counts_of(like_training(5000, scale=1.4))
+    switched = choose(DEFAULT, ROBUST, shifted)
+    ref = switched.drift_reference()
+    assert ref["creatinine"]["fractions"] == [c / shifted.total for c in shifted.counts]
+    assert ref["score"] == ROBUST.reference["score"]
+    assert ROBUST.reference["creatinine"]["fractions"] != ref["creatinine"]["fractions"]
+    # Kept on the default (no robust model set): its training reference, so the alert speaks.
+    kept = choose(DEFAULT, None, shifted)
+    assert kept.shifted and kept.drift_reference() is DEFAULT.reference
+    assert choose(DEFAULT, ROBUST, counts_of(like_training(5000))).drift_reference() is \
+        DEFAULT.reference
