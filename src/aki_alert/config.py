@@ -19,6 +19,11 @@ from .hl7.profile import FeedProfile, ProfileError, load_profile
 ROBUST = "v3-robust"
 
 
+def shift_model(setting: str) -> str | None:
+    """MODEL_ON_SHIFT as given: a shipped model's name, or None for `none` (or empty)."""
+    return None if setting.strip() in ("", "none") else setting.strip()
+
+
 class ConfigError(Exception):
     pass
 
@@ -294,7 +299,7 @@ def load(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Con
         metrics_port=ports["METRICS_PORT"],
         detector=_choice(by_env["DETECTOR"], raw["DETECTOR"], ("model", "nhs")),
         model_path=raw["MODEL_PATH"] or None,
-        model_on_shift=None if raw["MODEL_ON_SHIFT"] in ("", "none") else raw["MODEL_ON_SHIFT"],
+        model_on_shift=shift_model(raw["MODEL_ON_SHIFT"]),
         durability=_choice(by_env["DURABILITY"], raw["DURABILITY"], ("process", "machine")),
         environment=raw["AKI_ENVIRONMENT"] or raw["MLLP_ADDRESS"] or raw["MLLP_LISTEN"],
         on_history_change=_choice(by_env["ON_HISTORY_CHANGE"], raw["ON_HISTORY_CHANGE"],

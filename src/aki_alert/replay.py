@@ -344,15 +344,25 @@ def hospital_now() -> int:
     return parse_hl7_time(time.strftime("%Y%m%d%H%M%S", time.localtime()))
 
 
-def _detector(args: argparse.Namespace):
+def _detector(args: argparse.Namespace, store):
+    """The detector the service judges this state's results with: the named one, or the model
+    its population check chose (population.py), so a replay judges as the service does."""
     if args.detector == "nhs":
         from .detect.nhs import NhsDetector
         return NhsDetector()
+    from .config import ROBUST, shift_model
     from .detect.model import ModelLoadError, load_model
+    from .startup import StartupError, serving, shipped_model
     try:
-        return load_model(args.model_path or None)
+        default = load_model(args.model_path or None)
+        if args.model_path:
+            return default
+        robust = shipped_model(shift_model(os.environ.get("MODEL_ON_SHIFT", ROBUST)))
     except ModelLoadError as e:
         raise Refused(f"cannot load the model: {e}") from None
+    except StartupError as e:
+        raise Refused(str(e)) from None
+    return serving(store, default, robust).detector
 
 
 def _profile(args: argparse.Namespace) -> hl7.FeedProfile:
@@ -404,7 +414,7 @@ def _replay_and_report(args: argparse.Namespace, items: list[Item]) -> int:
                       "judged without the patients' past. Start the service on it first.",
                       file=sys.stderr)
             now = parse_hl7_time(args.now) if args.now else hospital_now()
-            detector = _detector(args)
+            detector = _detector(args, store)
             replay(store, detector, items, now, None if args.page_missed else args.cutoff_hours,
                    report, profile)
             # A running service sees this, drops its in-memory patients and sends queued pages.

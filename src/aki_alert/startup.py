@@ -40,14 +40,21 @@ def load_detector(cfg: Config) -> Detector:
 def load_robust(cfg: Config) -> Detector | None:
     """The shipped model to serve instead of the default on another population
     (MODEL_ON_SHIFT); None with DETECTOR=nhs, an explicit MODEL_PATH, or MODEL_ON_SHIFT=none."""
-    if cfg.detector != "model" or cfg.model_path is not None or cfg.model_on_shift is None:
+    if cfg.detector != "model" or cfg.model_path is not None:
+        return None
+    return shipped_model(cfg.model_on_shift)
+
+
+def shipped_model(name: str | None) -> Detector | None:
+    """The shipped model `name` (MODEL_ON_SHIFT; None: none); StartupError for another name."""
+    if name is None:
         return None
     from .detect.model import MODELS_DIR, ModelLoadError, load_model
 
-    path = MODELS_DIR / cfg.model_on_shift
-    if "/" in cfg.model_on_shift or not (path / "model.json").is_file():
+    path = MODELS_DIR / name
+    if "/" in name or not (path / "model.json").is_file():
         shipped = sorted(p.name for p in MODELS_DIR.iterdir() if (p / "model.json").is_file())
-        raise StartupError(f"MODEL_ON_SHIFT {cfg.model_on_shift!r} is not a shipped model; "
+        raise StartupError(f"MODEL_ON_SHIFT {name!r} is not a shipped model; "
                            f"one of {', '.join(shipped)}, or none")
     try:
         return load_model(path)

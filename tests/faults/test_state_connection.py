@@ -72,7 +72,9 @@ def test_postgresql_session_killed_and_refused_stops_acks_loses_nothing(
     harness.cleanups.append(admin.close)
     h = harness.hospital(stream.messages, stream.rows, resume_state=tmp_path / "resume.json",
                          speed=40 * DAY / STREAM_SECONDS)
-    proc = harness.serve(h, state, stream.history)
+    # One replica: no takeover to hasten, so a lease long enough that a loaded machine's stall
+    # of the renewing thread (1 s leases lapse after 0.75 s) is not taken for a lost lease.
+    proc = harness.serve(h, state, stream.history, LEASE_SECONDS="5")
     # Kills spread over the first half of the stream; each point is reached only by a service
     # that reconnected after the previous kill.
     for k in range(KILLS):

@@ -360,3 +360,26 @@ def test_describe_reads_a_message_with_the_feeds_profile():
     profile = hl7.load_profile(str(corpus / "profiles" / "rvj-local.toml"))
     assert "MRN 3003 sampled 20240309120000" in describe(raw, profile)
     assert "MRN 3003" not in describe(raw)
+
+
+def test_replay_judges_with_the_model_the_population_check_chose(tmp_path, monkeypatch):
+    """A replay into a state whose history showed another population judges with the
+    shift-robust model, as the service does; a named model or MODEL_ON_SHIFT=none keep theirs."""
+    import argparse
+
+    from aki_alert import population
+    from aki_alert.replay import _detector
+    from aki_alert.store import open_store
+
+    store = open_store(str(tmp_path), None, "process")
+    try:
+        args = argparse.Namespace(detector="model", model_path="")
+        assert _detector(args, store).version == "v2"          # no record: the default
+        shifted = population.CreatinineCounts().add([400.0] * 2000)
+        with store.transaction():
+            store.set_meta(**{population.META_KEY: shifted.to_json()})
+        assert _detector(args, store).version == "v3-robust"
+        monkeypatch.setenv("MODEL_ON_SHIFT", "none")
+        assert _detector(args, store).version == "v2"
+    finally:
+        store.close()
