@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # tests/ is on sys.path (this file's directory): the helpers of the process-level tests.
-from integration.service_process import POSTGRES_ADMIN_URL, Backend
+from integration.service_process import Backend, fresh_database
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -21,34 +21,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def _fresh_database(prefix: str):
-    """Create a PostgreSQL database, yield its URL, drop it (skips without a server)."""
-    import uuid
-
-    psycopg = pytest.importorskip("psycopg")
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    try:
-        conn = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {e}")
-    conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.close()
-
-
 @pytest.fixture
 def postgres_url():
     """A fresh PostgreSQL database for one test, dropped after it (skips without a server)."""
-    yield from _fresh_database("aki_t")
+    yield from fresh_database("aki_t")
 
 
 @pytest.fixture(scope="module")
 def module_postgres_url():
     """The same for a whole module (a state built once, not for every test)."""
-    yield from _fresh_database("aki_m")
+    yield from fresh_database("aki_m")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

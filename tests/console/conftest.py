@@ -40,22 +40,9 @@ def console(state):
 @pytest.fixture(scope="module")
 def clinical_postgres_url():
     """A database of its own for the module (`module_postgres_url` holds `state`'s)."""
-    import uuid
+    from integration.service_process import fresh_database
 
-    from integration.service_process import POSTGRES_ADMIN_URL
-
-    psycopg = pytest.importorskip("psycopg")
-    name = f"aki_c_{uuid.uuid4().hex[:12]}"
-    try:
-        conn = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {e}")
-    conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.close()
+    yield from fresh_database("aki_c")
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

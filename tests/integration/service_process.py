@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from aki_alert.hospital.process import terminate
 from aki_alert.store import Store, open_store
 
@@ -25,6 +27,24 @@ POSTGRES_ADMIN_URL = os.environ.get("AKI_TEST_POSTGRES_URL",
 # With STATE_URL the service takes a leader lease; a restart after `kill -9` waits until the
 # dead process's lease lapses (at most LEASE_SECONDS), so the shorter the quicker.
 TEST_LEASE_SECONDS = "1"
+
+
+def fresh_database(prefix: str):
+    """Create a PostgreSQL database, yield its URL, drop it (skips without a server)."""
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        conn = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as e:
+        pytest.skip(f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {e}")
+    conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.close()
 
 
 @dataclass(frozen=True)
