@@ -10,6 +10,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from .connection.listener import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from .connection.tls import TlsError, TlsSettings, client_context, server_context
 from .hl7.ack import NACK_POLICIES
 from .logs import PATIENT_ID_MODES
@@ -44,9 +45,9 @@ SETTINGS = (
     Setting("MLLP_LISTEN", "--mllp-listen", "", "0.0.0.0:2575",
             "host:port the service listens on for the integration engine's MLLP connections "
             "(alongside or instead of MLLP_ADDRESS; default: off)"),
-    Setting("MLLP_MAX_CONNECTIONS", "--mllp-max-connections", "8", "8",
+    Setting("MLLP_MAX_CONNECTIONS", "--mllp-max-connections", str(DEFAULT_MAX_CONNECTIONS), "8",
             "with MLLP_LISTEN: connections held at once; past it the longest idle is closed"),
-    Setting("MLLP_IDLE_TIMEOUT", "--mllp-idle-timeout", "300", "300",
+    Setting("MLLP_IDLE_TIMEOUT", "--mllp-idle-timeout", f"{DEFAULT_IDLE_TIMEOUT:g}", "300",
             "with MLLP_LISTEN: seconds without a message before a connection is closed (0: "
             "never)"),
     Setting("MLLP_TLS", "--mllp-tls", "off", "on", "TLS on the MLLP connections: off or on"),
@@ -147,8 +148,8 @@ class Config:
     log_patient_ids: str = "plain"
     log_patient_key: str = ""
     mllp_listen: tuple[str, int] | None = None
-    max_connections: int = 8
-    idle_timeout: float = 300.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     tls: TlsSettings | None = None          # None: MLLP_TLS=off
 
     @property

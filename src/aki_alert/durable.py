@@ -34,10 +34,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 from . import metrics
 from .hl7 import Event, HL7Error, acknowledgement, nack_acknowledgement, parse_outcome
-from .ingest import Ingest, Page, Unisolated
+from .ingest import NO_PAGES, Ingest, Page, Unisolated
 from .mllp import FrameError
 from .store.msglog import (DELIVERED, MESSAGE, MessageLog, Position, SegmentWriter,
                            drop_segments, frame_of, log_record, segment_records)
@@ -89,9 +90,7 @@ class Durable:
         parsed = (parse_outcome(item, self.ingest.profile)
                   if self.nack and not isinstance(item, FrameError) else None)
         if self.commit_each:
-            page = self._apply(item, received, True, parsed)
-            if page is not None:
-                self._recovered.append(page)
+            self._recovered += self._apply(item, received, True, parsed)
         else:
             if self.frames is None:
                 self.frames = SegmentWriter(self.log_dir, self.sync)
@@ -124,7 +123,7 @@ class Durable:
             self.batch_started = time.monotonic()
         try:
             self.store.begin_batch()
-            page = self._apply(item, received, False, parsed)
+            decided = self._apply(item, received, False, parsed)
         except Unisolated as e:
             log.warning("a message failed midway (%r): the batch is applied again from the "
                         "message log, each message in a savepoint of its own", e.__cause__)
@@ -136,8 +135,7 @@ class Durable:
             self._restore()
             return pages
         self.uncommitted += 1
-        if page is not None:
-            pages.append(page)
+        pages += decided
         return pages
 
     def delivered(self, body: str, attempts: int) -> None:
@@ -149,10 +147,10 @@ class Durable:
             self.deliveries.append(DELIVERED, f"{body}\0{attempts}".encode())
 
     def _apply(self, item: Frame, received: float, isolated: bool,
-               parsed: Event | HL7Error | None) -> Page | None:
+               parsed: Event | HL7Error | None) -> Sequence[Page]:
         if isinstance(item, FrameError):
             self.ingest.set_aside_frame(item)
-            return None
+            return NO_PAGES
         return self.ingest.apply(item, received, isolated, False, parsed)
 
     @property
@@ -209,9 +207,7 @@ class Durable:
         try:
             for kind, payload in records:
                 if kind == MESSAGE:
-                    page = self.ingest.apply(payload, time.perf_counter(), again=True)
-                    if page is not None:
-                        pages.append(page)
+                    pages += self.ingest.apply(payload, time.perf_counter(), again=True)
                 elif kind == DELIVERED:
                     body, _, attempts = payload.decode().partition("\0")
                     self.store.page_delivered(body, int(attempts))

@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterator
 
 from . import logs
 from .connection import MllpClient, MllpListener
+from .connection.listener import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from .connection.tls import TlsSettings, client_context, server_context
 from .hl7 import (FeedProfile, acknowledgement, load_profile,
                   nack_acknowledgement)
@@ -199,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nack-policy", choices=("accept", "hl7"), default="accept")
     ap.add_argument("--feed-profile", default="")
     ap.add_argument("--listen-fd", type=int, help="a listening socket to accept MLLP on")
-    ap.add_argument("--max-connections", type=int, default=8)
-    ap.add_argument("--idle-timeout", type=float, default=300.0)
+    ap.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
+    ap.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT)
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
@@ -276,7 +277,8 @@ class FrontProcess:
 
     def __init__(self, hospital: str | None, state_dir: str, sync: bool, log_format: str,
                  log_level: str, *, listen: socket.socket | None = None,
-                 max_connections: int = 8, idle_timeout: float = 300.0,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  tls: TlsSettings | None = None, nack_policy: str = "accept",
                  feed_profile: str = "") -> None:
         """`hospital`: HOST:PORT to connect to (None: none); `listen`: the bound listening

@@ -17,6 +17,7 @@ import json
 import logging
 from bisect import bisect_left
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import counted, hl7, logs, metrics
@@ -58,6 +59,9 @@ class Unisolated(Exception):
 class Page:
     body: str         # 'MRN,YYYYMMDDHHMMSS': the page's name in the outbox and to the pager
     received: float   # perf_counter() when the message arrived, for the latency histogram
+
+
+NO_PAGES: tuple[Page, ...] = ()   # what most messages decide (shared, not built per message)
 
 
 @dataclass(slots=True)
@@ -182,8 +186,9 @@ class Ingest:
         self.forget()
 
     def apply(self, raw: bytes, received: float, isolated: bool = True, again: bool = False,
-              parsed: hl7.Event | hl7.HL7Error | None = None) -> Page | None:
-        """Apply one message; returns the page to dispatch, if any. Raises only for failures
+              parsed: hl7.Event | hl7.HL7Error | None = None) -> Sequence[Page]:
+        """Apply one message; returns the pages to dispatch (a result message of several
+        samples may page one and re-page another). Raises only for failures
         of our storage; a message that fails otherwise MAX_ATTEMPTS times is a dead letter.
         `isolated=False` (inside a batch): no savepoint around the message, and a failure of
         any kind raises `Unisolated`: the caller rolls the batch back and applies it again
@@ -196,16 +201,15 @@ class Ingest:
         REQUEST_ID.set(digest[-8:].hex())
         try:
             if parsed is None:
-                event = hl7.parse(raw, self.profile)
-            elif isinstance(parsed, hl7.HL7Error):
+                parsed = hl7.parse_outcome(raw, self.profile)
+            if isinstance(parsed, hl7.HL7Error):
                 raise parsed
-            else:
-                event = parsed
+            event = parsed
         except hl7.HL7Error as e:
             if not again:
                 metrics.child(metrics.MESSAGES, "unparseable").inc()
             self.set_aside(digest, "unparseable", str(e), raw, quoted=e.mrn)
-            return None
+            return NO_PAGES
         kind = type(event).__name__.lower()
         if not again:
             metrics.child(metrics.MESSAGES, kind).inc()
@@ -231,7 +235,7 @@ class Ingest:
                           logs.traceback_of(e))
                 self.set_aside(digest, kind, f"processing error: {e!r}", raw,
                                getattr(event, "mrn", None))
-        return None
+        return NO_PAGES
 
     def set_aside_frame(self, frame: FrameError, again: bool = False) -> None:
         """A frame that could not be read whole: kept as a dead letter. `again`: applied again
@@ -260,12 +264,12 @@ class Ingest:
                 self.committed()      # its own transaction (a batch's commit counts later)
 
     def _apply(self, digest: bytes, event: hl7.Event, kind: str, raw: bytes,
-               received: float, isolated: bool, again: bool) -> Page | None:
+               received: float, isolated: bool, again: bool) -> Sequence[Page]:
         store = self.store
         mrn = getattr(event, "mrn", None)
         if mrn is not None:
             mrn = self._merged.get(mrn, mrn)
-        page: Page | None = None
+        pages: Sequence[Page] = NO_PAGES
         commit_memory = None
         with store.transaction(isolated):
             jid = store.journal(digest, kind, mrn, "applied", None, raw)
@@ -273,7 +277,7 @@ class Ingest:
             if jid is None:
                 decision = "duplicate"
             elif isinstance(event, hl7.Result):
-                page, commit_memory, decision = self._result(mrn, event, jid, received)
+                pages, commit_memory, decision = self._result(mrn, event, jid, received)
             elif isinstance(event, (hl7.Admission, hl7.Update)):
                 if isinstance(event, hl7.Admission):
                     store.admit(mrn, event.name, event.birth, event.sex, event.time, jid)
@@ -294,14 +298,14 @@ class Ingest:
             if not again:
                 metrics.DUPLICATES.inc()
                 self._decided["duplicate"].inc()
-            return None
+            return NO_PAGES
         # Committed: now the in-memory view may follow.
         if commit_memory is not None:
             commit_memory()
         self._counts.append(self._decided[decision])
         if isolated and not store.in_transaction:
             self.committed()              # its own transaction (a batch's commit counts later)
-        return page
+        return pages
 
     def _demographics(self, mrn: str, event: hl7.Admission | hl7.Update) -> None:
         cached = self._patients.get(mrn)
@@ -344,7 +348,7 @@ class Ingest:
 
     def _result(self, mrn: str, r: hl7.Result, jid: int, received: float):
         """Every creatinine observation of the message, in order: stored, corrected or removed
-        as its status says, and judged. Returns (page, commit_memory, decision)."""
+        as its status says, and judged. Returns (pages, commit_memory, decision)."""
         obs_list = r.observations
         cached = self._patient(mrn, obs_list[0].time if len(obs_list) == 1
                                else min(o.time for o in obs_list))
@@ -353,7 +357,7 @@ class Ingest:
         seen = cached.patient if len(obs_list) == 1 else Patient(
             mrn, list(cached.patient.times), list(cached.patient.values),
             cached.patient.birth, cached.patient.sex)
-        page = None
+        pages: list[Page] = []
         episode = cached.episode_start
         changes: list[tuple[int, float | None]] = []   # applied to memory once committed
         reasons: list[str] = []
@@ -369,7 +373,8 @@ class Ingest:
             if action != "judged":
                 self._counts.append(metrics.child(metrics.RESULT_ACTIONS, action))
                 reasons.append(f"{obs.code} {obs.time_text} {obs.status}: {action}")
-            page = page or obs_page
+            if obs_page is not None:
+                pages.append(obs_page)
         if r.notes:
             self._unjudged(r.notes, mrn)
             reasons.extend(n.reason for n in r.notes)
@@ -392,7 +397,7 @@ class Ingest:
                 cached.keep_from((changes[0][0] if len(changes) == 1
                                   else max(t for t, _ in changes)) - KEEP)
 
-        return page, commit_memory, decision
+        return pages, commit_memory, decision
 
     def _observation(self, mrn: str, obs: hl7.Observation, p: Patient, episode: int | None,
                      jid: int, received: float, reasons: list[str]
@@ -482,12 +487,13 @@ class Ingest:
                         "%s,%s (episode since %s)", logs.patient(mrn), obs.time_text, episode)
         body = f"{mrn},{obs.time_text}"
         send = self.page_from is None or obs.time >= self.page_from
-        page_id = store.add_page(mrn, obs.time, body, explanation(j, repage_of), jid,
+        why = explanation(j, repage_of)
+        page_id = store.add_page(mrn, obs.time, body, why, jid,
                                  "pending" if send else "suppressed")
         episode = episode_start_after(episode, obs.time)
         store.open_episode(mrn, episode)
         if page_id is not None and send:
-            log.info("page decided: %s %s", logs.page(body), explanation(j, repage_of))
+            log.info("page decided: %s %s", logs.page(body), why)
             return Page(body, received), episode, repage_of
         reasons.append(f"{obs.time_text} positive: " + (
             "its page was decided before" if page_id is None else

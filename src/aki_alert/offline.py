@@ -65,9 +65,7 @@ def served_model(history_path: str, robust: str = ROBUST) -> Detector:
     (population.py: the default, or `robust` when the history shows another population)."""
     from .detect.model import MODELS_DIR, load_model
 
-    counts = CreatinineCounts()
-    for _ in counts.counted(read_history(history_path, ImportSummary())):
-        pass
+    counts = CreatinineCounts().add(v for _, _, v in read_history(history_path, ImportSummary()))
     return choose(load_model(), load_model(MODELS_DIR / robust), counts).detector
 
 

@@ -72,7 +72,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import hl7
-from .statecmd import Refused, add_state_location, exit_code, one_line, open_state
+from .statecmd import Refused, add_state_location, exit_code, feed_profile, one_line, open_state
 from .timeutil import format_hl7_time, parse_hl7_time
 
 START, END = b"\x0b", b"\x1c\x0d"
@@ -365,13 +365,6 @@ def _detector(args: argparse.Namespace, store):
     return serving(store, default, robust).detector
 
 
-def _profile(args: argparse.Namespace) -> hl7.FeedProfile:
-    try:
-        return hl7.load_profile(args.feed_profile)
-    except hl7.ProfileError as e:
-        raise Refused(str(e)) from None
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
@@ -407,7 +400,7 @@ def _replay_and_report(args: argparse.Namespace, items: list[Item]) -> int:
     store = open_for_replay(args, args.environment or os.environ.get("AKI_ENVIRONMENT"))
     try:
         report = Report(args.file, store.location, messages=len(items))
-        profile = _profile(args)
+        profile = feed_profile(args)
         if not args.validate_only:
             if "history_sha256" not in store.meta():
                 print("warning: no history has been imported into this state: results are "

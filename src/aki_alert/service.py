@@ -414,10 +414,10 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
     readiness.set("state", True)
     history_ok = reconcile(store, cfg)
     ingest.forget()
-    choice = serving(store, default, robust)      # a history imported now decides it anew
-    if choice.detector is not detector:
-        detector = choice.detector
-        ingest.serve_with(detector, _drift(choice))
+    # A history imported now (first start, merge, rebuild) decides anew, drift reference too.
+    choice = serving(store, default, robust)
+    detector = choice.detector
+    ingest.serve_with(detector, _drift(choice))
     (log.warning if choice.shifted else log.info)("model: %s", choice.reason)
     metrics.HISTORY_PSI.set(float("nan") if choice.psi is None else choice.psi)
     metrics.HISTORY_LOADED.set(1 if history_ok else 0)

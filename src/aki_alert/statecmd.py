@@ -410,7 +410,8 @@ def _merge_problems(store, merged: dict[str, str]) -> list[str]:
     return problems
 
 
-def _check_profile(args: argparse.Namespace):
+def feed_profile(args: argparse.Namespace):
+    """The feed profile `--feed-profile` names (the default without one); Refused if unusable."""
     from . import hl7
 
     try:
@@ -420,7 +421,7 @@ def _check_profile(args: argparse.Namespace):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    profile = _check_profile(args)
+    profile = feed_profile(args)
     with closing(open_state(args, readonly=True)) as store:
         problems = find_problems(store, args.pending_minutes, profile=profile)
         where = store.location

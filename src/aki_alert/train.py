@@ -27,7 +27,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .detect.features import FEATURE_VERSION, FEATURES, features
+from .detect.features import (DEMOGRAPHICS, FEATURE_VERSION, FEATURES, UNKNOWN_DEMOGRAPHICS,
+                              features)
 from .detect.model import FORMAT, probe_vectors
 from .detect.nhs import nhs_stage
 from .detect import Judgement
@@ -168,11 +169,6 @@ class Repaging:
     policy: Policy
     stages: Sequence[int]
 
-    @classmethod
-    def of(cls, detector_name: str, rows: Sequence[Row]) -> "Repaging":
-        """The shipped policy of `detector_name` ("model" or "nhs") over these rows."""
-        return cls(policy_for(detector_name), nhs_points(rows))
-
 
 def replay(rows: Sequence[Row], scores: Sequence[float], threshold: float,
            repaging: Repaging | None = None) -> Scores:
@@ -311,6 +307,20 @@ def assay_shifted(rows: Sequence[Row], copies: int, seed: int = SEED) -> list[Ro
 
 
 @dataclass(frozen=True, slots=True)
+class Recipe:
+    """How the models learn, beyond the columns they see (the `train` options): from every
+    result (`live`: earlier ones as negatives) or the labelled ones only; with `augment`
+    assay-shifted copies of every row; the candidates tried (`names`, None: all), the NHS
+    guardrails tried beside each (`guards`, None: none), and the threshold's `tolerance`."""
+
+    live: bool = False
+    augment: int = 0
+    names: Sequence[str] | None = None
+    guards: Sequence[int | None] = (None,)
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Examples:
     """What the models learn from, for `rows` (and their assay-shifted copies): per result the
     feature vectors with and without demographics, the label (a row's last result carries the
@@ -333,8 +343,10 @@ class Examples:
         last[np.cumsum(lengths) - 1] = True
         y = np.zeros(len(last), dtype=bool)
         y[np.cumsum(lengths) - 1] = [r.aki for r in rows]
-        return cls(np.asarray(point_features(rows)), np.asarray(point_features(rows, False)),
-                   row_of, last, y)
+        P = np.asarray(point_features(rows))
+        P0 = P.copy()       # no other feature depends on age or sex (test_features)
+        P0[:, [FEATURES.index(n) for n in DEMOGRAPHICS]] = UNKNOWN_DEMOGRAPHICS
+        return cls(P, P0, row_of, last, y)
 
     def training_set(self, row_ids, cols: Sequence[int], live: bool):
         """(X, y) of the rows `row_ids`: each labelled (last) result twice, with and without
@@ -353,6 +365,18 @@ class Examples:
         return np.vstack(parts)[:, list(cols)], np.concatenate(labels)
 
 
+def learning_set(ex: Examples, aug: Examples | None, row_ids, cols: Sequence[int], live: bool):
+    """(X, y) the models learn from for the rows `row_ids`: theirs, and their assay-shifted
+    copies' when there are some (`Examples.training_set`)."""
+    import numpy as np
+
+    X, y = ex.training_set(row_ids, cols, live)
+    if aug is None:
+        return X, y
+    Xa, ya = aug.training_set(row_ids, cols, live)
+    return np.vstack([X, Xa]), np.concatenate([y, ya])
+
+
 def guarded(scores: Sequence[float], stages: Sequence[int], guard: int | None) -> list[float]:
     """Scores with the NHS guardrail: 1.0 wherever the stage is at least `guard`."""
     if guard is None:
@@ -362,20 +386,20 @@ def guarded(scores: Sequence[float], stages: Sequence[int], guard: int | None) -
 
 def cross_validate(
     rows: Sequence[Row],
+    ex: Examples,
+    aug: Examples | None,
+    stages: Sequence[int],
     cols: Sequence[int],
+    recipe: Recipe,
     log=print,
-    live: bool = False,
-    augment: int = 0,
-    names: Sequence[str] | None = None,
-    guards: Sequence[int | None] = (None,),
-    tolerance: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
-    """Out-of-fold scores of the NHS algorithm and every candidate (each with every guardrail
-    of `guards`: positive whenever the NHS stage is at least it).
+    """Out-of-fold scores of the NHS algorithm and every candidate of the `recipe` (each with
+    every guardrail: positive whenever the NHS stage is at least it). `ex`: the rows' examples,
+    `aug`: their assay-shifted copies' (or None), `stages`: the NHS stage of every result.
 
     Models learn from the labelled points (each row's last result, with and without age/sex),
-    with `live` from every earlier result too (as negatives), and with `augment` from as many
-    assay-shifted copies of the training rows (`assay_shifted`). The held-out rows, never
+    with `live` from every earlier result too (as negatives), and from the assay-shifted
+    copies (`assay_shifted`). The held-out rows, never
     shifted, are judged at every result: their last results give the labelled F3, the replay of
     all results the stream's, paged as the service pages them (`replay` with the detector's
     shipped re-paging policy); the threshold maximises `objective`.
@@ -385,12 +409,9 @@ def cross_validate(
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.array([r.aki for r in rows])
-    ex = Examples.of(rows, len(rows))
-    aug = Examples.of(assay_shifted(rows, augment), len(rows)) if augment else None
     last = np.flatnonzero(ex.last)
     P, P0 = ex.P[:, list(cols)], ex.P0[:, list(cols)]
     table: dict[str, dict[str, Any]] = {}
-    stages = nhs_points(rows)
     nhs_repaging, model_repaging = Repaging(policy_for("nhs"), stages), Repaging(
         policy_for("model"), stages)
     for name, k in (("nhs (stage>=1)", 1), ("nhs hospital (stage>=2)", 2)):
@@ -408,24 +429,20 @@ def cross_validate(
     )
     folds = list(folds)
     for name, make in candidates().items():
-        if names is not None and name not in names:
+        if recipe.names is not None and name not in recipe.names:
             continue
         oof = np.zeros(len(P))
         oof0 = np.zeros(len(P))
         for train_idx, test_idx in folds:
-            X, y = ex.training_set(train_idx, cols, live)
-            if aug is not None:
-                Xa, ya = aug.training_set(train_idx, cols, live)
-                X, y = np.vstack([X, Xa]), np.concatenate([y, ya])
-            model = make().fit(X, y)
+            model = make().fit(*learning_set(ex, aug, train_idx, cols, recipe.live))
             held = np.isin(ex.row_of, test_idx)
             oof[held] = model.predict_proba(P[held])[:, 1]
             oof0[held] = model.predict_proba(P0[held])[:, 1]
         loss = float(log_loss(labels, np.clip(oof[last], 1e-9, 1 - 1e-9)))
-        for guard in guards:
+        for guard in recipe.guards:
             scores = guarded(oof.tolist(), stages, guard)
             scores0 = guarded(oof0.tolist(), stages, guard)
-            th = best_threshold(rows, scores, tolerance, model_repaging)
+            th = best_threshold(rows, scores, recipe.tolerance, model_repaging)
             key = name if guard is None else f"{name} + NHS stage>={guard} guardrail"
             table[key] = {
                 "candidate": name,
@@ -520,7 +537,8 @@ def export(model, X_all, cols: Sequence[int]) -> dict[str, Any]:
 
 
 def training_reference(
-    rows: Sequence[Row], ex: Examples, parts: dict[str, Any], threshold: float, guard: int | None
+    rows: Sequence[Row], ex: Examples, stages: Sequence[int], parts: dict[str, Any],
+    threshold: float, guard: int | None
 ) -> dict[str, Any]:
     """What the service's drift metrics compare against (`drift.py`): histograms of the
     exported model's score and of creatinine over every result of the training rows judged in
@@ -531,7 +549,6 @@ def training_reference(
     raw = compile_model(parts["init"], parts["linear"], parts["trees"], len(FEATURES))
     scores = [1.0 / (1.0 + math.exp(-min(max(raw(list(x)), -700.0), 700.0))) for x in ex.P]
     values = [v for r in rows for v in r.values]
-    stages = nhs_points(rows)
     positive = sum(
         s >= threshold or (guard is not None and k >= guard)
         for s, k in zip(scores, stages, strict=True)
@@ -586,15 +603,10 @@ def train(
     version: str,
     excluded: Sequence[str] = DEFAULT_EXCLUDED,
     log=print,
-    live: bool = False,
-    augment: int = 0,
-    names: Sequence[str] | None = None,
-    guards: Sequence[int | None] = (None,),
-    tolerance: float = 0.0,
+    recipe: Recipe = Recipe(),
 ) -> dict[str, Any]:
-    """Cross-validates, refits the chosen model on all rows and writes `out/model.json`.
-    `live`, `augment`: what the models learn from (`cross_validate`); `names`: the candidates
-    tried (default all); `guards`: the NHS guardrails tried beside each (None: none)."""
+    """Cross-validates the `recipe`'s candidates, refits the chosen one on all rows and writes
+    `out/model.json`."""
     import numpy as np
     import sklearn
 
@@ -604,9 +616,9 @@ def train(
     unknown = sorted(set(excluded) - set(FEATURES))
     if unknown:
         raise ValueError(f"--exclude: no such features {unknown}; known: {', '.join(FEATURES)}")
-    if names is not None and set(names) - set(candidates()):
+    if recipe.names is not None and set(recipe.names) - set(candidates()):
         raise ValueError(
-            f"--candidates: no such candidates {sorted(set(names) - set(candidates()))}; "
+            f"--candidates: no such candidates {sorted(set(recipe.names) - set(candidates()))}; "
             f"known: {', '.join(candidates())}"
         )
     cols = [i for i, name in enumerate(FEATURES) if name not in excluded]
@@ -614,27 +626,23 @@ def train(
     log(f"{data}: {len(rows)} rows ({n_aki} AKI), {skipped} junk rows skipped")
     unused = ", ".join(excluded) or "none"
     log(f"features given to the model: {len(cols)} of {len(FEATURES)}; not used: {unused}")
+    live, augment, tolerance = recipe.live, recipe.augment, recipe.tolerance
     learn = "every result (earlier ones as negatives)" if live else "the labelled results"
     log(f"learning from {learn}" + (f", with {augment} assay-shifted copies" if augment else ""))
     log(f"{FOLDS}-fold cross-validation (out-of-fold F3 of the labelled results, and replayed):")
-    table = cross_validate(rows, cols, log, live=live, augment=augment, names=names,
-                           guards=guards, tolerance=tolerance)
+    ex = Examples.of(rows, len(rows))
+    aug = Examples.of(assay_shifted(rows, augment), len(rows)) if augment else None
+    stages = ex.P[:, FEATURES.index("nhs_stage")].astype(int).tolist()   # as nhs_points'
+    table = cross_validate(rows, ex, aug, stages, cols, recipe, log)
     chosen = select(table)
     candidate, guard = table[chosen].get("candidate", chosen), table[chosen]["guard"]
 
-    # The final fit: every row as in cross-validation (labelled points with and without
-    # age/sex, earlier results with `live`, assay-shifted copies with `augment`).
-    ex = Examples.of(rows, len(rows))
-    everyone = np.arange(len(rows))
-    X, y = ex.training_set(everyone, cols, live)
-    if augment:
-        Xa, ya = Examples.of(assay_shifted(rows, augment), len(rows)).training_set(
-            everyone, cols, live)
-        X, y = np.vstack([X, Xa]), np.concatenate([y, ya])
-    check = ex.P[ex.last]
-    parts = export(candidates()[candidate]().fit(X, y), check, cols)
+    # The final fit: every row as in cross-validation.
+    model = candidates()[candidate]().fit(
+        *learning_set(ex, aug, np.arange(len(rows)), cols, live))
+    parts = export(model, ex.P[ex.last], cols)
     threshold = table[chosen]["threshold"]
-    reference = training_reference(rows, ex, parts, threshold, guard)
+    reference = training_reference(rows, ex, stages, parts, threshold, guard)
     summary = {
         name: {
             "threshold": r["threshold"],
@@ -935,9 +943,8 @@ def _cmd_train(args) -> int:
             if g not in ("1", "2", "3"):
                 raise ValueError(f"--guardrails: {g!r} is not an NHS stage 1-3")
             guards.append(int(g))
-        train(Path(args.data), out, args.version or out.name, excluded, live=args.live,
-              augment=args.augment, names=names, guards=guards,
-              tolerance=args.threshold_tolerance)
+        train(Path(args.data), out, args.version or out.name, excluded,
+              recipe=Recipe(args.live, args.augment, names, guards, args.threshold_tolerance))
     except (OSError, ValueError) as e:
         print(f"aki-alert train: {e}", file=sys.stderr)
         return 1

@@ -88,7 +88,7 @@ def one(store: SqliteStore, ing: Ingest, item: bytes | FrameError) -> None:
         event = hl7.parse(item, ing.profile)
     except hl7.HL7Error:
         event = None
-    page = ing.apply(item, 0.0)
+    pages = ing.apply(item, 0.0)
     row = store.db.execute("SELECT status, reason FROM journal WHERE digest = ?",
                            (bytearray(message_digest(item)),)).fetchone()
     assert row is not None, "no journal row: the message left no decision"
@@ -97,7 +97,7 @@ def one(store: SqliteStore, ing: Ingest, item: bytes | FrameError) -> None:
     assert not (status == "dead" and (reason or "").startswith("processing error")), reason
     if event is None:
         assert status == "dead", status
-    if page is not None:
+    for page in pages:
         assert store.db.execute("SELECT status FROM outbox WHERE body = ?",
                                 (page.body,)).fetchone() == ("pending",), page
         mrn, _, when = page.body.partition(",")

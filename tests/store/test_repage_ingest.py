@@ -51,8 +51,9 @@ def outbox(backend, store):
 
 
 def sent(ing, raw):
-    page = ing.apply(raw, 0.0)
-    return None if page is None else page.body
+    pages = ing.apply(raw, 0.0)
+    assert len(pages) <= 1
+    return pages[0].body if pages else None
 
 
 def test_a_wrong_moderate_page_does_not_silence_the_real_injury(backend):
@@ -144,3 +145,21 @@ def test_a_page_from_a_merged_away_number_is_found(backend):
     assert sent(ing, result(T0, 155.0, mrn="8")) == body(T0, "8")
     ing.apply(merge("8", "9", T0 + DAY), 0.0)
     assert sent(ing, result(T0 + 10 * DAY, 400.0, mrn="9")) == body(T0 + 10 * DAY, "9")
+
+
+def test_one_message_that_pages_and_re_pages_dispatches_both(backend):
+    """A result message of two samples: the first opens an episode, the second is markedly
+    worse and pages again. Both pages go out with the message (none left for a later sweep of
+    the outbox), and a re-delivery sends neither again."""
+    store = backend.open()
+    ing = Ingest(store, NhsDetector(), repage=Policy(stage_gain=1))
+    assert not ing.apply(result(T0 - 3 * DAY, 80.0), 0.0)
+    t1, t2 = T0, T0 + 2 * 3600
+    both = (f"MSH|^~\\&|LAB|RVJ|||{format_hl7_time(t2 + 60)}||ORU^R01|||2.5\rPID|1||7\r"
+            f"OBR|1||||||{format_hl7_time(t1)}\rOBX|1|SN|CREATININE||155|umol/L|||||F\r"
+            f"OBR|2||||||{format_hl7_time(t2)}\rOBX|1|SN|CREATININE||400|umol/L|||||F\r"
+            ).encode()
+    assert [p.body for p in ing.apply(both, 0.0)] == [body(t1), body(t2)]
+    assert [b for b, _ in outbox(backend, store)] == [body(t1), body(t2)]
+    assert outbox(backend, store)[1][1]["repage_of"] == format_hl7_time(t1)
+    assert not ing.apply(both, 0.0)

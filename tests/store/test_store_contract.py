@@ -26,7 +26,9 @@ EMPTY = {"patients": 0, "results": 0, "messages": 0, "dead_letters": 0, "pages_p
 
 def handle(ing, raw, received):
     """What the service does with one message: its ACK (`Durable.accept`), then applying it."""
-    return acknowledgement(raw), ing.apply(raw, received)
+    pages = ing.apply(raw, received)
+    assert len(pages) <= 1, pages              # these messages decide one page at most
+    return acknowledgement(raw), pages[0] if pages else None
 
 
 def result(mrn, t, value):

@@ -128,3 +128,20 @@ def test_typed_arrays_give_the_same_features_and_stage_as_lists(hist, value, age
     compact = array("q", times), array("d", values)
     assert features(*compact, T, value, age, "F") == features(times, values, T, value, age, "F")
     assert nhs_stage(*compact, T, value) == nhs_stage(times, values, T, value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(history, st.floats(1.0, 2000.0), st.floats(0.0, 120.0), st.sampled_from(["M", "F"]))
+def test_withholding_demographics_changes_only_the_demographic_features(hist, value, age, sex):
+    """What train.Examples relies on to derive the no-admission vectors from the others."""
+    from aki_alert.detect.features import DEMOGRAPHICS, UNKNOWN_DEMOGRAPHICS
+
+    times = [T - DAY + d // 2 for d, _ in hist]
+    values = [v for _, v in hist]
+    known = features(times, values, T, value, age, sex)
+    withheld = features(times, values, T, value, None, None)
+    for i, name in enumerate(FEATURES):
+        if name in DEMOGRAPHICS:
+            assert withheld[i] == UNKNOWN_DEMOGRAPHICS[DEMOGRAPHICS.index(name)]
+        else:
+            assert withheld[i] == known[i], name

@@ -19,8 +19,11 @@ T0 = parse_hl7_time("20240301080000")
 
 
 def handle(ing, raw, received):
-    """What the service does with one message: its ACK (`Durable.accept`), then applying it."""
-    return acknowledgement(raw), ing.apply(raw, received)
+    """What the service does with one message: its ACK (`Durable.accept`), then applying it
+    (these messages decide one page at most)."""
+    pages = ing.apply(raw, received)
+    assert len(pages) <= 1, pages
+    return acknowledgement(raw), pages[0] if pages else None
 
 
 def result(mrn, t, value):
@@ -282,7 +285,7 @@ def test_a_trusts_history_is_found_by_the_numbers_the_feed_files_under(tmp_path,
     try:
         assert reconcile(store, cfg)
         ing = Ingest(store, NhsDetector(), profile=cfg.feed_profile)
-        page = ing.apply(messages.result(T0, number, 250.0), 0.0)
+        (page,) = ing.apply(messages.result(T0, number, 250.0), 0.0)
         mrn = number.lstrip("0")
         assert page is not None and page.body == f"{mrn},{format_hl7_time(T0)}"
         assert store.load_patient(mrn)[0].values[0] == 80.0
@@ -412,3 +415,26 @@ def test_a_positive_that_is_not_paged_says_why_in_the_journal(ingest, store):
     status, reason = store.db.execute(
         "SELECT status, reason FROM journal ORDER BY id DESC LIMIT 1").fetchone()
     assert status == "applied" and "positive, not paged" in reason
+
+
+def test_a_failure_of_the_parser_itself_is_answered_ae_and_dead_lettered(ingest, store,
+                                                                        monkeypatch, caplog):
+    """A parser bug (not an HL7Error) on one message: the ACK says AE, the message is a dead
+    letter with the reason, its stack is logged; nothing is stuck or left without a decision."""
+    import importlib
+
+    from aki_alert.hl7 import verdict
+
+    parse_module = importlib.import_module("aki_alert.hl7.parse")   # the module, not `parse`
+
+    def broken(raw, profile):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(parse_module, "parse", broken)
+    raw = result(7, T0, 100.0)
+    code, error = verdict(raw)
+    assert code == "AE" and "parser failure" in str(error)
+    assert not ingest.apply(raw, 0.0)
+    status, reason = store.db.execute("SELECT status, reason FROM journal").fetchone()
+    assert status == "dead" and reason.startswith("parser failure: IndexError")
+    assert "the HL7 parser failed on a message" in caplog.text

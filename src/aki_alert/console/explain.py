@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..detect.nhs import ABSOLUTE, RATIO, RISE, RISE_WINDOW, ratio_stage, stage_rule
+from ..detect import LOOKBACK
+from ..detect.nhs import ABSOLUTE, RATIO, RISE, RISE_WINDOW, median, ratio_stage, stage_rule
 from ..timeutil import DAY
 
 __all__ = ["ABSOLUTE", "RATIO", "RISE", "OVERDUE_SECONDS", "PageReason", "Since",
@@ -43,15 +44,11 @@ def baseline_window(times: Sequence[int], values: Sequence[float], at: int,
     if baseline is None:
         return None
     recent = [v for t, v in zip(times, values, strict=True) if at - 7 * DAY <= t < at]
-    older = sorted(v for t, v in zip(times, values, strict=True)
-                   if at - 365 * DAY <= t < at - 7 * DAY)
+    older = [v for t, v in zip(times, values, strict=True) if at - LOOKBACK <= t < at - 7 * DAY]
     if recent and abs(min(recent) - baseline) < 1e-6:
         return "RV1"
-    if older:
-        n = len(older)
-        median = older[n // 2] if n % 2 else (older[n // 2 - 1] + older[n // 2]) / 2.0
-        if abs(median - baseline) < 1e-6:
-            return "RV2"
+    if older and abs(median(older) - baseline) < 1e-6:
+        return "RV2"
     return None
 
 

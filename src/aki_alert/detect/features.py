@@ -42,6 +42,10 @@ FEATURES_F1: tuple[str, ...] = (
     "has_sex",
 )
 
+# The demographic features, and their values for a patient whose admission was never seen.
+DEMOGRAPHICS = ("age", "has_age", "sex_f", "has_sex")
+UNKNOWN_DEMOGRAPHICS = (-1.0, 0.0, 0.0, 0.0)
+
 
 def _ratio(value: float, base: float | None) -> float:
     return value / base if base is not None and base > 0.0 else 1.0

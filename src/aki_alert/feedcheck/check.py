@@ -15,7 +15,8 @@ from ..hl7.encoding import (
 from ..hl7.encoding import DEFAULT as DEFAULT_SEPARATORS
 from ..hl7.encoding import field as hl7_field
 from ..hl7.encoding import separators as read_separators
-from ..hl7.parse import each_obx, is_result_type, message_type, patient_id, repetitions
+from ..hl7.parse import (NO_RESULT_YET, each_obx, is_result_type, message_type, patient_id,
+                         repetitions)
 
 UNPARSEABLE = "unparseable"
 APPLIED, IGNORED, DEAD = "applied", "ignored", "dead letter"
@@ -149,7 +150,7 @@ def _check_one(raw: bytes, profile: hl7.FeedProfile, plain: hl7.FeedProfile,
         for obx, read in each_obx(segs, seps, profile):
             key = _obx_key(obx, seps)
             if isinstance(read, hl7.Note) and not read.suspicious:
-                got = _obx_outcome(read, profile, None, key.unit)
+                got = _obx_outcome(read, profile, None, key)
             else:
                 got = ObxOutcome(elsewhere, not isinstance(read, hl7.Note), False, True)
             report.obx[(key, got)] += 1
@@ -157,7 +158,7 @@ def _check_one(raw: bytes, profile: hl7.FeedProfile, plain: hl7.FeedProfile,
     dead = reason if outcome == DEAD else None
     for obx, read in each_obx(segs, seps, profile):
         key = _obx_key(obx, seps)
-        report.obx[(key, _obx_outcome(read, profile, dead, key.unit))] += 1
+        report.obx[(key, _obx_outcome(read, profile, dead, key))] += 1
 
 
 def _decision(event: hl7.Event, profile: hl7.FeedProfile) -> tuple[str, str]:
@@ -209,7 +210,7 @@ def _obx_key(obx: list[str], seps: Separators) -> ObxKey:
                   first(hl7_field(obx, 11), seps).upper(), alternate)
 
 
-def _obx_outcome(read, profile: hl7.FeedProfile, dead: str | None, sent_unit: str
+def _obx_outcome(read, profile: hl7.FeedProfile, dead: str | None, key: ObxKey
                  ) -> ObxOutcome:
     if isinstance(read, hl7.HL7Error):      # only a code the profile names gets this far
         return ObxOutcome(f"DEAD LETTER: {obx_error(str(read))}", True, False, True)
@@ -220,7 +221,7 @@ def _obx_outcome(read, profile: hl7.FeedProfile, dead: str | None, sent_unit: st
         if read.kind == hl7.NOT_CREATININE:
             return ObxOutcome("ignored: not creatinine", False, False, False)
         if read.kind == hl7.PENDING:
-            why = read.reason.split(" status ", 1)[1]   # "<code> status <OBX-11>: <meaning>"
+            why = f"{key.status}: {NO_RESULT_YET[key.status]}"
             return ObxOutcome(f"creatinine, no result yet: OBX-11 {why}", True, False, False)
         return ObxOutcome(f"ignored: {read.reason}", False, False, False)
     obs: hl7.Observation = read
@@ -232,7 +233,7 @@ def _obx_outcome(read, profile: hl7.FeedProfile, dead: str | None, sent_unit: st
     if obs.status in (hl7.WRONG_PATIENT, hl7.DELETED):
         return ObxOutcome(f"creatinine {_STATUS_NAMES[obs.status]} ({obs.status}): removed from "
                           "the baseline, never pages", True, False, False)
-    unit = _unit_text(obs, profile, sent_unit)
+    unit = _unit_text(obs, profile, key.unit)
     if obs.status == hl7.CORRECTED:
         return ObxOutcome(f"judged as creatinine, {unit}; corrects the stored value (C)",
                           True, True, False)

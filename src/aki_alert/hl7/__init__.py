@@ -6,7 +6,7 @@
 - `ack`: the acknowledgement.
 """
 
-from .ack import (NACK_POLICIES, ack, acknowledgement, control_id, nack_acknowledgement,
+from .ack import (NACK_POLICIES, ack, acknowledgement, nack_acknowledgement,
                   verdict)
 from .events import (
     CORRECTED, DELETED, FINAL, NOT_CREATININE, NOT_OBTAINED, NOT_SERUM, PENDING, PRELIMINARY,
@@ -18,7 +18,7 @@ from .parse import (MAX_CREATININE, MIN_CREATININE, is_result_type, message_type
 from .profile import DEFAULT_PROFILE, FeedProfile, ProfileError, load_profile
 
 __all__ = [
-    "ack", "acknowledgement", "control_id", "verdict", "nack_acknowledgement", "NACK_POLICIES",
+    "ack", "acknowledgement", "verdict", "nack_acknowledgement", "NACK_POLICIES",
     "parse", "parse_outcome", "message_type", "is_result_type", "MIN_CREATININE",
     "MAX_CREATININE", "Admission", "Update", "Discharge", "Merge", "Result", "Observation",
     "Note", "Other", "Event", "HL7Error", "FeedProfile", "DEFAULT_PROFILE", "ProfileError",

@@ -63,18 +63,6 @@ _now: list = [-1, b""]          # (second, MSH-7 of that second): the clock read
 _versions: dict[bytes, tuple[bool, bool]] = {}
 
 
-def control_id(raw: bytes) -> str:
-    """MSH-10 of a raw message, or "" (also for a message too broken to parse)."""
-    head = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
-    fields = head.split(head[3:4] or b"|", 10)
-    if len(fields) <= 9:
-        return ""
-    text = fields[9].decode("utf-8", "replace").strip()
-    # Echoed in MSA-2: never a control character (an MLLP block byte, 0x0B or 0x1C, in the
-    # ACK would end or restart its frame early at the hospital's end).
-    return text if text.isprintable() else "".join(c for c in text if c.isprintable())
-
-
 def next_control_id() -> bytes:
     """A control id (MSH-10) for one of our ACKs: unique in this process, and across processes
     by its random prefix."""
@@ -254,10 +242,7 @@ def verdict(item: bytes | FrameError, profile: FeedProfile = DEFAULT_PROFILE,
     if isinstance(item, FrameError):
         return "AR", HL7Error(item.reason, APPLICATION_INTERNAL_ERROR, reject=True)
     if parsed is None:
-        try:
-            parsed = parse_outcome(item, profile)
-        except Exception:  # noqa: BLE001 - the service's own handling decides; never fail the ACK
-            return "AA", None
+        parsed = parse_outcome(item, profile)
     if isinstance(parsed, HL7Error):
         return ("AR" if parsed.reject else "AE"), parsed
     return "AA", None

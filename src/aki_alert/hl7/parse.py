@@ -10,10 +10,12 @@ A message that can never be processed raises HL7Error with the reason.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterator
 
+from ..logs import traceback_of
 from ..patientid import is_valid_mrn, mrn_problem
 from ..timeutil import parse_hl7_date, parse_hl7_time
 from .encoding import (
@@ -21,11 +23,14 @@ from .encoding import (
 )
 from .encoding import separators as read_separators
 from .events import (
-    CORRECTED, DATA_TYPE_ERROR, DELETED, FINAL, NOT_OBTAINED, PENDING, PRELIMINARY,
+    APPLICATION_INTERNAL_ERROR, CORRECTED, DATA_TYPE_ERROR, DELETED, FINAL, NOT_OBTAINED,
+    PENDING, PRELIMINARY,
     REQUIRED_FIELD_MISSING, SEGMENT_SEQUENCE_ERROR, TABLE_VALUE_NOT_FOUND, WRONG_PATIENT,
     Admission, Discharge, Event, HL7Error, Merge, Note, Observation, Other, Result, Update,
 )
 from .profile import DEFAULT_PROFILE, FeedProfile, not_creatinine
+
+log = logging.getLogger(__name__)
 
 # Creatinine outside this range (µmol/L) is a unit or transcription error, not a patient: the
 # lowest seen in this hospital's cohorts is about 20, and a value in mg/dL sent as µmol/L (1.2)
@@ -45,7 +50,7 @@ _RESULT_TYPES = ("ORU^", "OUL^")
 # OBX-11 as acted on: table 0085's letters to the six the service distinguishes.
 _STATUS = {"": FINAL, "F": FINAL, "U": FINAL, "C": CORRECTED, "P": PRELIMINARY, "R": PRELIMINARY,
            "S": PRELIMINARY, "W": WRONG_PATIENT, "D": DELETED, "X": NOT_OBTAINED}
-_NO_RESULT_YET = {"I": "specimen in lab, result pending", "O": "order detail, no result",
+NO_RESULT_YET = {"I": "specimen in lab, result pending", "O": "order detail, no result",
                   "N": "not asked"}
 _NO_VALUE = (WRONG_PATIENT, DELETED, NOT_OBTAINED)
 _COMPARATORS = ("<=", ">=", "<", ">", "=")
@@ -86,12 +91,17 @@ def parse(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event:
 
 
 def parse_outcome(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event | HL7Error:
-    """`parse`'s event, or the HL7Error it raised (any other exception propagates): one parse
-    that both the ACK's verdict and the message's application read (durable.py)."""
+    """`parse`'s event, or the HL7Error it raised: one parse that both the ACK's verdict and
+    the message's application read (durable.py, ingest.py). A failure of the parser itself
+    (any other exception: a bug) is logged with its stack and becomes an HL7Error too, so the
+    message is answered AE and dead-lettered with that reason, never stuck or unanswered."""
     try:
         return parse(raw, profile)
     except HL7Error as e:
         return e
+    except Exception as e:  # noqa: BLE001 - see above
+        log.error("the HL7 parser failed on a message: %r\n%s", e, traceback_of(e))
+        return HL7Error(f"parser failure: {e!r}", APPLICATION_INTERNAL_ERROR)
 
 
 def is_result_type(kind: str) -> bool:
@@ -301,9 +311,9 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
     status_text = first(obx[11], seps).upper() if n > 11 and obx[11] else ""
     status = _STATUS.get(status_text)
     if status is None:
-        if status_text in _NO_RESULT_YET:
+        if status_text in NO_RESULT_YET:
             notes.append(Note(code, f"{code} status {status_text}: "
-                                    f"{_NO_RESULT_YET[status_text]}", PENDING))
+                                    f"{NO_RESULT_YET[status_text]}", PENDING))
             return None
         raise HL7Error(f"OBX-11 result status {status_text!r} of {code} is not an HL7 status",
                        TABLE_VALUE_NOT_FOUND)
