@@ -53,8 +53,9 @@ def store(tmp_path, backend):
 
 
 def fast(timeout: float = 0.5, **kw) -> Policy:
-    """The default policy, with a millisecond's backoff and the given attempt timeout."""
-    return replace(Policy(), backoff_first=0.001, attempt_timeout=timeout, **kw)
+    """The default policy, with a millisecond's backoff and the given attempt timeout
+    (`kw` overrides either)."""
+    return replace(Policy(), **{"backoff_first": 0.001, "attempt_timeout": timeout, **kw})
 
 
 def queue(store, body):
@@ -110,9 +111,15 @@ def test_refused_connection_is_retried_and_pending_pages_resent_at_start(store):
     pid = queue(store, "8,20240101000000")
 
     async def refused():
-        d = Dispatcher(store, "127.0.0.1:1", policy=fast(0.2))
+        # One attempt, then a long backoff: the refusal is the last error recorded, however
+        # slowly a loaded machine runs (a short attempt timeout could record "timeout").
+        d = Dispatcher(store, "127.0.0.1:1",
+                       policy=fast(5.0, backoff_first=60.0, backoff_cap=60.0))
         await d.start()                    # resends the pending row, which fails
-        await asyncio.sleep(0.05)
+        for _ in range(500):
+            if status(store, pid)[1] >= 1:
+                break
+            await asyncio.sleep(0.01)
         await d.drain(0.01)
     asyncio.run(refused())
     state, attempts, error = status(store, pid)
