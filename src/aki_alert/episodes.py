@@ -10,14 +10,19 @@ A result sampled before the episode's start (a late or replayed one) belongs to 
 the same distance: the window is symmetric, and the episode's start never moves back.
 
 When the result an episode runs from is withdrawn (OBX-11 W, D) or corrected to no injury, the
-episode falls back to the patient's latest earlier page whose result still stands (the first
-page of an episode that paged again), or ends.
+episode falls back to the patient's latest earlier page whose result still stands and still
+reads as an injury (the first page of an episode that paged again), or ends. "Still reads as
+an injury" is the detector's judgement of that result on the results before it as they are
+now: a page whose own result, or whose baseline, was corrected since is not an injury to fall
+back to.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 
+from .detect import Detector, Patient
 from .timeutil import DAY
 
 EPISODE_DAYS = 90
@@ -36,5 +41,18 @@ def episode_start_after(episode_start: int | None, time: int) -> int:
 def fallback_start(standing_pages: Iterable[int], time: int) -> int | None:
     """The episode start once the result at `time` that the episode ran from is withdrawn or
     corrected to no injury: the latest of `standing_pages` (the result times of the patient's
-    pages whose results still stand) before it; None (no episode) without one."""
+    pages that still stand: `standing_injuries`) before it; None (no episode) without one."""
     return max((t for t in standing_pages if t < time), default=None)
+
+
+def standing_injuries(detector: Detector, patient: Patient, times: Iterable[int]
+                      ) -> frozenset[int]:
+    """Those of `times` whose results are in the patient's series and still judged an injury
+    by `detector`, on the results before each as they are now."""
+    standing = set()
+    for t in times:
+        i = bisect_left(patient.times, t)
+        if i < len(patient.times) and patient.times[i] == t and \
+                detector.judge(patient, t, patient.values[i]).positive:
+            standing.add(t)
+    return frozenset(standing)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from . import counted, hl7, logs, metrics
 from .detect import LOOKBACK, Detector, Judgement, Patient
 from .drift import DriftMonitor
-from .episodes import episode_start_after, fallback_start, opens_episode
+from .episodes import episode_start_after, fallback_start, opens_episode, standing_injuries
 from .logs import REQUEST_ID
 from .mllp import FrameError
 from .merges import record_merge, retired
@@ -443,9 +443,14 @@ class Ingest:
                    reasons: list[str]) -> int | None:
         """The result the patient's episode ran from is withdrawn or corrected to no injury
         (`what`): the episode falls back to an earlier page whose result stands, or ends (the
-        rare path: one indexed read of the patient's pages). Returns its start; the log and
-        `reasons` (the journal's) say which."""
-        start = fallback_start(self.store.standing_pages(mrn), obs.time)
+        rare path: an indexed read of the patient's pages, and of its results to judge them
+        again). Returns its start; the log and `reasons` (the journal's) say which."""
+        earlier = [t for t in self.store.standing_pages(mrn) if t < obs.time]
+        standing: frozenset[int] = frozenset()
+        if earlier:
+            series, _ = self.store.load_patient(mrn, min(earlier) - LOOKBACK)
+            standing = standing_injuries(self.detector, series, earlier)
+        start = fallback_start(standing, obs.time)
         self.store.open_episode(mrn, start)
         now = ("is closed" if start is None else
                f"falls back to the page of {format_hl7_time(start)}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from . import hl7
 from .detect import Detector, Judgement, Patient
-from .episodes import episode_start_after, fallback_start, opens_episode
+from .episodes import episode_start_after, fallback_start, opens_episode, standing_injuries
 from .history import ImportSummary, read_history
 from .ingest import take_demographics
 from .merges import merged_episode, merged_fields, record_merge, retired
@@ -41,11 +41,12 @@ class Positive:
 @dataclass(frozen=True, slots=True)
 class Withdrawal:
     """A result taken out of the patient's series (OBX-11 W or D) or corrected to no injury,
-    and the sample times of the patient's other results left after it."""
+    and the sample times of the patient's earlier positive results that still stand and still
+    read as an injury (episodes.standing_injuries): what its episode may fall back to."""
 
     mrn: str
     time: int
-    left: frozenset[int]
+    standing: frozenset[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ def offline_events(history_path: str | None, messages: list[bytes],
     # are final).
     statuses: dict[str, dict[int, str]] = {}
     aliases: dict[str, str] = {}      # numbers merged away, and the number each lives on as
+    positives: dict[str, set[int]] = {}   # the sample times of each patient's positives
     if history_path:
         for mrn, t, v in read_history(history_path, ImportSummary()):
             p = patients.setdefault(mrn, Patient(mrn))
@@ -109,41 +111,50 @@ def offline_events(history_path: str | None, messages: list[bytes],
             mrn = aliases.get(event.mrn, event.mrn)
             p = patients.setdefault(mrn, Patient(mrn))
             held = statuses.setdefault(mrn, {})
+            mine = positives.setdefault(mrn, set())
             for obs in event.observations:
-                _observation(p, held, obs, detector, events)
+                _observation(p, held, mine, obs, detector, events)
         elif isinstance(event, hl7.Merge):
             new = aliases.get(event.mrn, event.mrn)
             old = retired(aliases, event.old, new)
             if old is not None:
                 _merge(patients, statuses, old, new)
+                positives.setdefault(new, set()).update(positives.pop(old, ()))
                 record_merge(aliases, old, new)
                 events.append(Merged(old, new))
     return events
 
 
-def _observation(p: Patient, held: dict[int, str], obs: hl7.Observation, detector: Detector,
-                 events: list[Event]) -> None:
+def _observation(p: Patient, held: dict[int, str], positives: set[int], obs: hl7.Observation,
+                 detector: Detector, events: list[Event]) -> None:
     """One observation as the service takes it (default profile): a new result, or a
     correction (or a result after a preliminary) judged again; W and D leave the baseline;
-    X and a repeat change nothing. `held`: the statuses of the patient's feed results."""
+    X and a repeat change nothing. `held`: the statuses of the patient's feed results;
+    `positives`: the sample times of its positive results."""
     i = bisect_left(p.times, obs.time)
     present = i < len(p.times) and p.times[i] == obs.time
+
+    def withdrawn() -> Withdrawal:
+        earlier = [t for t in positives if t < obs.time]
+        return Withdrawal(p.mrn, obs.time, standing_injuries(detector, p, earlier))
+
     if obs.status in (hl7.WRONG_PATIENT, hl7.DELETED):
         if present:
             del p.times[i], p.values[i]
             held.pop(obs.time, None)
-            events.append(Withdrawal(p.mrn, obs.time, frozenset(p.times)))
+            events.append(withdrawn())
         return
     if obs.value is None or (present and is_repeat(obs.status, held.get(obs.time, hl7.FINAL))):
         return
     held[obs.time] = obs.status
     j = detector.judge(p, obs.time, obs.value)
     if j.positive:
+        positives.add(obs.time)
         events.append(Positive(p.mrn, obs.time, obs.time_text, obs.value, j,
                                p.times[:i], p.values[:i]))
     elif present:
         # A correction to no injury: for the episode, as if its result were withdrawn.
-        events.append(Withdrawal(p.mrn, obs.time, frozenset(p.times) - {obs.time}))
+        events.append(withdrawn())
     if present:
         p.values[i] = obs.value
     else:
@@ -187,7 +198,8 @@ def decide(events: Iterable[Event], policy: Policy) -> list[str]:
         if isinstance(e, Withdrawal):
             if episodes.get(e.mrn) == e.time:
                 # Its page was for a withdrawn result: the episode falls back, or ends.
-                start = fallback_start((t for t in paged.get(e.mrn, ()) if t in e.left), e.time)
+                start = fallback_start((t for t in paged.get(e.mrn, ()) if t in e.standing),
+                                       e.time)
                 if start is not None:
                     episodes[e.mrn] = start
                 else:

@@ -11,6 +11,7 @@ from aki_alert.console import queries
 from aki_alert.detect.nhs import NhsDetector
 from aki_alert.hospital import messages
 from aki_alert.ingest import Ingest
+from aki_alert.offline import offline_pages
 from aki_alert.repage import NEVER, Policy
 from aki_alert.timeutil import DAY, format_hl7_time, parse_hl7_time
 
@@ -135,6 +136,28 @@ def test_a_repage_corrected_to_no_injury_falls_back_to_the_first_page(backend, c
     # ...and one markedly worse than it is, as a re-page of it.
     assert sent(ing, result(T0 + 12 * DAY, 400.0)) == body(T0 + 12 * DAY)
     assert outbox(backend, store)[-1][1]["repage_of"] == first
+
+
+def test_an_episode_does_not_fall_back_to_a_page_no_longer_an_injury(backend, caplog):
+    """A page, then a re-page; the first page's result is corrected to no injury (the episode
+    runs from the re-page, so nothing changes yet), then the re-page is withdrawn. Nothing left
+    reads as an injury: the episode ends, and a later rise is paged. The service and its
+    offline reference agree."""
+    store = backend.open()
+    ing = Ingest(store, NhsDetector(), repage=POLICY)
+    stream = [result(T0 - 30 * DAY, 100.0), result(T0, 155.0), result(T0 + 10 * DAY, 400.0),
+              corrected(T0, 105.0), withdrawal(T0 + 10 * DAY), result(T0 + 11 * DAY, 160.0)]
+    got = []
+    with caplog.at_level(logging.WARNING, logger="aki_alert.ingest"):
+        for raw in stream[:-1]:
+            got += [p.body for p in ing.apply(raw, 0.0)]
+    assert got == [body(T0), body(T0 + 10 * DAY)]
+    assert "its episode is closed" in caplog.text
+    assert backend.rows(store, "SELECT episode_start FROM patients WHERE mrn = '7'") == [(None,)]
+    # 160 against a baseline of 100 and 105 is stage 1: a new episode, paged.
+    assert sent(ing, stream[-1]) == body(T0 + 11 * DAY)
+    assert offline_pages(None, stream, NhsDetector(), POLICY) == \
+        [body(T0), body(T0 + 10 * DAY), body(T0 + 11 * DAY)]
 
 
 def test_a_page_from_a_merged_away_number_is_found(backend):
