@@ -10,7 +10,11 @@ Fencing: the leader trusts its lease only until `valid_until`, three quarters of
 after the request that granted it was *sent*, on its own monotonic clock. Every ACK and every
 page checks `valid()` first, so a leader that was paused past its lease acknowledges and pages
 nothing when it resumes, however late it notices; it then stops (exit code 3) and, restarted,
-waits as a standby.
+waits as a standby. The state's commits are fenced in the database as well (`confirm`, run
+inside each transaction before its COMMIT): a leader paused between its own check and a
+commit cannot commit once another replica holds the lease, and the row lock it takes on the
+lease keeps a successor from taking over in the middle of that commit, so the successor reads
+every message its predecessor committed.
 """
 
 from __future__ import annotations
@@ -88,6 +92,22 @@ class Lease:
         holder, left = self.conn.execute(
             f"SELECT holder, expires_at - {_NOW} FROM leader_lease WHERE id = 1").fetchone()
         return holder, left
+
+    def confirm(self, conn) -> None:
+        """Inside a transaction of the state (on its connection `conn`), just before its
+        COMMIT: raise LeadershipLost unless this replica's lease still stands by the
+        database's clock, and hold the lease's row (FOR SHARE) until the commit, so that no
+        other replica can take the lease in between. A lapsed lease is lost for good."""
+        row = conn.execute(
+            "SELECT 1 FROM leader_lease WHERE id = 1 AND holder = %s AND epoch = %s "
+            f"AND expires_at > {_NOW} FOR SHARE", (self.holder, self.epoch)).fetchone()
+        if row is None:
+            self.valid_until = 0.0
+            if not self.lost.is_set():
+                self.lost.set()
+                self.on_lost()
+            raise LeadershipLost(f"lease of epoch {self.epoch} no longer stands in the "
+                                 "database: the transaction is rolled back")
 
     def valid(self) -> bool:
         return self.epoch is not None and time.monotonic() < self.valid_until

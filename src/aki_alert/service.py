@@ -396,6 +396,7 @@ def _serve(cfg: Config, readiness: health.Readiness, lease: Lease | None) -> Non
     if lease is not None:
         # A predecessor paused inside a transaction must not block us past our own lease.
         store.limit_idle_transactions(cfg.lease_seconds / 2)
+        store.fence_commits(lease.confirm)
     default, robust = load_detector(cfg), load_robust(cfg)
     readiness.set("detector", True)
     # The model this state's hospital was served by: the messages of the log are applied with it.

@@ -11,6 +11,7 @@ import sqlite3
 import sys
 from typing import TYPE_CHECKING, Union
 
+from ..leader import LeadershipLost
 from .admin import NewerSchemaError, StateError
 from .sqlite import SqliteStore
 
@@ -52,8 +53,11 @@ def open_store(state_dir: str, state_url: str | None, durability: str, *, migrat
 
 
 def is_storage_failure(e: BaseException) -> bool:
-    """Failures of our own storage (full, read-only, locked, corrupt, connection lost): never
-    the message's fault. Integrity errors (and PostgreSQL data errors) are the message's."""
+    """Failures of our own storage (full, read-only, locked, corrupt, connection lost, or no
+    longer ours to write: a replica's lost lease): never the message's fault. Integrity errors
+    (and PostgreSQL data errors) are the message's."""
+    if isinstance(e, LeadershipLost):
+        return True
     if isinstance(e, sqlite3.IntegrityError):
         return False
     if isinstance(e, (sqlite3.DatabaseError, OSError)):

@@ -48,7 +48,7 @@ transaction. So a backup of either backend restores into either.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -167,6 +167,9 @@ class PostgresStore(RowOps, StateAdmin):
 
     _idle_ms = IDLE_IN_TRANSACTION_MS
     _MIGRATIONS = _MIGRATIONS
+    # Called with the connection inside every transaction just before its COMMIT (a replica's
+    # lease: leader.Lease.confirm); raises to roll the transaction back instead.
+    _fence: Callable[[psycopg.Connection], None] | None = None
 
     def __init__(self, url: str, durability: str = "process", *, migrate: bool = True,
                  readonly: bool = False) -> None:
@@ -252,6 +255,8 @@ class PostgresStore(RowOps, StateAdmin):
         self.db.execute(begin)
         try:
             yield
+            if end == "COMMIT" and self._fence is not None:
+                self._fence(self.db)
         except BaseException:
             if not self.db.broken and self.in_transaction:
                 self.db.execute("ROLLBACK")
@@ -372,6 +377,11 @@ class PostgresStore(RowOps, StateAdmin):
             self._ensure_connected()
         return self.db.execute(query, tuple(_t(p) if isinstance(p, str) else p for p in params))
 
+    def fence_commits(self, fence: Callable[[psycopg.Connection], None]) -> None:
+        """Have `fence(connection)` run before every COMMIT, inside the transaction: a replica
+        commits only while its lease stands in the database, not only on its own clock."""
+        self._fence = fence
+
     def limit_idle_transactions(self, seconds: float) -> None:
         """End this session if it ever sits inside a transaction longer than `seconds`."""
         self._idle_ms = max(100, int(seconds * 1000))
@@ -410,6 +420,12 @@ class PostgresStore(RowOps, StateAdmin):
 
     def commit_batch(self) -> None:
         if self.in_transaction:
+            if self._fence is not None:
+                try:
+                    self._fence(self.db)
+                except BaseException:
+                    self.rollback_batch()
+                    raise
             self.db.execute("COMMIT")
 
     def rollback_batch(self) -> None:
