@@ -53,9 +53,11 @@ def store(tmp_path, backend):
 
 
 def fast(timeout: float = 0.5, **kw) -> Policy:
-    """The default policy, with a millisecond's backoff and the given attempt timeout
-    (`kw` overrides either)."""
-    return replace(Policy(), **{"backoff_first": 0.001, "attempt_timeout": timeout, **kw})
+    """The default policy, with a millisecond's backoff, the given attempt timeout and no
+    hedging (a loaded machine's slow answer would add a request the tests do not count on);
+    `kw` overrides any of them."""
+    return replace(Policy(), **{"backoff_first": 0.001, "attempt_timeout": timeout,
+                                "hedge_min": 30.0, "hedge_max": 30.0, **kw})
 
 
 def queue(store, body):
@@ -233,7 +235,7 @@ def test_backoff_is_capped_and_jittered():
 def test_a_hung_attempt_is_hedged_long_before_its_timeout(store):
     async def go():
         async with FakePager(["hang"]) as p:      # the first request hangs 2 s
-            d = Dispatcher(store, p.address, policy=fast(5.0, hedge_max=0.1))
+            d = Dispatcher(store, p.address, policy=fast(5.0, hedge_min=0.05, hedge_max=0.1))
             await d.start()
             pid = queue(store, "9,20240101000000")
             started = time.monotonic()
