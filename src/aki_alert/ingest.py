@@ -28,7 +28,7 @@ from .logs import REQUEST_ID
 from .mllp import FrameError
 from .merges import record_merge, retired
 from .repage import PagedResult, Policy, policy_for, should_repage
-from .revisions import is_repeat
+from .revisions import is_repeat, is_unmarked_revision
 from .store import Store, is_storage_failure
 from .timeutil import DAY, format_hl7_time
 
@@ -422,12 +422,19 @@ class Ingest:
         action = "judged"
         if not store.add_result(mrn, obs.time, value, status, obs.comparator):
             old_value, old_status = store.result_at(mrn, obs.time)
-            if is_repeat(status, old_status):
+            if is_repeat(status, old_status, value, old_value):
                 self._counts.append(metrics.DUPLICATE_RESULTS)
                 return "duplicate", None, episode
             store.correct_result(mrn, obs.time, value, status, obs.comparator, jid)
-            log.info("result of %s at %s corrected (%s → %s): %g → %g µmol/L", logs.patient(mrn),
-                     obs.time_text, old_status, status, old_value, value)
+            if is_unmarked_revision(status, old_status):
+                log.warning("result of %s at %s sent again with another value and OBX-11 %s, "
+                            "not C: taken as a correction, %g → %g µmol/L", logs.patient(mrn),
+                            obs.time_text, status, old_value, value)
+                reasons.append(f"{obs.time_text} sent again as {status} with another value "
+                               f"({old_value:g} → {value:g} µmol/L): taken as a correction")
+            else:
+                log.info("result of %s at %s corrected (%s → %s): %g → %g µmol/L",
+                         logs.patient(mrn), obs.time_text, old_status, status, old_value, value)
             action = "corrected"
         if status == hl7.PRELIMINARY and self.profile.preliminary == "store":
             return ("stored" if action == "judged" else action), None, episode

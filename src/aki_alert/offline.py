@@ -144,7 +144,8 @@ def _observation(p: Patient, held: dict[int, str], positives: set[int], obs: hl7
             held.pop(obs.time, None)
             events.append(withdrawn())
         return
-    if obs.value is None or (present and is_repeat(obs.status, held.get(obs.time, hl7.FINAL))):
+    if obs.value is None or (present and is_repeat(obs.status, held.get(obs.time, hl7.FINAL),
+                                                   obs.value, p.values[i])):
         return
     held[obs.time] = obs.status
     j = detector.judge(p, obs.time, obs.value)

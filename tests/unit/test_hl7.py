@@ -196,3 +196,71 @@ def test_an_obx_not_judged_says_what_it_is(name, kind):
     raw = (Path(__file__).resolve().parents[1] / "corpus" / name).read_bytes().strip(b"\n")
     kinds = {n.kind for n in hl7.parse(raw).notes}
     assert kind in kinds
+
+
+# --- real trusts' variants (session 8's probe of labs and PAS beyond the contract) -----------
+
+def _oru(obx: str, msh_tail: str = "") -> bytes:
+    return (f"MSH|^~\\&|LAB|RVJ|AKI|RVJ|20240315091500||ORU^R01|L1|P|2.5.1{msh_tail}\r"
+            f"PID|1||1001\rOBR|1||S1|UE|||20240315074500\r{obx}\r").encode()
+
+
+@pytest.mark.parametrize("trigger", ["A18", "A30", "A34", "A36", "A39", "A40", "A47"])
+def test_every_merge_trigger_moves_mrg1_into_pid3(trigger):
+    raw = (f"MSH|^~\\&|PAS|RVJ|AKI|RVJ|20240310143000||ADT^{trigger}|P1|P|2.3\r"
+           "PID|1||1001^^^RVJ^MR\rMRG|2002^^^RVJ^MR\r").encode()
+    assert hl7.parse(raw) == hl7.Merge("1001", "2002", parse_hl7_time("20240310143000"))
+
+
+@pytest.mark.parametrize("sent, acted_on", [("A", "C"), ("B", "F"), ("V", "F"), ("U", "F")])
+def test_v28_result_statuses_are_acted_on(sent, acted_on):
+    obs = only(hl7.parse(_oru(f"OBX|1|NM|CREATININE||85|umol/L|||||{sent}")))
+    assert (obs.value, obs.status) == (85.0, acted_on)
+
+
+@pytest.mark.parametrize("unit, value", [("^umol/L", 45.0), ("umol/L^micromoles per litre", 45.0),
+                                         ("^mg/dL^UCUM", 45 * 88.4)])
+def test_the_unit_is_read_from_obx6_text_when_its_identifier_is_empty(unit, value):
+    obs = only(hl7.parse(_oru(f"OBX|1|NM|2160-0^Creatinine^LN||45|{unit}|||||F")))
+    assert obs.value == pytest.approx(value)
+
+
+def test_an_obx6_naming_no_unit_is_a_dead_letter_not_the_codes_default():
+    with pytest.raises(hl7.HL7Error, match="names no unit"):
+        hl7.parse(_oru("OBX|1|NM|2160-0^Creatinine^LN||45|^^UCUM|||||F"))
+
+
+@pytest.mark.parametrize("ident, loud", [
+    ("2161-8^Creatinine [Mass/volume] in Urine^LN^CREATININE^Creatinine^L", False),
+    ("CREATININE^Creatinine, urine random^L", True),
+    ("CREATININE^Creatinine^L^2161-8^Creatinine in Urine^LN", True),
+    ("14682-9^Creatinine^LN^CRCL^Creatinine clearance^L", True),
+])
+def test_creatinine_that_another_part_of_obx3_says_is_not_serum_is_not_judged(ident, loud):
+    e = hl7.parse(_oru(f"OBX|1|NM|{ident}||4500|umol/L|||||F"))
+    assert isinstance(e, hl7.Other)
+    note, = e.notes
+    assert note.suspicious is loud
+
+
+def test_a_byte_order_mark_and_an_iso_8859_charset_are_read():
+    assert hl7.parse(b"\xef\xbb\xbf" + RESULT) == hl7.parse(RESULT)
+    latin = _oru("OBX|1|NM|CREATININE||85|\xb5mol/L|||||F", "||||||8859/1").decode(
+        "utf-8").encode("latin-1")
+    assert only(hl7.parse(latin)).value == 85.0
+    # Not declared: the byte is not guessed at, and the unit is unknown (a dead letter).
+    with pytest.raises(hl7.HL7Error, match="not known"):
+        hl7.parse(latin.replace(b"8859/1", b""))
+
+
+@pytest.mark.parametrize("dob, birth", [('""', None), ("1950", "19500701"),
+                                        ("195002", "19500215"), ("19500202", "19500202")])
+def test_a_null_or_partial_date_of_birth(dob, birth):
+    raw = (f"MSH|^~\\&|PAS|RVJ|AKI|RVJ|20240311100000||ADT^A08|P2|P|2.5.1\r"
+           f"PID|1||1001||\"\"||{dob}|M\r").encode()
+    e = hl7.parse(raw)
+    assert (e.name, e.birth) == ("", None if birth is None else parse_hl7_date(birth))
+
+
+def test_a_message_type_without_a_trigger_still_carries_results():
+    assert hl7.parse(RESULT.replace(b"ORU^R01", b"ORU")) == hl7.parse(RESULT)

@@ -8,11 +8,15 @@ import random
 import string
 from pathlib import Path
 
+import pytest
+
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from aki_alert import hl7
-from aki_alert.hl7.encoding import DEFAULT, Separators, components, first, separators, unescape
+from aki_alert.hl7.encoding import (
+    DEFAULT, EncodingError, Separators, components, first, separators, unescape,
+)
 from aki_alert.timeutil import parse_hl7_time
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
@@ -246,3 +250,14 @@ def test_mutated_corpus_messages_parse_or_raise_hl7error(seed, rnd, n):
             for o in event.observations:
                 parse_hl7_time(o.time_text)
                 assert o.value is None or hl7.MIN_CREATININE <= o.value <= hl7.MAX_CREATININE
+
+
+def test_a_truncation_character_in_msh2_is_not_a_separator():
+    # v2.7 adds a fifth encoding character (truncation, `#`); any separators may carry it.
+    for text in ("MSH|^~\\&#|LAB", "MSH|^~\\$#|LAB"):
+        seps = separators(text)
+        assert (seps.field, seps.component, seps.repetition, seps.escape[:1]) == (
+            "|", "^", "~", "\\")
+        assert seps.subcomponent in "&$"
+    with pytest.raises(EncodingError):
+        separators("MSH|^~\\$#!|LAB")                 # six characters: not HL7

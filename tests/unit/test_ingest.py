@@ -1,6 +1,7 @@
 """The per-message path against a real SQLite file: one transaction, ACK after commit."""
 
 import json
+import logging
 import sqlite3
 
 import pytest
@@ -153,13 +154,30 @@ def test_a_message_that_fails_once_is_applied_on_the_retry(store):
     assert store.counts()["results"] == 1 and store.counts()["messages"] == 1
 
 
-def test_same_sample_time_with_other_bytes_is_a_duplicate_result(ingest, store):
+def test_same_sample_time_and_value_in_other_bytes_is_a_duplicate_result(ingest, store):
     handle(ingest, result(7, T0, 100.0), 0.0)
     handle(ingest, result(7, T0 + DAY, 250.0), 0.0)
-    _, page = handle(ingest, result(7, T0 + DAY, 260.0), 0.0)
+    again = result(7, T0 + DAY, 250.0).replace(b"|250.0", b"|250")
+    assert again != result(7, T0 + DAY, 250.0)
+    _, page = handle(ingest, again, 0.0)
     assert page is None and len(pages(store)) == 1
     status, = store.db.execute("SELECT status FROM journal ORDER BY id DESC").fetchone()
     assert status == "duplicate-result"
+
+
+def test_same_sample_time_with_another_value_as_final_is_taken_as_a_correction(ingest, store,
+                                                                              caplog):
+    """A lab that revises a result without OBX-11 C: its latest value stands, loudly."""
+    handle(ingest, result(7, T0, 100.0), 0.0)
+    handle(ingest, result(7, T0 + DAY, 250.0), 0.0)
+    with caplog.at_level(logging.WARNING, logger="aki_alert.ingest"):
+        _, page = handle(ingest, result(7, T0 + DAY, 260.0), 0.0)
+    assert page is None and len(pages(store)) == 1          # the same episode: not paged again
+    assert "taken as a correction, 250 → 260" in caplog.text
+    status, reason = store.db.execute(
+        "SELECT status, reason FROM journal ORDER BY id DESC").fetchone()
+    assert status == "applied" and "taken as a correction" in reason
+    assert store.result_at("7", T0 + DAY)[0] == 260.0
 
 
 def test_other_message_types_are_journaled_as_ignored(ingest, store):
@@ -224,6 +242,7 @@ class Recording(NhsDetector):
 def test_what_is_held_in_memory_judges_as_the_whole_history(tmp_path_factory, results):
     # Results over three years, in any order (late ones too): each is judged from the results
     # held in memory, which reach back only KEEP, and reloads when a late result needs more.
+    # Another value for a sample time already held replaces it, and is judged again.
     store = SqliteStore(str(tmp_path_factory.mktemp("held") / "state.db"))
     detector = Recording()
     ing = Ingest(store, detector)
@@ -231,7 +250,7 @@ def test_what_is_held_in_memory_judges_as_the_whole_history(tmp_path_factory, re
     for day, value in results:
         t = T0 + day * DAY
         ing.apply(result(7, t, value), 0.0)
-        if t not in history:
+        if history.get(t) != value:
             time_, times, values = detector.seen[-1]
             earlier = sorted((s, v) for s, v in history.items() if s < t)
             held = [(s, v) for s, v in zip(times, values, strict=True) if s < t]

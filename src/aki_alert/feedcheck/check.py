@@ -10,13 +10,12 @@ from dataclasses import dataclass, field, replace
 
 from .. import hl7
 from ..hl7.encoding import (
-    EncodingError, Separators, components, first, segments,
+    Separators, components, first, segments,
 )
 from ..hl7.encoding import DEFAULT as DEFAULT_SEPARATORS
 from ..hl7.encoding import field as hl7_field
-from ..hl7.encoding import separators as read_separators
 from ..hl7.parse import (NO_RESULT_YET, each_obx, is_result_type, message_type, patient_id,
-                         repetitions)
+                         repetitions, sent_unit, split_message)
 
 UNPARSEABLE = "unparseable"
 APPLIED, IGNORED, DEAD = "applied", "ignored", "dead letter"
@@ -106,14 +105,10 @@ def check_file(path: str, profile: hl7.FeedProfile = hl7.DEFAULT_PROFILE,
 
 def _header(raw: bytes) -> tuple[str, Separators, list[list[str]]] | None:
     """(message type, separators, segments) when the MSH header can be read, else None."""
-    text = raw.decode("utf-8", "replace").lstrip()
-    if not text.startswith("MSH"):
-        return None
     try:
-        seps = read_separators(text)
-    except EncodingError:
+        seps, segs = split_message(raw)
+    except hl7.HL7Error:
         return None
-    segs = segments(text, seps.field)
     return message_type(segs[0], seps) or "(empty MSH-9)", seps, segs
 
 
@@ -206,7 +201,7 @@ def _obx_key(obx: list[str], seps: Separators) -> ObxKey:
             alternate = " ".join(p for p in (parts[3], parts[5]) if p)
     else:
         code, text, system = first(ident, seps), "", ""
-    return ObxKey(code, system, text, first(hl7_field(obx, 6), seps),
+    return ObxKey(code, system, text, sent_unit(hl7_field(obx, 6), seps),
                   first(hl7_field(obx, 11), seps).upper(), alternate)
 
 

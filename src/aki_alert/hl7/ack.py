@@ -115,7 +115,7 @@ def _head(raw: bytes, whole: bool) -> bytes | None:
     """The MSH segment of a message (of a frame's prefix when not `whole`: None unless the
     prefix holds all of it), or None when the frame does not start with one."""
     if raw[:3] != b"MSH":
-        raw = raw.lstrip()
+        raw = raw.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()   # and a byte-order mark
         if raw[:3] != b"MSH":
             return None
     end = raw.find(b"\r")

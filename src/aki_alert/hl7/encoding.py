@@ -39,11 +39,12 @@ def separators(text: str) -> Separators:
     fs = text[3]
     end = text.find(fs, 4)
     enc = text[4:end] if end >= 0 else ""
-    if fs.isalnum() or fs.isspace() or not 1 <= len(enc) <= 4 or len(set(enc + fs)) != len(enc) + 1:
-        raise EncodingError(f"MSH-1/MSH-2 separators {text[3:9]!r} are not usable")
+    if fs.isalnum() or fs.isspace() or not 1 <= len(enc) <= 5 or len(set(enc + fs)) != len(enc) + 1:
+        raise EncodingError(f"MSH-1/MSH-2 separators {text[3:10]!r} are not usable")
     # A separator MSH-2 leaves out is not used by the message: NUL (never in HL7 text) stands
-    # in for it, so that splitting on it finds nothing; a missing escape character is "".
-    enc = enc.ljust(4, "\0")
+    # in for it, so that splitting on it finds nothing; a missing escape character is "". A
+    # fifth character (v2.7's truncation character) only marks where a sender cut a value.
+    enc = enc[:4].ljust(4, "\0")
     return Separators(fs, enc[0], enc[1], enc[2].strip("\0"), enc[3])
 
 

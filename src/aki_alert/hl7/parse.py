@@ -1,7 +1,8 @@
 """Messages into events, as a feed profile reads them (pure functions).
 
 ADT^A01 admits (MRN, name, date of birth, sex), A08/A31 update the demographics, A03
-discharges, A40/A34/A47 merge the MRG-1 number into PID-3's; ORU (and OUL) carry results, of which
+discharges, A40/A34/A47 (and A18/A30/A36/A39) merge the MRG-1 number into PID-3's (one pair a
+message); ORU (and OUL) carry results, of which
 the creatinine OBXs are read: each with its own OBR's sample time (OBR-7, else its OBX-14),
 its OBX-11 status, its value (NM, or SN with a comparator) converted to µmol/L. Every other
 OBX is noted with the reason it is not judged. Other message types parse to `Other`.
@@ -10,6 +11,7 @@ A message that can never be processed raises HL7Error with the reason.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import math
 import re
@@ -26,9 +28,10 @@ from .events import (
     APPLICATION_INTERNAL_ERROR, CORRECTED, DATA_TYPE_ERROR, DELETED, FINAL, NOT_OBTAINED,
     PENDING, PRELIMINARY,
     REQUIRED_FIELD_MISSING, SEGMENT_SEQUENCE_ERROR, TABLE_VALUE_NOT_FOUND, WRONG_PATIENT,
-    Admission, Discharge, Event, HL7Error, Merge, Note, Observation, Other, Result, Update,
+    UNNAMED, Admission, Discharge, Event, HL7Error, Merge, Note, Observation, Other, Result,
+    Update,
 )
-from .profile import DEFAULT_PROFILE, FeedProfile, not_creatinine
+from .profile import NOT_SERUM, DEFAULT_PROFILE, FeedProfile, not_creatinine, not_serum
 
 log = logging.getLogger(__name__)
 
@@ -43,32 +46,30 @@ _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
 _ADMIT = ("ADT^A01",)
 _UPDATE = ("ADT^A08", "ADT^A31")
 _DISCHARGE = ("ADT^A03",)
-_MERGE = ("ADT^A40", "ADT^A34", "ADT^A47")
+# Every trigger that moves one patient number's records to another by PID-3 and MRG-1: A40 and
+# A34 (merge), A47 (change of identifier), and the older or person-level A18, A30, A36, A39,
+# which some PAS send instead. A merge ignored would leave a patient's baseline behind.
+_MERGE = ("ADT^A40", "ADT^A34", "ADT^A47", "ADT^A18", "ADT^A30", "ADT^A36", "ADT^A39")
 # Observation results, whatever the trigger (R01 from the lab; R30–R32 point of care; OUL from
-# lab automation): their creatinine is judged alike.
+# lab automation; none at all, as v2.1–2.2 senders write MSH-9): their creatinine is judged alike.
 _RESULT_TYPES = ("ORU^", "OUL^")
-# OBX-11 as acted on: table 0085's letters to the six the service distinguishes.
+_UNTRIGGERED_RESULTS = ("ORU", "OUL")
+# OBX-11 as acted on: table 0085's letters to the six the service distinguishes. v2.8 added
+# A (amended: a value revised, as C), B (appended report, values unchanged) and V (verified).
 _STATUS = {"": FINAL, "F": FINAL, "U": FINAL, "C": CORRECTED, "P": PRELIMINARY, "R": PRELIMINARY,
-           "S": PRELIMINARY, "W": WRONG_PATIENT, "D": DELETED, "X": NOT_OBTAINED}
+           "S": PRELIMINARY, "W": WRONG_PATIENT, "D": DELETED, "X": NOT_OBTAINED,
+           "A": CORRECTED, "B": FINAL, "V": FINAL}
 NO_RESULT_YET = {"I": "specimen in lab, result pending", "O": "order detail, no result",
                   "N": "not asked"}
 _NO_VALUE = (WRONG_PATIENT, DELETED, NOT_OBTAINED)
 _COMPARATORS = ("<=", ">=", "<", ">", "=")
+# Before MSH: whitespace and a UTF-8 byte-order mark, which some engines write.
+_LEADING = " \t\r\n\x0b\x0c\ufeff"
 
 
 def parse(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event:
     """Parse one message payload (without MLLP framing). Raises HL7Error for an unusable one."""
-    text = raw.decode("utf-8", "replace")
-    if not text.startswith("MSH"):
-        text = text.lstrip()
-        if not text.startswith("MSH"):
-            raise HL7Error("message does not start with an MSH segment", SEGMENT_SEQUENCE_ERROR,
-                           reject=True)
-    try:
-        seps = read_separators(text)
-    except EncodingError as e:
-        raise HL7Error(str(e), DATA_TYPE_ERROR, reject=True) from None
-    segs = segments(text, seps.field)
+    seps, segs = split_message(raw)
     msh = segs[0]
     # MSH-n is msh[n - 1]: MSH-1, the field separator itself, is not a split field.
     if not field(msh, 11).strip():
@@ -90,6 +91,27 @@ def parse(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event:
     return Other(kind, field(msh, 9), f"message type {kind} is not used")
 
 
+def split_message(raw: bytes) -> tuple[Separators, list[list[str]]]:
+    """A message's separators and segments, each split into fields: UTF-8, or the ISO 8859
+    character set its MSH-18 declares; whitespace or a byte-order mark before MSH ignored.
+    Raises HL7Error (a reject) when it does not start with a usable MSH."""
+    text = raw.decode("utf-8", "replace")
+    if not text.startswith("MSH"):
+        text = text.lstrip(_LEADING)
+        if not text.startswith("MSH"):
+            raise HL7Error("message does not start with an MSH segment", SEGMENT_SEQUENCE_ERROR,
+                           reject=True)
+    try:
+        seps = read_separators(text)
+    except EncodingError as e:
+        raise HL7Error(str(e), DATA_TYPE_ERROR, reject=True) from None
+    segs = segments(text, seps.field)
+    if "\ufffd" in text and (codec := _charset(field(segs[0], 17), seps)):
+        # Not UTF-8: a lab declaring ISO 8859 in MSH-18 (its µ, its patients' names).
+        segs = segments(raw.decode(codec).lstrip(_LEADING), seps.field)
+    return seps, segs
+
+
 def parse_outcome(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event | HL7Error:
     """`parse`'s event, or the HL7Error it raised: one parse that both the ACK's verdict and
     the message's application read (durable.py, ingest.py). A failure of the parser itself
@@ -106,7 +128,19 @@ def parse_outcome(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event |
 
 def is_result_type(kind: str) -> bool:
     """True for a message type whose OBX creatinine results are judged (`TYPE^TRIGGER`)."""
-    return kind == "ORU^R01" or kind.startswith(_RESULT_TYPES)
+    return kind == "ORU^R01" or kind.startswith(_RESULT_TYPES) or kind in _UNTRIGGERED_RESULTS
+
+
+def _charset(value: str, seps: Separators) -> str | None:
+    """The Python codec of an MSH-18 character set of the ISO 8859 family (HL7 table 0211:
+    `8859/1` … `8859/15`); None for any other (the message is read as UTF-8)."""
+    name = first(value, seps).upper()
+    if name.startswith("8859/") and name[5:].isdigit():
+        try:
+            return codecs.lookup(f"iso8859-{int(name[5:])}").name
+        except LookupError:
+            return None
+    return None
 
 
 def message_type(msh: list[str], seps: Separators = DEFAULT) -> str:
@@ -213,7 +247,14 @@ def _demographics(pid: list[str] | None, seps: Separators, profile: FeedProfile
         name = " ".join(c for c in components(name, seps) if c)
     else:
         name = name.strip()             # the contract's `JORGIE LOWE`
+    if name == '""':                    # HL7's null: no name
+        name = ""
     dob = first(field(pid, 7), seps)
+    if dob == '""':
+        dob = ""
+    elif dob.isdigit() and len(dob) in (4, 6):
+        # A year or a month of birth only (as some PAS hold it): its middle, for an age.
+        dob += "0701" if len(dob) == 4 else "15"
     try:
         birth = parse_hl7_date(dob[:8]) if dob else None
     except ValueError:
@@ -225,10 +266,15 @@ def _demographics(pid: list[str] | None, seps: Separators, profile: FeedProfile
 def _merge(segs: list[list[str]], seps: Separators, profile: FeedProfile,
            when: int | None) -> Merge:
     mrn = _mrn(_pid(segs), seps, profile)
-    mrg = next((s for s in segs[1:] if s[0].strip() == "MRG"), None)
-    if mrg is None:
+    mrgs = [s for s in segs[1:] if s[0].strip() == "MRG"]
+    if not mrgs:
         raise HL7Error("merge without an MRG segment: no prior patient number",
                        REQUIRED_FIELD_MISSING)
+    if len(mrgs) > 1:
+        raise HL7Error(f"merge of {len(mrgs)} patient numbers (PID/MRG pairs) in one message: "
+                       "none applied; each merge must come in a message of its own",
+                       SEGMENT_SEQUENCE_ERROR)
+    mrg = mrgs[0]
     old = patient_id(field(mrg, 1), seps, profile, "MRG-1")
     return Merge(mrn, old, when)
 
@@ -296,12 +342,23 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
     n = len(obx)
     ident = obx[3] if n > 3 else ""
     if seps.component in ident:
-        parts = components(ident, seps)
-        code, text, system = parts[0], *(parts[1:3] + ["", ""])[:2]
+        parts = components(ident, seps) + ["", "", "", "", ""]
+        code, text, system, alt, alt_text, alt_system = parts[:6]
+        if code.upper() in NOT_SERUM:
+            # The primary code says urine, clearance or eGFR: a local alternate shared by
+            # several tests does not make it serum creatinine.
+            notes.append(Note(code, *not_creatinine(code, text)))
+            return None
         spec = profile.creatinine(code, system)
-        if spec is None and len(parts) > 3 and parts[3]:
-            alt_system = parts[5] if len(parts) > 5 else ""
-            spec = profile.creatinine(parts[3], alt_system)
+        if spec is None and alt:
+            spec = profile.creatinine(alt, alt_system)
+        if spec is not None and (conflict := not_serum(code, text) or
+                                 (not_serum(alt, alt_text) if alt else None)):
+            # Named serum creatinine, but its own text or alternate code says otherwise: not
+            # judged, and loud (an operator must settle which it is).
+            notes.append(Note(code, f"{code} is named serum creatinine by the feed profile, but "
+                                    f"OBX-3 says {conflict}: not judged", UNNAMED))
+            return None
     else:
         code, text = first(ident, seps), ""
         spec = profile.creatinine(code, "")
@@ -327,7 +384,12 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
         return Observation(when, time_text, None, status, "", "", code)
     value_field = obx[5] if n > 5 else ""
     comparator, number = _value(value_field, obx[2].strip() if n > 2 else "", seps, code)
-    unit = (first(obx[6], seps) if n > 6 and obx[6] else "") or spec.unit
+    unit = spec.unit
+    if n > 6 and obx[6].strip():
+        unit = sent_unit(obx[6], seps)     # a unit sent never gives way to the code's default
+        if not unit:
+            raise HL7Error(f"OBX-6 {obx[6]!r} of {code} names no unit in its first two "
+                           "components", DATA_TYPE_ERROR)
     if not unit:
         raise HL7Error(f"OBX-6 of {code} has no unit and the feed profile gives none for it",
                        REQUIRED_FIELD_MISSING)
@@ -340,6 +402,11 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
         raise HL7Error(f"OBX-5 creatinine {number:g} {unit} ({value:g} µmol/L) is outside "
                        f"{MIN_CREATININE:g}–{MAX_CREATININE:g} µmol/L", DATA_TYPE_ERROR)
     return Observation(when, time_text, value, status, comparator, unit, code)
+
+
+def sent_unit(value: str, seps: Separators) -> str:
+    """The unit an OBX-6 names: its identifier, else its text (`^umol/L`); "" for none."""
+    return first(value, seps) or next((c for c in components(value, seps)[1:2] if c), "")
 
 
 def _value(value: str, kind: str, seps: Separators, code: str) -> tuple[str, float]:

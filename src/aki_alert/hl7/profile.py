@@ -132,6 +132,19 @@ class FeedProfile:
 DEFAULT_PROFILE = FeedProfile()
 
 
+def not_serum(code: str, text: str = "") -> str | None:
+    """What an OBX-3 identifier or its text says the analyte is when that is plainly not serum
+    creatinine (urine creatinine, clearance, eGFR, a ratio): the code's name, "its text says
+    so", or None."""
+    key = code.upper()
+    if key in NOT_SERUM:
+        return f"{NOT_SERUM[key]} ({code})"
+    words = f"{key} {text.upper()}"
+    if any(w in words for w in _NOT_SERUM_WORDS):
+        return f"{code} ({text})" if text else code
+    return None
+
+
 def not_creatinine(code: str, text: str) -> tuple[str, str]:
     """Why an OBX the profile does not name as creatinine is not judged, and what it is (a
     Note kind: UNNAMED when it looks like creatinine all the same, and an operator must hear)."""
@@ -140,7 +153,7 @@ def not_creatinine(code: str, text: str) -> tuple[str, str]:
         return f"{NOT_SERUM[key]} ({code}), not serum creatinine", events.NOT_SERUM
     words = f"{key} {text.upper()}"
     if key in OTHER_SYSTEM_CREATININE or "CREA" in words or "KREA" in words:
-        if any(w in words for w in _NOT_SERUM_WORDS):
+        if not_serum(code, text):
             return f"{code} mentions creatinine but is not serum creatinine", events.NOT_SERUM
         return (f"{code} ({text}) looks like creatinine but the feed profile does not name it"
                 if text else f"{code} looks like creatinine but the feed profile does not name it"
