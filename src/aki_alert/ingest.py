@@ -417,8 +417,16 @@ class Ingest:
             if episode == obs.time:
                 episode = self._fall_back(mrn, obs, f"withdrawn ({status})", reasons)
             return "removed", None, episode
+        if obs.value is None:
+            # OBX-11 U without a value: the result sent before (a preliminary) is now final.
+            held = store.result_at(mrn, obs.time)
+            if held is None:
+                log.warning("result of %s at %s made final (OBX-11 U) without a value, and none "
+                            "was received before: ask the lab to resend it", logs.patient(mrn),
+                            obs.time_text)
+                return "nothing-to-finalise", None, episode
+            obs.value = held[0]
         value = obs.value
-        assert value is not None
         action = "judged"
         if not store.add_result(mrn, obs.time, value, status, obs.comparator):
             old_value, old_status = store.result_at(mrn, obs.time)

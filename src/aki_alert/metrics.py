@@ -145,7 +145,8 @@ RESULT_ACTIONS = HotCounter(
     "aki_result_actions_total", "Creatinine results not simply stored and judged (those are "
     "aki_results_judged_total), by what was done: stored (a preliminary kept unjudged), "
     "corrected (and judged again), removed (wrong patient, deleted), not-obtained, "
-    "nothing-to-remove, duplicate", ("action",))
+    "nothing-to-remove, nothing-to-finalise (OBX-11 U without a value, none stored), duplicate",
+    ("action",))
 UNRECOGNISED_CREATININE = Counter(
     "aki_unrecognised_creatinine_total", "Results that look like creatinine (their code or "
     "text) but that the feed profile does not name, so were not judged; by OBX-3 code",

@@ -144,23 +144,26 @@ def _observation(p: Patient, held: dict[int, str], positives: set[int], obs: hl7
             held.pop(obs.time, None)
             events.append(withdrawn())
         return
-    if obs.value is None or (present and is_repeat(obs.status, held.get(obs.time, hl7.FINAL),
-                                                   obs.value, p.values[i])):
+    value = obs.value
+    if value is None and obs.status == hl7.FINAL and present:
+        value = p.values[i]            # OBX-11 U without a value: the stored one, made final
+    if value is None or (present and is_repeat(obs.status, held.get(obs.time, hl7.FINAL),
+                                               value, p.values[i])):
         return
     held[obs.time] = obs.status
-    j = detector.judge(p, obs.time, obs.value)
+    j = detector.judge(p, obs.time, value)
     if j.positive:
         positives.add(obs.time)
-        events.append(Positive(p.mrn, obs.time, obs.time_text, obs.value, j,
+        events.append(Positive(p.mrn, obs.time, obs.time_text, value, j,
                                p.times[:i], p.values[:i]))
     elif present:
         # A correction to no injury: for the episode, as if its result were withdrawn.
         events.append(withdrawn())
     if present:
-        p.values[i] = obs.value
+        p.values[i] = value
     else:
         p.times.insert(i, obs.time)
-        p.values.insert(i, obs.value)
+        p.values.insert(i, value)
 
 
 def _merge(patients: dict[str, Patient], statuses: dict[str, dict[int, str]], old: str,

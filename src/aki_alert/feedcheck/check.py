@@ -228,6 +228,9 @@ def _obx_outcome(read, profile: hl7.FeedProfile, dead: str | None, key: ObxKey
     if obs.status in (hl7.WRONG_PATIENT, hl7.DELETED):
         return ObxOutcome(f"creatinine {_STATUS_NAMES[obs.status]} ({obs.status}): removed from "
                           "the baseline, never pages", True, False, False)
+    if obs.value is None:
+        return ObxOutcome("creatinine made final (U) without a value: the result stored for "
+                          "that sample is judged as final", True, True, False)
     unit = _unit_text(obs, profile, key.unit)
     if obs.status == hl7.CORRECTED:
         return ObxOutcome(f"judged as creatinine, {unit}; corrects the stored value (C)",

@@ -287,7 +287,7 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
     observations: list[Observation] = []
     notes: list[Note] = []
     any_obx = False
-    for seg in segs[1:]:
+    for i, seg in enumerate(segs):
         name = seg[0].strip()
         if name == "PID":
             if pid is None:
@@ -297,7 +297,7 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
                                "segments): each patient's results must come in a message of "
                                "their own", SEGMENT_SEQUENCE_ERROR)
         elif name == "OBR":
-            obr_time = _ts_digits(first(field(seg, 7), seps))
+            obr_time = _sample_time(segs, i, seps)
         elif name == "OBX":
             any_obx = True
             obs = _observation(seg, seps, profile, obr_time, notes)
@@ -323,10 +323,10 @@ def each_obx(segs: list[list[str]], seps: Separators, profile: FeedProfile = DEF
     Not on the hot path: for `aki-alert feed check`, which reports every OBX, not only the
     first one that fails."""
     obr_time = ""
-    for seg in segs[1:]:
+    for i, seg in enumerate(segs):
         name = seg[0].strip()
         if name == "OBR":
-            obr_time = _ts_digits(first(field(seg, 7), seps))
+            obr_time = _sample_time(segs, i, seps)
         elif name == "OBX":
             notes: list[Note] = []
             try:
@@ -335,6 +335,21 @@ def each_obx(segs: list[list[str]], seps: Separators, profile: FeedProfile = DEF
                 yield seg, e
                 continue
             yield seg, obs if obs is not None else notes[-1]
+
+
+def _sample_time(segs: list[list[str]], i: int, seps: Separators) -> str:
+    """The sample time of the OBR at `segs[i]` as sent: its OBR-7, else the collection time
+    (SPM-17) of its group's specimen, which v2.5's ORU puts after the OBXs; "" for neither."""
+    time = _ts_digits(first(field(segs[i], 7), seps))
+    if time:
+        return time
+    for seg in segs[i + 1:]:
+        name = seg[0].strip()
+        if name == "OBR":
+            break
+        if name == "SPM":
+            return _ts_digits(first(field(seg, 17), seps))
+    return ""
 
 
 def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_time: str,
@@ -383,6 +398,9 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
     if status in _NO_VALUE:     # whatever value it carries is not to be used
         return Observation(when, time_text, None, status, "", "", code)
     value_field = obx[5] if n > 5 else ""
+    if status_text == "U" and not value_field.strip():
+        # "Made final without retransmitting the result": the value is the one stored.
+        return Observation(when, time_text, None, FINAL, "", "", code)
     comparator, number = _value(value_field, obx[2].strip() if n > 2 else "", seps, code)
     unit = spec.unit
     if n > 6 and obx[6].strip():
