@@ -264,3 +264,11 @@ def test_a_null_or_partial_date_of_birth(dob, birth):
 
 def test_a_message_type_without_a_trigger_still_carries_results():
     assert hl7.parse(RESULT.replace(b"ORU^R01", b"ORU")) == hl7.parse(RESULT)
+
+
+def test_several_values_in_one_obx5_are_a_dead_letter_not_the_first():
+    with pytest.raises(hl7.HL7Error, match="several values"):
+        hl7.parse(_oru("OBX|1|NM|CREATININE||85~185|umol/L|||||F"))
+    with pytest.raises(hl7.HL7Error, match="several values"):
+        hl7.parse(_oru("OBX|1|SN|CREATININE||^85~^185|umol/L|||||F"))
+    assert only(hl7.parse(_oru("OBX|1|NM|CREATININE||85~|umol/L|||||F"))).value == 85.0

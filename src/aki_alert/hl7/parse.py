@@ -433,6 +433,9 @@ def _value(value: str, kind: str, seps: Separators, code: str) -> tuple[str, flo
         text = value.strip()
         if _NUMBER.fullmatch(text):
             return "", float(text)          # the usual case
+    if seps.repetition in value and any(r.strip() for r in value.split(seps.repetition)[1:]):
+        raise HL7Error(f"OBX-5 {value!r} of {code} holds several values, not one",
+                       DATA_TYPE_ERROR)
     if seps.component in value and kind in ("SN", "", "NM", "ST"):
         parts = value.split(seps.repetition, 1)[0].split(seps.component)
         if seps.escape and seps.escape in value:     # components are unescaped once split
