@@ -92,15 +92,11 @@ def message_digest(raw: bytes) -> bytes:
 def is_result_message(raw: bytes) -> bool:
     """Whether a message that could not be parsed says it is a result (MSH-9 ORU or OUL), as far
     as its first segment can be read: a dead letter of the kind that may hide an AKI."""
-    text = raw[:2048].decode("utf-8", "replace").lstrip()
     try:
-        seps = hl7.encoding.separators(text) if text.startswith("MSH") else None
-    except hl7.encoding.EncodingError:
-        seps = None
-    if seps is None:
+        seps, segs = hl7.split_message(raw[:2048])
+    except hl7.HL7Error:
         return False
-    msh = hl7.encoding.segments(text, seps.field)[0]
-    return hl7.is_result_type(hl7.message_type(msh, seps).upper())
+    return hl7.is_result_type(hl7.message_type(segs[0], seps).upper())
 
 
 def explanation(j: Judgement, repage_of: int | None = None) -> str:

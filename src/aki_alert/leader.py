@@ -81,7 +81,10 @@ class Lease:
             (self.holder, self.ttl, self.holder))
 
     def renew(self) -> bool:
-        """Extend our lease; False once another replica holds it (or the database is gone)."""
+        """Extend our lease; False once another replica holds it (or the database is gone),
+        or once a commit found it lapsed (`confirm`)."""
+        if self.lost.is_set():
+            return False
         return self._grant(
             f"UPDATE leader_lease SET expires_at = {_NOW} + %s "
             "WHERE id = 1 AND holder = %s AND epoch = %s RETURNING epoch",

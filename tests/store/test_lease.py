@@ -97,3 +97,24 @@ def test_no_replica_takes_the_lease_while_a_fenced_commit_is_under_way(postgres_
     finally:
         other.close()
         a.conn.close()
+
+
+def test_a_lease_a_commit_found_lapsed_is_not_renewed(postgres_url):
+    """Lapsed in the database, taken by nobody yet: the commit is refused, and the renewing
+    thread does not quietly take the lease back (the replica is stepping down)."""
+    import psycopg
+
+    a = Lease(postgres_url, ttl=30, holder="a")
+    assert a.try_acquire()
+    other = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        other.execute("UPDATE leader_lease SET expires_at = 0")
+        with pytest.raises(LeadershipLost):
+            with a.conn.transaction():
+                a.confirm(a.conn)
+        assert not a.renew() and not a.valid()
+        holder, left = a.current()
+        assert holder == "a" and left < 0                 # still lapsed: free for a standby
+    finally:
+        other.close()
+        a.conn.close()

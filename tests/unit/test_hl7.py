@@ -225,9 +225,33 @@ def test_the_unit_is_read_from_obx6_text_when_its_identifier_is_empty(unit, valu
     assert obs.value == pytest.approx(value)
 
 
-def test_an_obx6_naming_no_unit_is_a_dead_letter_not_the_codes_default():
-    with pytest.raises(hl7.HL7Error, match="names no unit"):
-        hl7.parse(_oru("OBX|1|NM|2160-0^Creatinine^LN||45|^^UCUM|||||F"))
+@pytest.mark.parametrize("padding", ["", "^", "^^^", "~", "^^UCUM"])
+def test_an_obx6_naming_no_unit_takes_the_codes_default(padding):
+    obs = only(hl7.parse(_oru(f"OBX|1|NM|2160-0^Creatinine^LN||1.2|{padding}|||||F")))
+    assert obs.value == pytest.approx(1.2 * 88.4)
+
+
+@pytest.mark.parametrize("text", ["Creatinine concentration", "Creatinine taken during dialysis",
+                                  "Creatinine (enzymatic)"])
+def test_words_that_merely_contain_urine_or_ratio_do_not_veto_a_named_code(text):
+    assert only(hl7.parse(_oru(f"OBX|1|NM|2160-0^{text}^LN||1.2|mg/dL|||||F"))).value == \
+        pytest.approx(106.08)
+
+
+@pytest.mark.parametrize("charset", ["8859/3", "8859/8", "8859/12", "8859/\u00b9"])
+def test_a_declared_charset_that_cannot_read_the_bytes_is_no_parser_failure(charset):
+    raw = _oru("OBX|1|NM|CREATININE||85|umol/L|||||F", f"||||||{charset}")
+    raw = raw.replace(b"PID|1||1001", b"PID|1||1001||M\xa5LLER\xa1")      # not UTF-8
+    assert only(hl7.parse(raw)).value == 85.0
+
+
+def test_a_correction_is_not_undone_by_a_final_sent_late():
+    from aki_alert.revisions import is_repeat
+    assert is_repeat("F", "C", 250.0, 105.0)          # the original F re-sent after its C
+    assert not is_repeat("C", "C", 110.0, 105.0)      # a further correction
+    assert not is_repeat("F", "F", 260.0, 250.0)      # a revision without C
+    assert is_repeat("F", "F", 250.0, 250.0)
+    assert not is_repeat("F", "P", 250.0, 250.0)      # the final of a preliminary
 
 
 @pytest.mark.parametrize("ident, loud", [

@@ -14,12 +14,12 @@ from .events import (
     Other, Result, Update,
 )
 from .parse import (MAX_CREATININE, MIN_CREATININE, is_result_type, message_type, parse,
-                    parse_outcome)
+                    parse_outcome, split_message)
 from .profile import DEFAULT_PROFILE, FeedProfile, ProfileError, load_profile
 
 __all__ = [
     "ack", "acknowledgement", "verdict", "nack_acknowledgement", "NACK_POLICIES",
-    "parse", "parse_outcome", "message_type", "is_result_type", "MIN_CREATININE",
+    "parse", "parse_outcome", "split_message", "message_type", "is_result_type", "MIN_CREATININE",
     "MAX_CREATININE", "Admission", "Update", "Discharge", "Merge", "Result", "Observation",
     "Note", "Other", "Event", "HL7Error", "FeedProfile", "DEFAULT_PROFILE", "ProfileError",
     "load_profile", "FINAL", "CORRECTED", "PRELIMINARY", "WRONG_PATIENT", "DELETED",

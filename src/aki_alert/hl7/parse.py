@@ -63,8 +63,6 @@ NO_RESULT_YET = {"I": "specimen in lab, result pending", "O": "order detail, no 
                   "N": "not asked"}
 _NO_VALUE = (WRONG_PATIENT, DELETED, NOT_OBTAINED)
 _COMPARATORS = ("<=", ">=", "<", ">", "=")
-# Before MSH: whitespace and a UTF-8 byte-order mark, which some engines write.
-_LEADING = " \t\r\n\x0b\x0c\ufeff"
 
 
 def parse(raw: bytes, profile: FeedProfile = DEFAULT_PROFILE) -> Event:
@@ -97,7 +95,7 @@ def split_message(raw: bytes) -> tuple[Separators, list[list[str]]]:
     Raises HL7Error (a reject) when it does not start with a usable MSH."""
     text = raw.decode("utf-8", "replace")
     if not text.startswith("MSH"):
-        text = text.lstrip(_LEADING)
+        text = _lstrip(text)
         if not text.startswith("MSH"):
             raise HL7Error("message does not start with an MSH segment", SEGMENT_SEQUENCE_ERROR,
                            reject=True)
@@ -108,7 +106,7 @@ def split_message(raw: bytes) -> tuple[Separators, list[list[str]]]:
     segs = segments(text, seps.field)
     if "\ufffd" in text and (codec := _charset(field(segs[0], 17), seps)):
         # Not UTF-8: a lab declaring ISO 8859 in MSH-18 (its µ, its patients' names).
-        segs = segments(raw.decode(codec).lstrip(_LEADING), seps.field)
+        segs = segments(_lstrip(raw.decode(codec, "replace")), seps.field)
     return seps, segs
 
 
@@ -131,11 +129,18 @@ def is_result_type(kind: str) -> bool:
     return kind == "ORU^R01" or kind.startswith(_RESULT_TYPES) or kind in _UNTRIGGERED_RESULTS
 
 
+def _lstrip(text: str) -> str:
+    """The text without what may come before MSH: whitespace, and a UTF-8 byte-order mark
+    (some engines write one)."""
+    text = text.lstrip()
+    return text[1:].lstrip() if text.startswith("\ufeff") else text
+
+
 def _charset(value: str, seps: Separators) -> str | None:
     """The Python codec of an MSH-18 character set of the ISO 8859 family (HL7 table 0211:
     `8859/1` … `8859/15`); None for any other (the message is read as UTF-8)."""
     name = first(value, seps).upper()
-    if name.startswith("8859/") and name[5:].isdigit():
+    if name.startswith("8859/") and name[5:].isascii() and name[5:].isdigit():
         try:
             return codecs.lookup(f"iso8859-{int(name[5:])}").name
         except LookupError:
@@ -402,12 +407,9 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
         # "Made final without retransmitting the result": the value is the one stored.
         return Observation(when, time_text, None, FINAL, "", "", code)
     comparator, number = _value(value_field, obx[2].strip() if n > 2 else "", seps, code)
-    unit = spec.unit
-    if n > 6 and obx[6].strip():
-        unit = sent_unit(obx[6], seps)     # a unit sent never gives way to the code's default
-        if not unit:
-            raise HL7Error(f"OBX-6 {obx[6]!r} of {code} names no unit in its first two "
-                           "components", DATA_TYPE_ERROR)
+    # The unit sent (its code, else its text: `^umol/L`); the code's default only when OBX-6
+    # names none (empty, or separators only).
+    unit = (sent_unit(obx[6], seps) if n > 6 and obx[6] else "") or spec.unit
     if not unit:
         raise HL7Error(f"OBX-6 of {code} has no unit and the feed profile gives none for it",
                        REQUIRED_FIELD_MISSING)

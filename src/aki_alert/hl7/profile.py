@@ -25,6 +25,7 @@ The profile is a frozen value, built once at start; the per-OBX lookups are dict
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from . import events
@@ -70,7 +71,9 @@ NOT_SERUM = {
     "14959-1": "albumin/creatinine ratio", "9318-7": "albumin/creatinine ratio",
     "2890-2": "protein/creatinine ratio",
 }
-_NOT_SERUM_WORDS = ("URIN", "CLEAR", "GFR", "RATIO", "/CREA", "ACR", "PCR", "24H")
+# Words that say an analyte is not serum creatinine, as words: "concentration" holds RATIO and
+# "during" URIN, and neither may veto a serum creatinine the profile names.
+_NOT_SERUM_WORDS = re.compile(r"\bURIN|\bCLEAR|GFR\b|\bRATIO|/CREA|\bACR\b|\bPCR\b|\b24 ?HR?\b")
 # Serum creatinine in other code systems (UK Read v2 and CTV3, SNOMED CT): a result coded so
 # is creatinine the profile has not named, so it is warned about, not judged.
 OTHER_SYSTEM_CREATININE = {"44J3.", "44J30", "XE2Q5", "113075003", "70901006"}
@@ -139,8 +142,7 @@ def not_serum(code: str, text: str = "") -> str | None:
     key = code.upper()
     if key in NOT_SERUM:
         return f"{NOT_SERUM[key]} ({code})"
-    words = f"{key} {text.upper()}"
-    if any(w in words for w in _NOT_SERUM_WORDS):
+    if _NOT_SERUM_WORDS.search(f"{key} {text.upper()}"):
         return f"{code} ({text})" if text else code
     return None
 
