@@ -296,3 +296,25 @@ def test_several_values_in_one_obx5_are_a_dead_letter_not_the_first():
     with pytest.raises(hl7.HL7Error, match="several values"):
         hl7.parse(_oru("OBX|1|SN|CREATININE||^85~^185|umol/L|||||F"))
     assert only(hl7.parse(_oru("OBX|1|NM|CREATININE||85~|umol/L|||||F"))).value == 85.0
+
+
+def test_an_empty_obr7_takes_its_own_specimens_collection_time():
+    def obr(n):
+        return f"OBR|{n}||S{n}|UE"
+
+    def obx():
+        return "OBX|1|NM|CREATININE||85|umol/L|||||F"
+
+    def spm(t):
+        return f"SPM|1|||SER|||||||||||||{t}"
+
+    head = "MSH|^~\\&|LAB|RVJ|AKI|RVJ|20240315091500||{}|L1|P|2.5.1\rPID|1||1001\r"
+    # ORU_R01: each group's SPM after its OBXs.
+    oru = head.format("ORU^R01") + "\r".join(
+        [obr(1), obx(), spm("20240315074500"), obr(2), obx(), spm("20240316074500")]) + "\r"
+    # OUL_R22: each specimen before the orders on it.
+    oul = head.format("OUL^R22") + "\r".join(
+        [spm("20240315074500"), obr(1), obx(), spm("20240316074500"), obr(2), obx()]) + "\r"
+    for raw in (oru, oul):
+        e = hl7.parse(raw.encode())
+        assert [o.time_text for o in e.observations] == ["20240315074500", "20240316074500"]

@@ -93,7 +93,10 @@ def split_message(raw: bytes) -> tuple[Separators, list[list[str]]]:
     """A message's separators and segments, each split into fields: UTF-8, or the ISO 8859
     character set its MSH-18 declares; whitespace or a byte-order mark before MSH ignored.
     Raises HL7Error (a reject) when it does not start with a usable MSH."""
-    text = raw.decode("utf-8", "replace")
+    try:
+        text, utf8 = raw.decode("utf-8"), True
+    except UnicodeDecodeError:
+        text, utf8 = raw.decode("utf-8", "replace"), False
     if not text.startswith("MSH"):
         text = _lstrip(text)
         if not text.startswith("MSH"):
@@ -104,7 +107,7 @@ def split_message(raw: bytes) -> tuple[Separators, list[list[str]]]:
     except EncodingError as e:
         raise HL7Error(str(e), DATA_TYPE_ERROR, reject=True) from None
     segs = segments(text, seps.field)
-    if "\ufffd" in text and (codec := _charset(field(segs[0], 17), seps)):
+    if not utf8 and (codec := _charset(field(segs[0], 17), seps)):
         # Not UTF-8: a lab declaring ISO 8859 in MSH-18 (its µ, its patients' names).
         segs = segments(_lstrip(raw.decode(codec, "replace")), seps.field)
     return seps, segs
@@ -292,7 +295,7 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
     observations: list[Observation] = []
     notes: list[Note] = []
     any_obx = False
-    for i, seg in enumerate(segs):
+    for seg in segs[1:]:
         name = seg[0].strip()
         if name == "PID":
             if pid is None:
@@ -302,7 +305,8 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
                                "segments): each patient's results must come in a message of "
                                "their own", SEGMENT_SEQUENCE_ERROR)
         elif name == "OBR":
-            obr_time = _sample_time(segs, i, seps)
+            obr_time = (_ts_digits(first(field(seg, 7), seps))
+                        or _specimen_time(segs, seg, seps))
         elif name == "OBX":
             any_obx = True
             obs = _observation(seg, seps, profile, obr_time, notes)
@@ -328,10 +332,11 @@ def each_obx(segs: list[list[str]], seps: Separators, profile: FeedProfile = DEF
     Not on the hot path: for `aki-alert feed check`, which reports every OBX, not only the
     first one that fails."""
     obr_time = ""
-    for i, seg in enumerate(segs):
+    for seg in segs[1:]:
         name = seg[0].strip()
         if name == "OBR":
-            obr_time = _sample_time(segs, i, seps)
+            obr_time = (_ts_digits(first(field(seg, 7), seps))
+                        or _specimen_time(segs, seg, seps))
         elif name == "OBX":
             notes: list[Note] = []
             try:
@@ -342,19 +347,24 @@ def each_obx(segs: list[list[str]], seps: Separators, profile: FeedProfile = DEF
             yield seg, obs if obs is not None else notes[-1]
 
 
-def _sample_time(segs: list[list[str]], i: int, seps: Separators) -> str:
-    """The sample time of the OBR at `segs[i]` as sent: its OBR-7, else the collection time
-    (SPM-17) of its group's specimen, which v2.5's ORU puts after the OBXs; "" for neither."""
-    time = _ts_digits(first(field(segs[i], 7), seps))
-    if time:
-        return time
-    for seg in segs[i + 1:]:
-        name = seg[0].strip()
-        if name == "OBR":
-            break
-        if name == "SPM":
-            return _ts_digits(first(field(seg, 17), seps))
-    return ""
+def _specimen_time(segs: list[list[str]], obr: list[str], seps: Separators) -> str:
+    """For an OBR segment without OBR-7: the collection time (SPM-17) of its group's specimen;
+    "" for none. ORU puts a group's SPM after its OBXs; OUL^R22 puts each specimen before the
+    orders on it, as a message whose first SPM comes before its first OBR shows. (The rare
+    path: the OBR is found by identity.)"""
+    names = [seg[0].strip() for seg in segs]
+    at = next(i for i, seg in enumerate(segs) if seg is obr)
+    if "SPM" in names[:names.index("OBR")]:
+        found = next((i for i in range(at - 1, 0, -1) if names[i] == "SPM"), None)
+    else:
+        found = None
+        for i in range(at + 1, len(segs)):
+            if names[i] == "OBR":
+                break
+            if names[i] == "SPM":
+                found = i
+                break
+    return "" if found is None else _ts_digits(first(field(segs[found], 17), seps))
 
 
 def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_time: str,
