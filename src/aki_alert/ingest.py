@@ -338,9 +338,11 @@ class Ingest:
             if n.suspicious:
                 self._counts.append(metrics.child(metrics.UNRECOGNISED_CREATININE,
                                                   metrics.unrecognised_code(n.code)))
-                log.warning("creatinine-like result of patient %s not judged: %s; name its code "
-                            "in the feed profile (FEED_PROFILE) if it is serum creatinine",
-                            logs.patient(mrn), n.reason)
+                advice = ("settle with the lab whether it is serum creatinine"
+                          if n.kind == hl7.CONFLICTING else "name its code in the feed profile "
+                          "(FEED_PROFILE) if it is serum creatinine")
+                log.warning("creatinine-like result of patient %s not judged: %s; %s",
+                            logs.patient(mrn), n.reason, advice)
 
     def _result(self, mrn: str, r: hl7.Result, jid: int, received: float):
         """Every creatinine observation of the message, in order: stored, corrected or removed

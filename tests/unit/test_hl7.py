@@ -318,3 +318,25 @@ def test_an_empty_obr7_takes_its_own_specimens_collection_time():
     for raw in (oru, oul):
         e = hl7.parse(raw.encode())
         assert [o.time_text for o in e.observations] == ["20240315074500", "20240316074500"]
+
+
+@pytest.mark.parametrize("layout", ["oru-spm", "oul-spm", "obr15"])
+def test_a_named_creatinine_on_a_urine_specimen_is_not_judged_loudly(layout):
+    head = "MSH|^~\\&|LAB|RVJ|AKI|RVJ|20240315091500||{}|L1|P|2.5.1\rPID|1||1001\r"
+    serum = "OBX|1|NM|CREATININE||85|umol/L|||||F"
+    urine = "OBX|1|NM|CREATININE||4500|umol/L|||||F"
+    obr = "OBR|{}||S{}|UE|||2024031{}074500"
+    spm = "SPM|1|||{}^{}^HL70487"
+    segments = {
+        "oru-spm": [obr.format(1, 1, 5), serum, spm.format("SER", "Serum"),
+                    obr.format(2, 2, 6), urine, spm.format("UR", "Urine")],
+        "oul-spm": [spm.format("SER", "Serum"), obr.format(1, 1, 5), serum,
+                    spm.format("UR", "Urine"), obr.format(2, 2, 6), urine],
+        "obr15": [obr.format(1, 1, 5), serum,
+                  obr.format(2, 2, 6) + "||||||||UR&Urine&HL70070", urine],
+    }[layout]
+    kind = "OUL^R22" if layout == "oul-spm" else "ORU^R01"
+    e = hl7.parse((head.format(kind) + "\r".join(segments) + "\r").encode())
+    assert [o.value for o in e.observations] == [85.0]          # the serum one only
+    note, = e.notes
+    assert note.suspicious and "specimen is urine" in note.reason

@@ -207,6 +207,8 @@ def _obx_outcome(read, profile: hl7.FeedProfile, dead: str | None, key: ObxKey
     if isinstance(read, hl7.HL7Error):      # only a code the profile names gets this far
         return ObxOutcome(f"DEAD LETTER: {obx_error(str(read))}", True, False, True)
     if isinstance(read, hl7.Note):
+        if read.kind == hl7.CONFLICTING:
+            return ObxOutcome(f"NOT JUDGED: {read.reason}", True, False, True)
         if read.suspicious:
             return ObxOutcome("NOT JUDGED: looks like creatinine but the profile does not name "
                               "it", False, False, True)

@@ -9,9 +9,9 @@
 from .ack import (NACK_POLICIES, ack, acknowledgement, nack_acknowledgement,
                   verdict)
 from .events import (
-    CORRECTED, DELETED, FINAL, NOT_CREATININE, NOT_OBTAINED, NOT_SERUM, PENDING, PRELIMINARY,
-    UNNAMED, WRONG_PATIENT, Admission, Discharge, Event, HL7Error, Merge, Note, Observation,
-    Other, Result, Update,
+    CONFLICTING, CORRECTED, DELETED, FINAL, NOT_CREATININE, NOT_OBTAINED, NOT_SERUM, PENDING,
+    PRELIMINARY, UNNAMED, WRONG_PATIENT, Admission, Discharge, Event, HL7Error, Merge, Note,
+    Observation, Other, Result, Update,
 )
 from .parse import (MAX_CREATININE, MIN_CREATININE, is_result_type, message_type, parse,
                     parse_outcome, split_message)
@@ -23,5 +23,5 @@ __all__ = [
     "MAX_CREATININE", "Admission", "Update", "Discharge", "Merge", "Result", "Observation",
     "Note", "Other", "Event", "HL7Error", "FeedProfile", "DEFAULT_PROFILE", "ProfileError",
     "load_profile", "FINAL", "CORRECTED", "PRELIMINARY", "WRONG_PATIENT", "DELETED",
-    "NOT_OBTAINED", "NOT_CREATININE", "NOT_SERUM", "UNNAMED", "PENDING",
+    "NOT_OBTAINED", "NOT_CREATININE", "NOT_SERUM", "UNNAMED", "CONFLICTING", "PENDING",
 ]

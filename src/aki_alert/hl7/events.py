@@ -89,6 +89,8 @@ class Observation:
 NOT_CREATININE = "not creatinine"   # another analyte
 NOT_SERUM = "not serum"             # creatinine of urine or another fluid
 UNNAMED = "unnamed creatinine"      # looks like creatinine, but the profile does not name it
+CONFLICTING = "conflicting creatinine"  # named by the profile, but OBX-3 or the specimen says
+                                        # it is not serum (urine, clearance, eGFR, a ratio)
 PENDING = "pending"                 # creatinine without a result yet (OBX-11 I, O or N)
 
 
@@ -102,8 +104,9 @@ class Note:
 
     @property
     def suspicious(self) -> bool:
-        """Looks like creatinine, but the profile does not say it is: an operator must hear."""
-        return self.kind == UNNAMED
+        """Creatinine that is not judged for a reason an operator must settle: the profile does
+        not name it, or names it while the message says it is not serum."""
+        return self.kind in (UNNAMED, CONFLICTING)
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ from .events import (
     APPLICATION_INTERNAL_ERROR, CORRECTED, DATA_TYPE_ERROR, DELETED, FINAL, NOT_OBTAINED,
     PENDING, PRELIMINARY,
     REQUIRED_FIELD_MISSING, SEGMENT_SEQUENCE_ERROR, TABLE_VALUE_NOT_FOUND, WRONG_PATIENT,
-    UNNAMED, Admission, Discharge, Event, HL7Error, Merge, Note, Observation, Other, Result,
+    CONFLICTING, Admission, Discharge, Event, HL7Error, Merge, Note, Observation, Other, Result,
     Update,
 )
 from .profile import NOT_SERUM, DEFAULT_PROFILE, FeedProfile, not_creatinine, not_serum
@@ -293,8 +293,9 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
     pid = None
     obr_time = ""
     observations: list[Observation] = []
+    from_obx: list[list[str]] = []       # the OBX segment of each observation
     notes: list[Note] = []
-    any_obx = False
+    any_obx = specimens = False
     for seg in segs[1:]:
         name = seg[0].strip()
         if name == "PID":
@@ -307,11 +308,23 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
         elif name == "OBR":
             obr_time = (_ts_digits(first(field(seg, 7), seps))
                         or _specimen_time(segs, seg, seps))
+            specimens = specimens or (len(seg) > 15 and bool(seg[15].strip()))
         elif name == "OBX":
             any_obx = True
             obs = _observation(seg, seps, profile, obr_time, notes)
             if obs is not None:
                 observations.append(obs)
+                from_obx.append(seg)
+        elif name == "SPM":
+            specimens = True
+    if specimens and observations and (urine := _urine_obxs(segs, seps)):
+        kept = []
+        for obs, seg in zip(observations, from_obx, strict=True):
+            if id(seg) in urine:
+                notes.append(_urine_note(obs.code))
+            else:
+                kept.append(obs)
+        observations = kept
     if not any_obx:
         raise HL7Error(f"{kind} without an OBX segment: an incomplete (truncated?) result",
                        REQUIRED_FIELD_MISSING)
@@ -332,6 +345,7 @@ def each_obx(segs: list[list[str]], seps: Separators, profile: FeedProfile = DEF
     Not on the hot path: for `aki-alert feed check`, which reports every OBX, not only the
     first one that fails."""
     obr_time = ""
+    urine = _urine_obxs(segs, seps)
     for seg in segs[1:]:
         name = seg[0].strip()
         if name == "OBR":
@@ -344,7 +358,49 @@ def each_obx(segs: list[list[str]], seps: Separators, profile: FeedProfile = DEF
             except HL7Error as e:
                 yield seg, e
                 continue
+            if obs is not None and id(seg) in urine:
+                obs, notes = None, [_urine_note(obs.code)]
             yield seg, obs if obs is not None else notes[-1]
+
+
+def _urine_obxs(segs: list[list[str]], seps: Separators) -> set[int]:
+    """The OBX segments (by id) whose group's specimen is urine: OBR-15 (specimen source,
+    before v2.5) or SPM-4 (specimen type), in the ORU layout (a group's SPM after its OBXs) or
+    the OUL^R22 one (each SPM before the orders on it). (The rare path: a message that names
+    its specimens.)"""
+    names = [seg[0].strip() for seg in segs]
+    spm_first = "SPM" in names and "OBR" in names and names.index("SPM") < names.index("OBR")
+    out: set[int] = set()
+    group: list[list[str]] = []
+    urine = specimen_urine = False
+    for seg, name in zip(segs, names, strict=True):
+        if name == "OBR":
+            group = []
+            urine = (spm_first and specimen_urine) or _is_urine(field(seg, 15), seps)
+        elif name == "OBX":
+            group.append(seg)
+            if urine:
+                out.add(id(seg))
+        elif name == "SPM":
+            specimen_urine = _is_urine(field(seg, 4), seps)
+            if specimen_urine and not spm_first:
+                out.update(id(s) for s in group)
+    return out
+
+
+def _is_urine(value: str, seps: Separators) -> bool:
+    """A specimen type or source (SPM-4, OBR-15) that says urine: HL7 table 0487's `UR…`
+    codes, its text, or SNOMED CT's urine specimen."""
+    if not value.strip():
+        return False
+    parts = [c.split(seps.subcomponent)[0].upper() for c in components(value, seps)[:2]]
+    return parts[0].startswith("UR") or any("URIN" in p for p in parts) or \
+        parts[0] == "122575003"
+
+
+def _urine_note(code: str) -> Note:
+    return Note(code, f"{code} is named serum creatinine by the feed profile, but its specimen "
+                      "is urine: not judged", CONFLICTING)
 
 
 def _specimen_time(segs: list[list[str]], obr: list[str], seps: Separators) -> str:
@@ -387,7 +443,7 @@ def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_tim
             # Named serum creatinine, but its own text or alternate code says otherwise: not
             # judged, and loud (an operator must settle which it is).
             notes.append(Note(code, f"{code} is named serum creatinine by the feed profile, but "
-                                    f"OBX-3 says {conflict}: not judged", UNNAMED))
+                                    f"OBX-3 says {conflict}: not judged", CONFLICTING))
             return None
     else:
         code, text = first(ident, seps), ""
