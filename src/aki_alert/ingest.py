@@ -424,10 +424,14 @@ class Ingest:
                             obs.time_text)
                 return "nothing-to-finalise", None, episode
             obs.value = held[0]
+        elif store.add_result(mrn, obs.time, obs.value, status, obs.comparator):
+            held = None
+        else:
+            held = store.result_at(mrn, obs.time)
         value = obs.value
         action = "judged"
-        if not store.add_result(mrn, obs.time, value, status, obs.comparator):
-            old_value, old_status = store.result_at(mrn, obs.time)
+        if held is not None:
+            old_value, old_status = held
             if is_repeat(status, old_status, value, old_value):
                 self._counts.append(metrics.DUPLICATE_RESULTS)
                 return "duplicate", None, episode

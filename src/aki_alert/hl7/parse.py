@@ -291,11 +291,13 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
             control: str, kind: str) -> Result | Other:
     """One pass over the segments: the first PID; each OBX with its OBR's time."""
     pid = None
+    obr: list[str] | None = None
     obr_time = ""
     observations: list[Observation] = []
-    from_obx: list[list[str]] = []       # the OBX segment of each observation
+    from_obr: list[list[str] | None] = []     # the OBR of each observation
     notes: list[Note] = []
-    any_obx = specimens = False
+    any_obx = False
+    specimens: Specimens | None = None        # read only for a message that names them
     for seg in segs[1:]:
         name = seg[0].strip()
         if name == "PID":
@@ -306,21 +308,23 @@ def _result(segs: list[list[str]], seps: Separators, profile: FeedProfile,
                                "segments): each patient's results must come in a message of "
                                "their own", SEGMENT_SEQUENCE_ERROR)
         elif name == "OBR":
-            obr_time = (_ts_digits(first(field(seg, 7), seps))
-                        or _specimen_time(segs, seg, seps))
-            specimens = specimens or (len(seg) > 15 and bool(seg[15].strip()))
+            obr = seg
+            obr_time = _ts_digits(first(field(seg, 7), seps))
+            if not obr_time or (len(seg) > 15 and seg[15].strip()):
+                specimens = specimens or Specimens(segs, seps)
+                obr_time = obr_time or specimens.time(seg)
         elif name == "OBX":
             any_obx = True
             obs = _observation(seg, seps, profile, obr_time, notes)
             if obs is not None:
                 observations.append(obs)
-                from_obx.append(seg)
-        elif name == "SPM":
-            specimens = True
-    if specimens and observations and (urine := _urine_obxs(segs, seps)):
+                from_obr.append(obr)
+        elif name == "SPM" and specimens is None:
+            specimens = Specimens(segs, seps)
+    if specimens is not None and observations:
         kept = []
-        for obs, seg in zip(observations, from_obx, strict=True):
-            if id(seg) in urine:
+        for obs, of in zip(observations, from_obr, strict=True):
+            if specimens.urine(of):
                 notes.append(_urine_note(obs.code))
             else:
                 kept.append(obs)
@@ -344,13 +348,14 @@ def each_obx(segs: list[list[str]], seps: Separators, profile: FeedProfile = DEF
     Note saying why it is not judged, or the HL7Error that makes its message a dead letter.
     Not on the hot path: for `aki-alert feed check`, which reports every OBX, not only the
     first one that fails."""
+    obr: list[str] | None = None
     obr_time = ""
-    urine = _urine_obxs(segs, seps)
+    specimens = Specimens(segs, seps)
     for seg in segs[1:]:
         name = seg[0].strip()
         if name == "OBR":
-            obr_time = (_ts_digits(first(field(seg, 7), seps))
-                        or _specimen_time(segs, seg, seps))
+            obr = seg
+            obr_time = _ts_digits(first(field(seg, 7), seps)) or specimens.time(seg)
         elif name == "OBX":
             notes: list[Note] = []
             try:
@@ -358,34 +363,46 @@ def each_obx(segs: list[list[str]], seps: Separators, profile: FeedProfile = DEF
             except HL7Error as e:
                 yield seg, e
                 continue
-            if obs is not None and id(seg) in urine:
+            if obs is not None and specimens.urine(obr):
                 obs, notes = None, [_urine_note(obs.code)]
             yield seg, obs if obs is not None else notes[-1]
 
 
-def _urine_obxs(segs: list[list[str]], seps: Separators) -> set[int]:
-    """The OBX segments (by id) whose group's specimen is urine: OBR-15 (specimen source,
-    before v2.5) or SPM-4 (specimen type), in the ORU layout (a group's SPM after its OBXs) or
-    the OUL^R22 one (each SPM before the orders on it). (The rare path: a message that names
-    its specimens.)"""
-    names = [seg[0].strip() for seg in segs]
-    spm_first = "SPM" in names and "OBR" in names and names.index("SPM") < names.index("OBR")
-    out: set[int] = set()
-    group: list[list[str]] = []
-    urine = specimen_urine = False
-    for seg, name in zip(segs, names, strict=True):
-        if name == "OBR":
-            group = []
-            urine = (spm_first and specimen_urine) or _is_urine(field(seg, 15), seps)
-        elif name == "OBX":
-            group.append(seg)
-            if urine:
-                out.add(id(seg))
-        elif name == "SPM":
-            specimen_urine = _is_urine(field(seg, 4), seps)
-            if specimen_urine and not spm_first:
-                out.update(id(s) for s in group)
-    return out
+class Specimens:
+    """Each OBR's specimen (SPM) in a message that names them (the rare path): in the ORU
+    layout a group's SPM follows its OBXs; in the OUL^R22 one each SPM comes before the orders
+    on it, as a message whose first SPM comes before its first OBR shows."""
+
+    def __init__(self, segs: list[list[str]], seps: Separators) -> None:
+        self.seps = seps
+        names = [seg[0].strip() for seg in segs]
+        before = names[:names.index("OBR")] if "OBR" in names else names
+        spm_first = "SPM" in before
+        self._of: dict[int, list[str]] = {}      # id(OBR) → its SPM
+        obr = spm = None
+        for seg, name in zip(segs, names, strict=True):
+            if name == "OBR":
+                obr = seg
+                if spm_first and spm is not None:
+                    self._of[id(seg)] = spm
+            elif name == "SPM":
+                spm = seg
+                if not spm_first and obr is not None:
+                    self._of.setdefault(id(obr), seg)
+
+    def time(self, obr: list[str]) -> str:
+        """The collection time (SPM-17) of the OBR's specimen, as sent; "" for none."""
+        spm = self._of.get(id(obr))
+        return "" if spm is None else _ts_digits(first(field(spm, 17), self.seps))
+
+    def urine(self, obr: list[str] | None) -> bool:
+        """Whether the OBR's specimen is urine: its OBR-15 (specimen source, before v2.5) or
+        its SPM-4 (specimen type)."""
+        if obr is None:
+            return False
+        spm = self._of.get(id(obr))
+        return _is_urine(field(obr, 15), self.seps) or (
+            spm is not None and _is_urine(field(spm, 4), self.seps))
 
 
 def _is_urine(value: str, seps: Separators) -> bool:
@@ -401,26 +418,6 @@ def _is_urine(value: str, seps: Separators) -> bool:
 def _urine_note(code: str) -> Note:
     return Note(code, f"{code} is named serum creatinine by the feed profile, but its specimen "
                       "is urine: not judged", CONFLICTING)
-
-
-def _specimen_time(segs: list[list[str]], obr: list[str], seps: Separators) -> str:
-    """For an OBR segment without OBR-7: the collection time (SPM-17) of its group's specimen;
-    "" for none. ORU puts a group's SPM after its OBXs; OUL^R22 puts each specimen before the
-    orders on it, as a message whose first SPM comes before its first OBR shows. (The rare
-    path: the OBR is found by identity.)"""
-    names = [seg[0].strip() for seg in segs]
-    at = next(i for i, seg in enumerate(segs) if seg is obr)
-    if "SPM" in names[:names.index("OBR")]:
-        found = next((i for i in range(at - 1, 0, -1) if names[i] == "SPM"), None)
-    else:
-        found = None
-        for i in range(at + 1, len(segs)):
-            if names[i] == "OBR":
-                break
-            if names[i] == "SPM":
-                found = i
-                break
-    return "" if found is None else _ts_digits(first(field(segs[found], 17), seps))
 
 
 def _observation(obx: list[str], seps: Separators, profile: FeedProfile, obr_time: str,
